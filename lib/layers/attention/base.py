@@ -1,0 +1,70 @@
+"""The interface every attention variant shares: tokens and grid shape in, tokens out.
+
+A variant is an `nn.Module` whose forward is
+
+    forward(x, grid_hw, num_prefix_tokens, rope=None, return_attn=False) -> y  or  (y, attn)
+
+x: (B, N, C) tokens, the first `num_prefix_tokens` of them prefix tokens (CLS) and the remaining
+H * W patch tokens in row-major order of the (H, W) grid `grid_hw`. rope: optional (cos, sin) tables
+of shape (B|1, heads|1, N, head_dim/2) (see `lib.layers.rope`). attn: (B, heads, N, N) attention
+weights, returned only when asked for, so the fused kernels stay in use otherwise.
+
+`QKVAttention` holds what most variants share: the fused qkv and output projections (named as in
+timm's `Attention`, so weights convert directly) and the head split. A variant implements `mix`.
+"""
+import torch
+from einops import rearrange
+from torch import nn
+
+from lib.layers.rope import apply_rotary
+
+RopeTable = tuple[torch.Tensor, torch.Tensor]
+
+
+class QKVAttention(nn.Module):
+    """qkv projection -> variant-specific token mixing per head -> output projection."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def mix(self, q, k, v, grid_hw, num_prefix_tokens, rope, return_attn):
+        """Mix values across tokens; q, k, v are (B, heads, N, head_dim). Returns (out, attn or None)."""
+        raise NotImplementedError
+
+    def forward(self, x, grid_hw, num_prefix_tokens, rope=None, return_attn=False):
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        out, attn = self.mix(q, k, v, tuple(grid_hw), num_prefix_tokens, rope, return_attn)
+        y = self.proj_drop(self.proj(rearrange(out, "b h n d -> b n (h d)")))
+        return (y, attn) if return_attn else y
+
+
+def rotate_qk(q: torch.Tensor, k: torch.Tensor, rope: RopeTable | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply RoPE tables (identity on prefix tokens) to queries and keys; no-op without RoPE."""
+    if rope is None:
+        return q, k
+    cos, sin = rope
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
+def softmax_attention(q, k, v, scale: float, mask: torch.Tensor | None, dropout_p: float, return_attn: bool):
+    """Scaled dot-product attention; fused SDPA unless the weights are wanted.
+
+    mask: boolean (N, N) or broadcastable, True where a query may attend to a key.
+    """
+    if not return_attn:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale), None
+    scores = (q * scale) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    attn = scores.softmax(dim=-1)
+    weights = torch.nn.functional.dropout(attn, p=dropout_p) if dropout_p else attn
+    return weights @ v, attn

@@ -1,0 +1,135 @@
+"""Rotary position embeddings (RoPE) for 2D patch grids.
+
+Every 2D RoPE here is one formula with different frequencies. A head of width D holds P = D/2
+channel pairs; the pair p of a token at patch column x and row y is rotated by the angle
+
+    phi_p(x, y) = fx_p * x + fy_p * y.
+
+Because R(a)^T R(b) = R(b - a), the score between a rotated query at (x, y) and a rotated key at
+(x', y') depends on positions only through the offset (x' - x, y' - y): the relative-position
+property. Positions are integer patch indices, so a larger test image simply extends the grid.
+
+- RoPE-Axial: fixed frequencies; the first P/2 pairs rotate with x only (fy = 0), the last P/2 with y
+  only (fx = 0), magnitudes 1 / theta^(4i/D) for i < D/4, theta = 100 (Heo et al. 2024).
+- RoPE-Mixed: learnable (fx, fy) per layer, head and pair; each head starts from the axial magnitudes
+  (theta = 10) turned by a random angle, so a pair can mix both axes (Heo et al. 2024).
+
+Channel pairs are interleaved, (x0, x1), (x2, x3), ..., as in naver-ai/rope-vit and timm's
+`RotaryEmbeddingMixed`. Prefix tokens (CLS) are not rotated: their tables hold cos = 1, sin = 0.
+
+References: Su et al. 2021, "RoFormer" (arXiv 2104.09864); Heo et al. 2024, "Rotary Position
+Embedding for Vision Transformer" (arXiv 2403.13298).
+"""
+import math
+from typing import NamedTuple
+
+import torch
+from einops import rearrange
+from torch import nn
+
+
+def patch_coords(grid_hw: tuple[int, int], device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column (x) and row (y) index of every patch, in the row-major token order of a (H, W) grid."""
+    h, w = grid_hw
+    y, x = torch.meshgrid(
+        torch.arange(h, device=device, dtype=torch.float32),
+        torch.arange(w, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    return x.flatten(), y.flatten()
+
+
+def rotation_angles(freqs: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Angles fx * x + fy * y, computed in float32.
+
+    Args:
+        freqs: (2, ..., P) frequencies, freqs[0] = fx and freqs[1] = fy.
+        x, y: (N,) patch coordinates.
+    Returns:
+        (..., N, P) angles.
+    """
+    freqs = freqs.float()
+    return x[:, None] * freqs[0].unsqueeze(-2) + y[:, None] * freqs[1].unsqueeze(-2)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the interleaved channel pairs of x (..., N, 2P) by angles given as cos, sin (..., N, P)."""
+    pairs = rearrange(x, "... (p two) -> ... p two", two=2)
+    x0, x1 = pairs.unbind(-1)
+    rotated = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return rearrange(rotated, "... p two -> ... (p two)").to(x.dtype)
+
+
+class RotaryTables(NamedTuple):
+    """cos and sin of the rotation angles, each (L, B, H, N, P); L, B and H may be 1 (broadcast).
+
+    L indexes layers (1 when all layers share one table), B the batch, H the heads and N the tokens,
+    prefix tokens included (with the identity rotation).
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+    @classmethod
+    def from_angles(cls, angles: torch.Tensor, num_prefix_tokens: int) -> "RotaryTables":
+        """Tables for angles (L, B, H, N_patches, P), prefixed by identity rotations for the prefix tokens."""
+        prefix = angles.new_zeros(*angles.shape[:-2], num_prefix_tokens, angles.shape[-1])
+        angles = torch.cat([prefix, angles], dim=-2)
+        return cls(angles.cos(), angles.sin())
+
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) for block `index`, each (B, H, N, P)."""
+        i = index if self.cos.shape[0] > 1 else 0
+        return self.cos[i], self.sin[i]
+
+
+def axial_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """(2, P) axial frequencies: the first P/2 pairs follow x, the last P/2 follow y."""
+    if head_dim % 4:
+        raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got head_dim={head_dim}")
+    magnitudes = 1.0 / theta ** (torch.arange(0, head_dim, 4, dtype=torch.float32) / head_dim)
+    zeros = torch.zeros_like(magnitudes)
+    fx = torch.cat([magnitudes, zeros])
+    fy = torch.cat([zeros, magnitudes])
+    return torch.stack([fx, fy])
+
+
+def mixed_frequencies(head_dim: int, num_heads: int, depth: int, theta: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(2, depth, num_heads, P) RoPE-Mixed initial frequencies.
+
+    Each (layer, head) takes the axial magnitudes and one random angle a ~ U(0, 2pi): the first P/2
+    pairs point along a, the last P/2 along a + pi/2 (Heo et al. 2024, `init_random_2d_freqs`).
+    """
+    if head_dim % 4:
+        raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got head_dim={head_dim}")
+    magnitudes = 1.0 / theta ** (torch.arange(0, head_dim, 4, dtype=torch.float32) / head_dim)
+    angle = torch.rand(depth, num_heads, 1, generator=generator) * 2 * math.pi
+    fx = torch.cat([magnitudes * torch.cos(angle), magnitudes * torch.cos(angle + math.pi / 2)], dim=-1)
+    fy = torch.cat([magnitudes * torch.sin(angle), magnitudes * torch.sin(angle + math.pi / 2)], dim=-1)
+    return torch.stack([fx, fy])
+
+
+class RopeAxial(nn.Module):
+    """RoPE-Axial: fixed frequencies shared by every layer and head."""
+
+    def __init__(self, head_dim: int, theta: float = 100.0):
+        super().__init__()
+        freqs = axial_frequencies(head_dim, theta)
+        self.register_buffer("freqs", rearrange(freqs, "two p -> two 1 1 1 p"), persistent=False)
+
+    def forward(self, grid_hw: tuple[int, int], tokens: torch.Tensor, num_prefix_tokens: int) -> RotaryTables:
+        x, y = patch_coords(grid_hw, tokens.device)
+        return RotaryTables.from_angles(rotation_angles(self.freqs, x, y), num_prefix_tokens)
+
+
+class RopeMixed(nn.Module):
+    """RoPE-Mixed: learnable 2D frequencies per layer, head and channel pair (no weight decay)."""
+
+    def __init__(self, head_dim: int, num_heads: int, depth: int, theta: float = 10.0):
+        super().__init__()
+        self.freqs = nn.Parameter(mixed_frequencies(head_dim, num_heads, depth, theta))
+
+    def forward(self, grid_hw: tuple[int, int], tokens: torch.Tensor, num_prefix_tokens: int) -> RotaryTables:
+        x, y = patch_coords(grid_hw, tokens.device)
+        angles = rotation_angles(self.freqs, x, y)  # (depth, H, N, P)
+        return RotaryTables.from_angles(rearrange(angles, "l h n p -> l 1 h n p"), num_prefix_tokens)

@@ -1,0 +1,92 @@
+"""Run a parameterized notebook as a pipeline step, without ever damaging existing results.
+
+    python -m lib.notebook notebooks/train.py results/runs/mnist-ape -p dataset mnist -p variant ape
+
+1. `params.yaml` is validated first: a bad key stops the step before any work.
+2. The notebook's stable source, a jupytext `py:percent` file (what DVC depends on; saving the
+   .ipynb in JupyterLab does not touch it), is converted to a notebook and executed by papermill
+   with the given parameters plus `params_file` and `out_dir`, the staging folder `<out>.partial/`
+   that the notebook writes its results into.
+3. Only when the notebook succeeds does the staging folder replace `<out>`; on failure `<out>`
+   is untouched and the executed notebook, with its traceback, stays in `<out>.partial/`.
+The executed copy `<out>/<notebook name>.ipynb` is kept for reading in JupyterLab.
+"""
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import jupytext
+import papermill
+import yaml
+
+from lib.config import ParamsError, load_params
+
+KERNEL_NAME = "attention-rope-study"  # registered by `make setup` (ipykernel install --sys-prefix)
+
+
+class NotebookFailed(RuntimeError):
+    """The notebook raised; the message names the executed copy that holds the traceback."""
+
+
+def run_notebook(source: Path, out_dir: Path, parameters: dict, params_file: Path = Path("params.yaml"),
+                 kernel_name: str = KERNEL_NAME, log_output: bool = True) -> Path:
+    """Execute `source` (py:percent) with `parameters`; return the executed notebook's path in `out_dir`."""
+    source, out_dir = Path(source), Path(out_dir)
+    load_params(params_file)  # fail before any work on a bad params file
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: notebook source not found (expected a jupytext py:percent file)")
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)  # papermill does not create output folders
+
+    notebook = jupytext.read(source)
+    notebook.metadata["kernelspec"] = {"name": kernel_name, "display_name": f"Python ({kernel_name})", "language": "python"}
+    input_path = staging / f".{source.stem}.input.ipynb"
+    jupytext.write(notebook, input_path, fmt="ipynb")
+    executed = staging / f"{source.stem}.ipynb"
+    try:
+        papermill.execute_notebook(
+            str(input_path), str(executed),
+            parameters={**parameters, "out_dir": str(staging), "params_file": str(params_file)},
+            kernel_name=kernel_name, progress_bar=False, log_output=log_output, cwd=str(Path.cwd()),
+        )
+    except papermill.PapermillExecutionError as err:
+        raise NotebookFailed(f"{source} failed ({err.ename}: {err.evalue}); executed copy with the traceback: {executed}") from None
+    finally:
+        input_path.unlink(missing_ok=True)
+
+    previous = out_dir.with_name(out_dir.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(previous)
+    staging.rename(out_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    return out_dir / executed.name
+
+
+def _parse_parameter(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with a Python identifier as NAME, got {text!r}")
+    return name, yaml.safe_load(value)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="notebook source, a jupytext py:percent file")
+    parser.add_argument("out_dir", type=Path, help="folder the notebook writes into (replaced only on success)")
+    parser.add_argument("-p", "--parameter", type=_parse_parameter, action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--params-file", type=Path, default=Path("params.yaml"))
+    args = parser.parse_args(argv)
+    try:
+        executed = run_notebook(args.source, args.out_dir, dict(args.parameter), args.params_file)
+    except (ParamsError, NotebookFailed, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {executed}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,49 @@
+"""One figure style for the study: seaborn, colour-blind-safe palette, PNG + PDF side by side."""
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: DVC stages and CI have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+PALETTE = "colorblind"
+
+
+def set_style() -> None:
+    """Paper style: white grid, readable fonts, colour-blind palette, embedded TrueType fonts in PDF."""
+    sns.set_theme(context="paper", style="whitegrid", palette=PALETTE, font_scale=1.1)
+    plt.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "savefig.bbox": "tight", "figure.dpi": 110})
+
+
+def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
+    """Write `stem`.png and `stem`.pdf (PDF without a timestamp, so reruns give the same bytes)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=200, metadata={"Software": None})
+    fig.savefig(paths[1], metadata={"CreationDate": None, "Creator": None, "Producer": None})
+    return paths
+
+
+def plot_accuracy_vs_resolution(table: pd.DataFrame, hue: str = "pos_embed") -> plt.Figure:
+    """Heo et al.'s Fig. 4 style: test accuracy against test resolution, one line per variant,
+    95% CI bands, the training resolution marked, one panel per dataset."""
+    datasets = list(dict.fromkeys(table["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
+    hues = list(dict.fromkeys(table[hue]))
+    colours = dict(zip(hues, sns.color_palette(PALETTE, len(hues))))
+    for ax, dataset in zip(axes[0], datasets):
+        part = table[table["dataset"] == dataset]
+        for name, rows in part.groupby(hue, sort=False):
+            rows = rows.sort_values("resolution")
+            ax.plot(rows["resolution"], 100 * rows["accuracy"], marker="o", ms=4, label=name, color=colours[name])
+            ax.fill_between(rows["resolution"], 100 * rows["ci_low"], 100 * rows["ci_high"], alpha=0.15, color=colours[name])
+        train_res = part["train_resolution"].iloc[0]
+        ax.axvline(train_res, color="0.4", ls="--", lw=1)
+        ax.annotate("train", (train_res, ax.get_ylim()[0]), xytext=(3, 3), textcoords="offset points", fontsize=8, color="0.3")
+        ax.set(title=dataset, xlabel="test resolution (pixels)", ylabel="test accuracy (%)")
+    axes[0][-1].legend(title=hue.replace("_", " "), frameon=False, loc="best")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,59 @@
+"""Glue between `params.yaml` and the code: run names, model construction, input scaling, seeding."""
+import random
+
+import numpy as np
+import torch
+
+from lib.config import Params
+from lib.data import dataset_info
+from lib.models import VisionTransformer
+
+# Images arrive in [0, 1]; the models see them centred to [-1, 1] (same for every dataset, so a
+# perturbation or baseline image means the same thing everywhere).
+INPUT_MEAN, INPUT_STD = 0.5, 0.5
+
+
+def run_name(dataset: str, variant: str) -> str:
+    """Folder name of one trained configuration, e.g. 'mnist-rope_mixed' (the DVC matrix key)."""
+    return f"{dataset}-{variant}"
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    return (images - INPUT_MEAN) / INPUT_STD
+
+
+def build_model(params: Params, dataset: str, variant: str) -> VisionTransformer:
+    """The ViT for `variant` on `dataset`, with the architecture from params (plus variant overrides)."""
+    info = dataset_info(dataset)
+    arch = params.model_for(variant)
+    spec = params.variants[variant]
+    return VisionTransformer(
+        img_size=params.datasets[dataset].train_resolution,
+        patch_size=arch.patch_size,
+        in_chans=info["in_chans"],
+        num_classes=info["num_classes"],
+        embed_dim=arch.embed_dim,
+        depth=arch.depth,
+        num_heads=arch.num_heads,
+        mlp_ratio=arch.mlp_ratio,
+        attention=spec.attention,
+        attention_kwargs=dict(spec.attention_kwargs),
+        pos_embed=spec.pos_embed,
+        rope_theta=arch.rope_theta,
+        drop_path_rate=arch.drop_path_rate,
+        init_values=arch.init_values,
+        global_pool=arch.global_pool,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and make torch pick deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of one epoch's shuffling, augmentation and dropout, so a resumed run repeats it exactly."""
+    return seed * 100_003 + epoch

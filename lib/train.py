@@ -1,0 +1,190 @@
+"""Training one configuration: AdamW, warmup + cosine, label smoothing, light augmentation.
+
+The run saves a checkpoint after every epoch and resumes from it automatically. Each epoch draws its
+shuffling, augmentation and dropout from a seed derived from (seed, epoch), so a resumed run repeats
+exactly what an uninterrupted run would have done: same parameters and seed, same metrics.
+A checkpoint remembers a fingerprint of the configuration it was trained with; one written for
+another configuration is set aside (renamed, never deleted) and training starts afresh.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from dvclive import Live
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from lib.augment import random_affine
+from lib.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from lib.config import Params, fingerprint
+from lib.data import ImageSet, collate, load_split
+from lib.data.pin import check_pinned
+from lib.study import build_model, epoch_seed, normalize, seed_everything
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
+    resumed_from_epoch: int = 0
+
+
+def run_config(params: Params, dataset: str, variant: str) -> dict:
+    """Everything that determines the trained weights, as plain data (fingerprinted for resume)."""
+    return {
+        "code": code_fingerprint(),
+        "seed": params.seed,
+        "dataset": dataset,
+        "dataset_params": params.datasets[dataset].model_dump(),
+        "variant": params.variants[variant].model_dump(),
+        "model": params.model_for(variant).model_dump(),
+        "train": params.train_for(dataset).model_dump(),
+    }
+
+
+def code_fingerprint() -> str:
+    """Hash of the `lib` sources: a checkpoint from other code is not resumed."""
+    sources = sorted(Path(__file__).parent.rglob("*.py"))
+    return fingerprint({str(p.relative_to(Path(__file__).parent)): p.read_text() for p in sources})
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: torch.nn.Module, data: ImageSet, batch_size: int, label_smoothing: float = 0.0) -> dict:
+    """Mean loss and accuracy of `model` on `data` (eval mode, no augmentation)."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for images, labels in DataLoader(data, batch_size=batch_size, collate_fn=collate):
+        logits = model(normalize(images))
+        loss_sum += F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum").item()
+        correct += (logits.argmax(-1) == labels).sum().item()
+    return {"loss": loss_sum / len(data), "acc": correct / len(data)}
+
+
+def train(
+    params: Params,
+    dataset: str,
+    variant: str,
+    live_dir: Path,
+    checkpoint_path: Path,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `variant` on `dataset`; log to dvclive in `live_dir`; checkpoint to `checkpoint_path`."""
+    cfg = params.train_for(dataset)
+    config = run_config(params, dataset, variant)
+    config_id = fingerprint(config)
+    seed_everything(params.seed)
+
+    data_root = Path(params.data_root)
+    check_pinned(data_root)  # never train on data that differs from what data.dvc pins
+    resolution = params.datasets[dataset].train_resolution
+    train_set = load_split(data_root, dataset, "train", resolution)
+    if cfg.train_subset:
+        train_set = train_set.subset(range(min(cfg.train_subset, len(train_set))))
+    val_set = load_split(data_root, dataset, "val", resolution)
+
+    model = build_model(params, dataset, variant)
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.min_lr,
+        warmup_t=cfg.warmup_epochs * steps_per_epoch, warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False,
+    )
+
+    start_epoch, history = _resume(checkpoint_path, config_id, model, optimizer)
+    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    for past in history:  # a resumed run re-logs what came before, so the curves are whole
+        _log_epoch(live, past)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(epoch_seed(params.seed, epoch))
+        torch.manual_seed(epoch_seed(params.seed, epoch))  # dropout / drop-path draws
+        order = torch.randperm(len(train_set), generator=generator)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=order.tolist(), collate_fn=collate)
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for step, (images, labels) in enumerate(bar):
+            scheduler.step_update(epoch * steps_per_epoch + step)
+            images = random_affine(images, cfg.augment.translate, cfg.augment.scale, generator)
+            logits = model(normalize(images))
+            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing) + auxiliary_loss(model)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopping. "
+                    f"The last good checkpoint ({checkpoint_path}, epoch {epoch}) is kept."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(-1) == labels).sum().item()
+            seen += len(labels)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+
+        val = evaluate_accuracy(model, val_set, params.evaluate.batch_size, cfg.label_smoothing)
+        record = {
+            "epoch": epoch + 1,
+            "train/loss": loss_sum / seen,
+            "train/acc": correct / seen,
+            "val/loss": val["loss"],
+            "val/acc": val["acc"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        history.append(record)
+        _log_epoch(live, record)
+        save_atomic(
+            {"config_id": config_id, "epoch": epoch + 1, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "history": history},
+            checkpoint_path,
+        )
+        if progress:
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train/loss']:.4f} acc {record['train/acc']:.4f}"
+                  f" | val loss {record['val/loss']:.4f} acc {record['val/acc']:.4f} | {record['epoch_seconds']:.1f}s")
+    live.end()
+    return TrainResult(model=model, history=history, resumed_from_epoch=start_epoch)
+
+
+def auxiliary_loss(model: torch.nn.Module) -> torch.Tensor | float:
+    """Sum of the `aux_loss` that layers set during the forward (e.g. MoH's load balance), else 0."""
+    return sum(m.aux_loss for m in model.modules() if getattr(m, "aux_loss", None) is not None)
+
+
+def _resume(path: Path, config_id: str, model, optimizer) -> tuple[int, list[dict]]:
+    """Load the checkpoint at `path` if it belongs to this configuration; return (next epoch, history)."""
+    path = Path(path)
+    if not path.exists():
+        return 0, []
+    state = load_checkpoint(path)  # raises CheckpointError naming the file if unreadable
+    missing = {"config_id", "epoch", "model", "optimizer", "history"} - set(state)
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint of this study (missing {sorted(missing)})")
+    if state["config_id"] != config_id:
+        stale = path.with_name(f"{path.stem}.{state['config_id']}.stale{path.suffix}")
+        path.rename(stale)
+        print(f"{path}: written for another configuration; kept as {stale.name}, starting from scratch")
+        return 0, []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    print(f"{path}: resuming after epoch {state['epoch']}")
+    return state["epoch"], list(state["history"])
+
+
+def _log_epoch(live: Live, record: dict) -> None:
+    """Log an epoch's metrics; wall-clock time is left out so that reruns give identical metrics."""
+    for key, value in record.items():
+        if key not in ("epoch", "epoch_seconds"):
+            live.log_metric(key, value)
+    live.next_step()

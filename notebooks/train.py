@@ -1,0 +1,69 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (attention-rope-study)
+#     language: python
+#     name: attention-rope-study
+# ---
+
+# %% [markdown]
+# # Train one configuration
+#
+# Trains the ViT variant `variant` on `dataset` with every setting from `params.yaml`
+# (AdamW, warmup + cosine schedule, label smoothing, light augmentation). A checkpoint is written
+# after each epoch to `checkpoint_dir` and an interrupted run resumes from it. Metrics go to
+# dvclive (`out_dir/live`), the weights to `out_dir/model.pt`.
+#
+# Run by DVC through `python -m lib.notebook` (see `dvc.yaml`); the parameters below are overridden.
+
+# %% tags=["parameters"]
+dataset = "mnist"
+variant = "rope_mixed"
+params_file = "params.yaml"
+out_dir = "results/runs/mnist-rope_mixed"
+checkpoint_dir = "checkpoints"
+progress = True
+
+# %%
+import json
+from pathlib import Path
+
+import pandas as pd
+import seaborn as sns
+from matplotlib import pyplot as plt
+
+from lib.checkpoint import save_atomic
+from lib.config import load_params
+from lib.plots import save_figure, set_style
+from lib.study import run_name
+from lib.train import run_config, train
+
+params = load_params(params_file)
+out = Path(out_dir)
+run = run_name(dataset, variant)
+print(f"{run}: {params.variants[variant]}")
+print(params.model_for(variant))
+
+# %%
+result = train(params, dataset, variant, live_dir=out / "live",
+               checkpoint_path=Path(checkpoint_dir) / f"{run}.pt", progress=progress)
+save_atomic({"model": result.model.state_dict(), "config": run_config(params, dataset, variant)}, out / "model.pt")
+history = pd.DataFrame(result.history)
+(out / "timing.json").write_text(json.dumps({"train_seconds": float(history["epoch_seconds"].sum()),
+                                             "resumed_from_epoch": result.resumed_from_epoch}, indent=2) + "\n")
+history.round(4)
+
+# %%
+set_style()
+curves = history.melt(id_vars="epoch", value_vars=["train/loss", "val/loss", "train/acc", "val/acc"])
+curves[["split", "metric"]] = curves["variable"].str.split("/", expand=True)
+grid = sns.relplot(data=curves, x="epoch", y="value", hue="split", col="metric", kind="line", marker="o",
+                   facet_kws={"sharey": False}, height=3, aspect=1.2)
+grid.figure.suptitle(run, y=1.03)
+save_figure(grid.figure, out / "curves")
+plt.show()

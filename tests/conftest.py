@@ -1,0 +1,47 @@
+"""Shared fixtures: materialized data in a temporary folder and tiny study parameters."""
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lib.config import Params
+from lib.data import materialize
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Test tensors are tiny: one intra-op thread is as fast, and far faster on a busy machine.
+    (Pipeline runs in subprocesses use the default.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """data/ materialized once per test session (about 5 s), outside the repo."""
+    root = tmp_path_factory.mktemp("data")
+    materialize(root)
+    return root
+
+
+def tiny_params_dict(data_root: Path | str = "data") -> dict:
+    """The repo's params.yaml shrunk to seconds: small model, 2 epochs on 256 images, 3 test sizes."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data_root"] = str(data_root)
+    params["model"].update(embed_dim=32, depth=2, num_heads=2)
+    params["train"].update(epochs=2, batch_size=64, warmup_epochs=1, train_subset=256)
+    params["evaluate"]["batch_size"] = 1000
+    params["datasets"]["mnist"].update(train_resolution=28, eval_resolutions=[20, 28, 36], train={})
+    params["datasets"]["shapes"].update(train_resolution=32, eval_resolutions=[24, 32, 48], train={})
+    params["study"] = {"datasets": ["mnist", "shapes"], "variants": ["ape", "rope_mixed"]}
+    return params
+
+
+@pytest.fixture
+def tiny_params(data_root) -> Params:
+    return Params.model_validate(tiny_params_dict(data_root))

@@ -1,0 +1,128 @@
+"""params.yaml validation: every bad input stops with a message naming the key and what was expected."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lib.config import ParamsError, load_params, main
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def write(tmp_path: Path, params: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def edited(path: str, value) -> dict:
+    """A deep copy of the repo's params with the dotted key `path` set to `value` (or removed if ...)."""
+    params = yaml.safe_load(yaml.safe_dump(PARAMS))
+    *parents, last = path.split(".")
+    node = params
+    for key in parents:
+        node = node[key]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return params
+
+
+def test_repo_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.study.datasets and params.study.variants
+
+
+BAD = [
+    # (dotted key, value, words the message must contain)
+    ("train.epocs", 3, ["train.epocs", "unknown key", "did you mean 'epochs'"]),
+    ("modle", {}, ["modle", "unknown key", "did you mean 'model'"]),
+    ("train.epochs", "10", ["train.epochs", "valid integer", "'10'"]),
+    ("train.epochs", 0, ["train.epochs", "greater than 0"]),
+    ("train.lr", -0.1, ["train.lr", "greater than 0"]),
+    ("train.label_smoothing", 1.5, ["train.label_smoothing", "less than 1"]),
+    ("train.warmup_epochs", 50, ["train: warmup_epochs=50 must be smaller than epochs"]),
+    ("train.augment.translate", 0.9, ["train.augment.translate", "0.5"]),
+    ("train.augment.flip", True, ["train.augment.flip", "unknown key"]),
+    ("model.num_heads", 5, ["embed_dim=64", "num_heads=5"]),
+    ("model.patch_size", 5, ["not a multiple of model.patch_size=5"]),
+    ("seed", -1, ["seed", "greater than or equal to 0"]),
+    ("datasets.mnist.eval_resolutions", [28, 14], ["datasets.mnist.eval_resolutions", "increasing"]),
+    ("datasets.mnist.train_resolution", ..., ["datasets.mnist.train_resolution", "missing"]),
+    ("datasets.cifar", {"train_resolution": 32, "eval_resolutions": [32]}, ["unknown dataset 'cifar'"]),
+    ("variants.ape.attention", "sotfmax", ["unknown attention 'sotfmax'", "did you mean 'softmax'"]),
+    ("variants.ape.pos_embed", "rope_mix", ["unknown position encoding 'rope_mix'", "did you mean 'rope_mixed'"]),
+    ("variants.ape.model", {"depht": 2}, ["variants.ape.model.depht", "did you mean 'depth'"]),
+    ("study.variants", ["ape", "rope_mxed"], ["study.variants", "rope_mxed", "did you mean 'rope_mixed'"]),
+    ("study.datasets", [], ["study.datasets", "at least 1"]),
+    ("study", ..., ["study", "required key is missing"]),
+    ("variants.rope_mixed.model", {"embed_dim": 72, "num_heads": 4}, ["variants.rope_mixed", "divisible by 4"]),
+    ("variants.ape.model", {"depth": 0}, ["variants.ape.model.depth", "greater than 0"]),
+    ("datasets.shapes.train", {"epoch": 5}, ["datasets.shapes.train.epoch", "did you mean 'epochs'"]),
+    ("datasets.shapes.train", {"augment": {"translate": 2.0}}, ["datasets.shapes.train.augment.translate", "0.5"]),
+    ("datasets.shapes.train", {"epochs": 1}, ["datasets.shapes.train: warmup_epochs=2 must be smaller than epochs=1"]),
+]
+
+
+@pytest.mark.parametrize("key,value,words", BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
+def test_bad_params_name_the_key(tmp_path, key, value, words):
+    path = write(tmp_path, edited(key, value))
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert str(path) in message
+    for word in words:
+        assert word in message, f"{word!r} not in: {message}"
+
+
+def test_all_problems_are_listed_at_once(tmp_path):
+    params = edited("train.epocs", 3)
+    params["train"]["lr"] = "fast"
+    with pytest.raises(ParamsError) as info:
+        load_params(write(tmp_path, params))
+    assert "train.epocs" in str(info.value) and "train.lr" in str(info.value)
+
+
+@pytest.mark.parametrize("text,words", [
+    ("train: [1, 2", ["not valid YAML"]),
+    ("- just\n- a list\n", ["expected a mapping"]),
+])
+def test_unreadable_files(tmp_path, text, words):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match="|".join(words)):
+        load_params(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    assert main([str(REPO / "params.yaml")]) == 0
+    assert main([str(write(tmp_path, edited("train.epocs", 1)))]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+
+
+def test_cli_runs_as_module(tmp_path):
+    bad = write(tmp_path, edited("train.batch_size", 0))
+    result = subprocess.run([sys.executable, "-m", "lib.config", str(bad)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "train.batch_size" in result.stderr
+
+
+def test_dataset_train_overrides_merge_nested_keys(tmp_path):
+    loaded = load_params(write(tmp_path, edited("datasets.shapes.train", {"epochs": 5, "augment": {"scale": 0.0}})))
+    shapes, mnist = loaded.train_for("shapes"), loaded.train_for("mnist")
+    assert shapes.epochs == 5 and shapes.augment.scale == 0.0
+    assert shapes.augment.translate == loaded.train.augment.translate  # untouched nested key kept
+    assert mnist == loaded.train
+
+
+def test_variant_overrides_apply(tmp_path):
+    loaded = load_params(write(tmp_path, edited("variants.ape.model", {"depth": 2})))
+    assert loaded.model_for("ape").depth == 2 and loaded.model_for("rope_axial").depth == loaded.model.depth

@@ -1,0 +1,87 @@
+"""Evaluation across resolutions, result tables, and the data pin."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from lib.checkpoint import save_atomic
+from lib.data.pin import DataPinError, ensure_data
+from lib.evaluate import accuracy_vs_resolution, load_trained_model, wilson_interval
+from lib.report import resolution_markdown
+from lib.study import build_model
+
+
+def test_wilson_interval_known_values():
+    # 95% Wilson interval for 81/100 (Newcombe 1998, Table I, example (b)): 0.7222 to 0.8749
+    low, high = wilson_interval(81, 100)
+    assert low == pytest.approx(0.7222, abs=1e-4) and high == pytest.approx(0.8749, abs=1e-4)
+    low, high = wilson_interval(0, 10)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.2775, abs=1e-4)
+
+
+def test_accuracy_vs_resolution_rows(tiny_params, tmp_path):
+    model = build_model(tiny_params, "shapes", "rope_mixed")
+    weights = tmp_path / "model.pt"
+    save_atomic({"model": model.state_dict()}, weights)
+    loaded = load_trained_model(tiny_params, "shapes", "rope_mixed", weights)
+    table = accuracy_vs_resolution(loaded, tiny_params, "shapes", "rope_mixed")
+    assert list(table["resolution"]) == [24, 32, 48]
+    assert list(table["tokens"]) == [36, 64, 144]
+    assert (table["n"] == 1000).all() and table["accuracy"].between(0, 1).all()
+    assert (table["ci_low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["ci_high"]).all()
+    # evaluation is deterministic: the same weights give the same table
+    pd.testing.assert_frame_equal(table, accuracy_vs_resolution(loaded, tiny_params, "shapes", "rope_mixed"))
+
+
+def test_weights_file_without_model_is_rejected(tiny_params, tmp_path):
+    weights = tmp_path / "model.pt"
+    save_atomic({"something": torch.zeros(1)}, weights)
+    with pytest.raises(ValueError, match="'model' state dict"):
+        load_trained_model(tiny_params, "mnist", "ape", weights)
+
+
+def test_resolution_markdown_marks_the_training_resolution():
+    table = pd.DataFrame({
+        "dataset": ["mnist"] * 4, "variant": ["ape", "ape", "rope", "rope"], "resolution": [28, 56] * 2,
+        "train_resolution": [28] * 4, "accuracy": [0.9, 0.5, 0.91, 0.7], "n": [1000] * 4,
+    })
+    markdown = resolution_markdown(table)
+    assert "| variant   |   28* |   56 |" in markdown
+    assert "| rope      |    91 |   70 |" in markdown
+
+
+@pytest.fixture
+def pinned_repo(tmp_path, data_root):
+    """A DVC repo (no git) whose data.dvc pins a copy of the materialized data."""
+    shutil.copytree(data_root, tmp_path / "data")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "add", "data", "-q"], cwd=tmp_path, check=True)
+    return tmp_path
+
+
+def test_pin_accepts_matching_data_and_names_altered_files(pinned_repo):
+    assert ensure_data(pinned_repo / "data.dvc") == pinned_repo / "data"
+    target = pinned_repo / "data" / "shapes" / "test_labels.npy"
+    target.write_bytes(target.read_bytes()[:-1] + b"\x07")
+    (pinned_repo / "data" / "mnist" / "val_images.npy").unlink()
+    with pytest.raises(DataPinError) as info:
+        ensure_data(pinned_repo / "data.dvc")
+    message = str(info.value)
+    assert "altered: " in message and "shapes/test_labels.npy" in message
+    assert "missing: " in message and "mnist/val_images.npy" in message
+
+
+def test_pin_materializes_missing_data_and_rejects_a_stale_pin(pinned_repo):
+    shutil.rmtree(pinned_repo / "data")
+    assert ensure_data(pinned_repo / "data.dvc").joinpath("mnist", "train_images.npy").exists()
+    dvc_file = pinned_repo / "data.dvc"
+    dvc_file.write_text(dvc_file.read_text().replace("md5: ", "md5: 0", 1))  # a pin no generator matches
+    shutil.rmtree(pinned_repo / "data")
+    with pytest.raises(DataPinError, match="no longer reproduces the pinned bytes"):
+        ensure_data(dvc_file)
+    with pytest.raises(DataPinError, match="missing"):
+        ensure_data(dvc_file, create_missing=False)

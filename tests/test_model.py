@@ -1,0 +1,100 @@
+"""The ViT backbone: any resolution, every position encoding, APE resampling, timm registration."""
+import pytest
+import timm
+import torch
+
+import lib  # noqa: F401  (registers the models with timm)
+from lib.layers.pos_embed import LearnedPosEmbed, SinCosPosEmbed
+from lib.layers.position import POSITION_ENCODINGS
+from lib.models import VisionTransformer
+
+RESOLUTIONS = [(28, 28), (16, 16), (56, 56), (20, 44), (44, 12)]
+
+
+def tiny(**kwargs) -> VisionTransformer:
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2, **kwargs).eval()
+
+
+@pytest.mark.parametrize("pos_embed", sorted(POSITION_ENCODINGS))
+def test_every_position_encoding_runs_at_any_resolution(pos_embed):
+    model = tiny(pos_embed=pos_embed)
+    for h, w in RESOLUTIONS:
+        logits, attns = model.forward_with_attention(torch.randn(2, 1, h, w))
+        tokens = 1 + (h // 4) * (w // 4)
+        assert logits.shape == (2, 10)
+        assert [a.shape for a in attns] == [(2, 2, tokens, tokens)] * 2
+        assert torch.allclose(attns[0].sum(-1), torch.ones(2, 2, tokens), atol=1e-5)
+
+
+@pytest.mark.parametrize("pos_embed", ["ape", "rope_mixed", "rope_axial_ape"])
+def test_fused_and_explicit_attention_agree(pos_embed):
+    model = tiny(pos_embed=pos_embed)
+    x = torch.randn(3, 1, 20, 36)
+    with torch.no_grad():
+        fused = model(x)
+        explicit, _ = model.forward_with_attention(x)
+    assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+def test_position_encoding_makes_the_model_position_aware():
+    """Without position encoding, permuting patches leaves the CLS output unchanged; with RoPE it does not."""
+    x = torch.randn(1, 1, 28, 28)
+    # swap two 4x4 patches: a permutation of tokens
+    swapped = x.clone()
+    swapped[..., 0:4, 0:4], swapped[..., 8:12, 12:16] = x[..., 8:12, 12:16], x[..., 0:4, 0:4]
+    with torch.no_grad():
+        for pos_embed, invariant in [("none", True), ("rope_axial", False), ("rope_mixed", False), ("ape", False)]:
+            model = tiny(pos_embed=pos_embed)
+            same = torch.allclose(model(x), model(swapped), atol=1e-5)
+            assert same == invariant, pos_embed
+
+
+def test_learned_ape_is_resampled_only_off_the_training_grid():
+    ape = LearnedPosEmbed(8, (7, 7))
+    assert ape((7, 7)) is ape.table
+    assert ape((14, 10)).shape == (1, 140, 8)
+    with torch.no_grad():
+        ape.table.fill_(0.3)
+    assert torch.allclose(ape((14, 10)), torch.full((1, 140, 8), 0.3), atol=1e-5)  # constant stays constant
+
+
+def test_learned_ape_resampling_keeps_a_column_pattern():
+    """A table varying only along x still varies only along x after resampling to another grid."""
+    ape = LearnedPosEmbed(4, (6, 6))
+    with torch.no_grad():
+        ape.table.copy_(torch.arange(6.0).repeat(6)[None, :, None].expand(1, 36, 4))
+    resampled = ape((9, 12)).reshape(9, 12, 4)
+    assert torch.allclose(resampled, resampled[:1].expand_as(resampled), atol=1e-5)
+    assert (resampled[0, 1:, 0] >= resampled[0, :-1, 0] - 1e-5).all()  # still increasing along x
+
+
+def test_sincos_matches_definition():
+    table = SinCosPosEmbed(8)((2, 3))[0]  # (6, 8): [sin(y f), sin(x f)...] as timm builds it
+    assert table.shape == (6, 8)
+    assert torch.allclose(table[0], torch.tensor([0.0, 0, 0, 0, 1, 1, 1, 1]))  # position (0, 0)
+
+
+def test_rope_frequencies_have_no_weight_decay():
+    names = tiny(pos_embed="rope_mixed_ape").no_weight_decay()
+    assert {"rope.freqs", "abs_pos.table", "cls_token"} <= names
+
+
+@pytest.mark.parametrize("name", ["lib_vit_tiny_patch4", "lib_vit_small_patch16"])
+def test_models_are_registered_with_timm(name):
+    assert name in timm.list_models("lib_vit*")
+    model = timm.create_model(name, pos_embed="rope_axial", num_classes=3, depth=1)
+    size = model.patch_embed.img_size
+    assert model(torch.randn(1, model.patch_embed.proj.in_channels, *size)).shape == (1, 3)
+
+
+def test_bad_names_are_rejected_with_the_choices():
+    with pytest.raises(ValueError, match="unknown position encoding 'rope_mix'"):
+        tiny(pos_embed="rope_mix")
+    with pytest.raises(ValueError, match="unknown attention 'soft'"):
+        tiny(attention="soft")
+
+
+def test_image_not_divisible_by_patch_is_an_error():
+    with pytest.raises(Exception, match="divisible|patch"):
+        tiny(pos_embed="ape")(torch.randn(1, 1, 30, 28))

@@ -1,0 +1,138 @@
+"""End to end: the DVC pipeline (papermill notebooks) on tiny parameters, in a temporary copy of the repo.
+
+Checks what a user relies on: `dvc repro` writes metrics, tables and figures; a second `dvc repro`
+re-runs nothing and `dvc status` is clean; rerunning gives identical metrics; a bad params file or an
+altered data file stops the run with a clear error and leaves existing results untouched.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from jupyter_client.kernelspec import KernelSpecManager
+
+from lib.notebook import KERNEL_NAME
+from tests.conftest import REPO, tiny_params_dict
+
+pytestmark = pytest.mark.slow
+
+COPIED = ["lib", "notebooks", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore", "jupytext.toml", "pyproject.toml"]
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=check)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """A git + DVC copy of the repo with tiny params, data materialized and `dvc repro` run once."""
+    if KERNEL_NAME not in KernelSpecManager().find_kernel_specs():
+        pytest.fail(f"Jupyter kernel {KERNEL_NAME!r} is not installed; run `make setup`")
+    root = tmp_path_factory.mktemp("study")
+    for name in COPIED:
+        source = REPO / name
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.ipynb"))
+        else:
+            shutil.copy2(source, target)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict("data"), sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], root)
+    data = run([sys.executable, "-m", "lib.data.pin", "--dvc-file", "data.dvc"], root)
+    assert "materializing" in data.stdout and "matches data.dvc" in data.stdout
+    dvc("commit", "--force", "--quiet", "data.dvc", cwd=root)
+    dvc("repro", cwd=root)
+    return root
+
+
+RUNS = ["mnist-ape", "mnist-rope_mixed", "shapes-ape", "shapes-rope_mixed"]
+
+
+def test_repro_writes_metrics_tables_and_figures(study):
+    for run_name in RUNS:
+        metrics = json.loads((study / "results" / "runs" / run_name / "live" / "metrics.json").read_text())
+        assert {"train", "val", "step"} <= set(metrics) and 0 <= metrics["val"]["acc"] <= 1
+        assert (study / "results" / "runs" / run_name / "model.pt").stat().st_size > 10_000
+        assert (study / "results" / "runs" / run_name / "train.ipynb").exists()
+        assert (study / "results" / "runs" / run_name / "live" / "plots" / "metrics" / "val" / "acc.tsv").exists()
+        evaluation = json.loads((study / "results" / "eval" / run_name / "metrics.json").read_text())
+        assert set(evaluation["test_acc_by_resolution"]) == ({"20", "28", "36"} if run_name.startswith("mnist") else {"24", "32", "48"})
+    table = pd.read_csv(study / "results" / "resolution" / "resolution.csv")
+    assert len(table) == len(RUNS) * 3
+    assert set(table["variant"]) == {"ape", "rope_mixed"} and table["accuracy"].between(0, 1).all()
+    assert (table["ci_low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["ci_high"]).all()
+    png = study / "results" / "resolution" / "accuracy_vs_resolution.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (study / "results" / "resolution" / "accuracy_vs_resolution.pdf").read_bytes()[:5] == b"%PDF-"
+    assert "| variant" in (study / "results" / "resolution" / "resolution.md").read_text()
+
+
+def test_metrics_and_plots_show(study):
+    shown = dvc("metrics", "show", "--json", cwd=study)
+    assert "results/eval/mnist-ape/metrics.json" in shown.stdout
+    plots = dvc("plots", "show", "--json", cwd=study)
+    assert "accuracy_vs_resolution.png" in plots.stdout and "val/acc.tsv" in plots.stdout
+
+
+def test_second_repro_runs_nothing_and_status_is_clean(study):
+    again = dvc("repro", cwd=study)
+    assert "Running stage" not in again.stdout
+    assert json.loads(dvc("status", "--json", cwd=study).stdout) == {}
+
+
+def test_rerun_gives_identical_metrics(study):
+    metrics = study / "results" / "runs" / "shapes-rope_mixed" / "live" / "metrics.json"
+    evaluation = study / "results" / "eval" / "shapes-rope_mixed" / "resolution.csv"
+    before = metrics.read_bytes(), evaluation.read_bytes()
+    shutil.rmtree(study / "checkpoints")  # no resume: train from scratch again
+    dvc("repro", "--force", "--single-item", "train@shapes-rope_mixed", "evaluate@shapes-rope_mixed", cwd=study)
+    assert (metrics.read_bytes(), evaluation.read_bytes()) == before
+
+
+def test_bad_params_stop_before_work_and_keep_results(study):
+    results = snapshot(study / "results")
+    params_file = study / "params.yaml"
+    good = params_file.read_text()
+    params = yaml.safe_load(good)
+    params["train"]["epocs"] = params["train"].pop("epochs")
+    params_file.write_text(yaml.safe_dump(params))
+    try:
+        failed = dvc("repro", cwd=study, check=False)
+    finally:
+        params_file.write_text(good)
+    assert failed.returncode != 0
+    assert "train.epocs: unknown key (did you mean 'epochs'?)" in failed.stdout + failed.stderr
+    assert snapshot(study / "results") == results
+
+
+def test_altered_data_stops_training_and_names_the_file(study):
+    results = snapshot(study / "results")
+    target = study / "data" / "mnist" / "val_labels.npy"
+    original = target.read_bytes()
+    target.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        failed = dvc("repro", "train@mnist-ape", cwd=study, check=False)
+    finally:
+        target.write_bytes(original)
+    assert failed.returncode != 0
+    assert "altered: data/mnist/val_labels.npy" in failed.stdout + failed.stderr
+    assert snapshot(study / "results") == results
