@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 KERNEL := attention-rope-study
 STAMP  := $(VENV)/.installed
+# dvc.yaml's commands call `python`: make it the venv's for everything make runs
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup data check-params repro test test-fast lab clean-venv
 

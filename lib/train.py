@@ -77,7 +77,10 @@ def train(
     checkpoint_path: Path,
     progress: bool = True,
 ) -> TrainResult:
-    """Train `variant` on `dataset`; log to dvclive in `live_dir`; checkpoint to `checkpoint_path`."""
+    """Train `variant` on `dataset`; log to dvclive in `live_dir`; checkpoint to `checkpoint_path`.
+
+    progress: show a per-step progress bar (a one-line summary is printed after every epoch regardless).
+    """
     cfg = params.train_for(dataset)
     config = run_config(params, dataset, variant)
     config_id = fingerprint(config)
@@ -150,9 +153,8 @@ def train(
              "optimizer": optimizer.state_dict(), "history": history},
             checkpoint_path,
         )
-        if progress:
-            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train/loss']:.4f} acc {record['train/acc']:.4f}"
-                  f" | val loss {record['val/loss']:.4f} acc {record['val/acc']:.4f} | {record['epoch_seconds']:.1f}s")
+        print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train/loss']:.4f} acc {record['train/acc']:.4f}"
+                  f" | val loss {record['val/loss']:.4f} acc {record['val/acc']:.4f} | {record['epoch_seconds']:.1f}s", flush=True)
     live.end()
     return TrainResult(model=model, history=history, resumed_from_epoch=start_epoch)
 

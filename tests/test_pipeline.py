@@ -37,7 +37,9 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every result file's bytes; a failed run's `<out>.partial/` (its traceback) is not a result."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not any(part.endswith(".partial") for part in p.relative_to(folder).parts)}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,8 @@ def study(tmp_path_factory) -> Path:
             shutil.copy2(source, target)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict("data"), sort_keys=False))
     run(["git", "init", "-q"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"], root)
     data = run([sys.executable, "-m", "lib.data.pin", "--dvc-file", "data.dvc"], root)
     assert "materializing" in data.stdout and "matches data.dvc" in data.stdout
     dvc("commit", "--force", "--quiet", "data.dvc", cwd=root)
@@ -130,9 +133,13 @@ def test_altered_data_stops_training_and_names_the_file(study):
     original = target.read_bytes()
     target.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
     try:
+        check = run([sys.executable, "-m", "lib.data.pin"], study, check=False)  # what `make repro` runs first
+        # plain `dvc repro` re-pins the altered data in data.dvc; the stage compares with the committed pin
         failed = dvc("repro", "train@mnist-ape", cwd=study, check=False)
     finally:
         target.write_bytes(original)
+        run(["git", "checkout", "data.dvc"], study)
+    assert check.returncode == 2 and "altered: data/mnist/val_labels.npy" in check.stderr
     assert failed.returncode != 0
-    assert "altered: data/mnist/val_labels.npy" in failed.stdout + failed.stderr
+    assert "the committed data.dvc pins" in failed.stdout + failed.stderr
     assert snapshot(study / "results") == results

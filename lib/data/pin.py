@@ -5,16 +5,23 @@
 - data/ absent: materialize it, then check its DVC hash against the pin. A mismatch here means
   the generator no longer reproduces the pinned bytes (e.g. a changed package), which is an error,
   never a silent retrain on other data.
+- data.dvc differs from its committed version: an error. `dvc repro` silently rewrites the .dvc
+  file of modified data (even a frozen one), so the committed pin is the pin of record.
 - data/ present: check its hash against the pin. On a mismatch, the data is regenerated into a
   temporary folder and compared file by file, so the error names each missing, altered or extra file.
 
-The hash is DVC's own (`Output.get_hash()`), computed from the files, so no DVC cache is needed.
+The hash is DVC's directory hash, computed from the files, so no DVC cache is needed.
 """
 import argparse
 import filecmp
+import hashlib
+import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 from lib.data.materialize import materialize
 
@@ -23,14 +30,27 @@ class DataPinError(RuntimeError):
     """data/ does not hold the bytes that data.dvc pins."""
 
 
-def _pinned_and_actual(dvc_file: Path) -> tuple[str, str, Path]:
-    from dvc.repo import Repo  # heavy import, only when checking
+def directory_hash(folder: Path) -> str:
+    """DVC's hash of a folder: md5 of the sorted JSON list of (file md5, relative path), plus '.dir'.
 
-    repo = Repo(str(dvc_file.resolve().parent))
-    out = repo.stage.load_one(str(dvc_file.resolve())).outs[0]
-    data_dir = dvc_file.parent / out.def_path  # as the user wrote it, e.g. data/
-    actual = out.get_hash().value if data_dir.exists() else None
-    return out.hash_info.value, actual, data_dir
+    Computed from the bytes every time: DVC's own state cache can serve a stale hash after a file
+    is rewritten in place, which is exactly the case this check exists for.
+    """
+    entries = [{"md5": hashlib.md5(path.read_bytes()).hexdigest(), "relpath": path.relative_to(folder).as_posix()}
+               for path in folder.rglob("*") if path.is_file()]
+    entries.sort(key=lambda entry: entry["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def _pinned_and_actual(dvc_file: Path) -> tuple[str, str | None, Path]:
+    """(pinned hash, current hash or None if the folder is absent, folder) of a `dvc add`ed folder."""
+    try:
+        (out,) = yaml.safe_load(dvc_file.read_text())["outs"]
+        pinned, path = out["md5"], out["path"]
+    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+        raise DataPinError(f"{dvc_file}: expected a DVC file with one output (`outs: [{{md5, path}}]`)") from None
+    data_dir = dvc_file.parent / path
+    return pinned, (directory_hash(data_dir) if data_dir.is_dir() else None), data_dir
 
 
 def _differences(data_dir: Path, reference: Path) -> list[str]:
@@ -53,6 +73,14 @@ def ensure_data(dvc_file: Path = Path("data.dvc"), create_missing: bool = True) 
     if not dvc_file.is_file():
         raise DataPinError(f"{dvc_file}: not found (expected the DVC file that pins data/)")
     pinned, actual, data_dir = _pinned_and_actual(dvc_file)
+    committed = committed_pin(dvc_file)
+    if committed is not None and committed != pinned:
+        # `dvc repro` silently rewrites a .dvc file whose data was modified (even a frozen one)
+        raise DataPinError(
+            f"{dvc_file} pins {pinned} but the committed {dvc_file} pins {committed} (DVC re-pins modified data "
+            f"during `dvc repro`). Restore with `git checkout {dvc_file} && rm -rf {data_dir} && make data`, "
+            f"or commit {dvc_file} if the new data is intended."
+        )
     if actual is None and not create_missing:
         raise DataPinError(f"{data_dir}: missing (expected the data pinned by {dvc_file}); run `make data`")
     if actual is None:
@@ -75,6 +103,19 @@ def ensure_data(dvc_file: Path = Path("data.dvc"), create_missing: bool = True) 
             f"Restore it with `rm -rf {data_dir} && make data`."
         )
     return data_dir
+
+
+def committed_pin(dvc_file: Path) -> str | None:
+    """The hash `dvc_file` pins in the last git commit (None outside git or if the file is not committed)."""
+    dvc_file = Path(dvc_file).resolve()
+    result = subprocess.run(["git", "show", f"HEAD:./{dvc_file.name}"], cwd=dvc_file.parent,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return None
+    try:
+        return yaml.safe_load(result.stdout)["outs"][0]["md5"]
+    except (yaml.YAMLError, KeyError, IndexError, TypeError):
+        return None
 
 
 def check_pinned(data_root: Path) -> None:
