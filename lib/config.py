@@ -10,6 +10,7 @@ raises `ParamsError`, whose message names the file, the key and what was expecte
 """
 import difflib
 import hashlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -117,9 +118,18 @@ class VariantParams(Strict):
     def _known_pos_embed(cls, value: str) -> str:
         return _known(value, POSITION_ENCODINGS, "position encoding")
 
+    @model_validator(mode="after")
+    def _attention_kwargs_match_the_layer(self):
+        """attention_kwargs must be constructor arguments of the chosen layer (besides the shared ones)."""
+        shared = {"self", "dim", "num_heads", "qkv_bias", "attn_drop", "proj_drop"}
+        accepted = set(inspect.signature(ATTENTION_LAYERS[self.attention].__init__).parameters) - shared
+        for key in self.attention_kwargs:
+            _known(key, accepted, f"argument of attention {self.attention!r}", key=f"attention_kwargs.{key}")
+        return self
+
 
 class StudyParams(Strict):
-    """What `dvc repro` trains: every dataset x variant pair (the DVC matrix)."""
+    """A DVC matrix of runs: every dataset x every variant."""
 
     datasets: Annotated[list[str], Field(min_length=1)]
     variants: Annotated[list[str], Field(min_length=1)]
@@ -134,15 +144,20 @@ class Params(Strict):
     datasets: dict[str, DatasetParams]
     variants: dict[str, VariantParams]
     study: StudyParams
+    zoo: StudyParams
 
     @model_validator(mode="after")
     def _references_resolve(self):
         for name in self.datasets:
             _known(name, DATASETS, "dataset", key=f"datasets.{name}")
-        for name in self.study.datasets:
-            _known(name, self.datasets, "dataset defined under 'datasets'", key="study.datasets")
-        for name in self.study.variants:
-            _known(name, self.variants, "variant defined under 'variants'", key="study.variants")
+        for group in ("study", "zoo"):
+            for name in getattr(self, group).datasets:
+                _known(name, self.datasets, "dataset defined under 'datasets'", key=f"{group}.datasets")
+            for name in getattr(self, group).variants:
+                _known(name, self.variants, "variant defined under 'variants'", key=f"{group}.variants")
+        shared = sorted(set(self.study.variants) & set(self.zoo.variants))
+        if shared:
+            raise ValueError(f"zoo.variants: {shared} already in study.variants (each run must belong to one matrix)")
         for name in self.datasets:
             self.train_for(name)  # validates the override keys and values
         for name, variant in self.variants.items():
@@ -155,6 +170,10 @@ class Params(Strict):
                 if res % self.model.patch_size:
                     raise ValueError(f"datasets.{name}.{key}: {res} is not a multiple of model.patch_size={self.model.patch_size}")
         return self
+
+    def runs(self) -> list[tuple[str, str]]:
+        """Every (dataset, variant) that `dvc repro` trains: the study matrix, then the zoo matrix."""
+        return [(d, v) for group in (self.study, self.zoo) for d in group.datasets for v in group.variants]
 
     def model_for(self, variant: str) -> ModelParams:
         """The architecture of `variant`: `model` with the variant's `model` overrides applied."""
@@ -254,8 +273,8 @@ def main(argv: list[str]) -> int:
     except ParamsError as err:
         print(err, file=sys.stderr)
         return 2
-    runs = len(params.study.datasets) * len(params.study.variants)
-    print(f"{path}: OK ({runs} runs: {params.study.datasets} x {params.study.variants})")
+    print(f"{path}: OK ({len(params.runs())} runs: study {params.study.datasets} x {params.study.variants}, "
+          f"zoo {params.zoo.datasets} x {params.zoo.variants})")
     return 0
 
 

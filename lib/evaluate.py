@@ -4,6 +4,7 @@ A model trained at one image size is tested on the same test images at other siz
 fixed, so the patch grid shrinks or grows (Heo et al. 2024, Fig. 4). MNIST test images are resized;
 the procedural `shapes` scenes are re-rendered at each size, so larger images carry real detail.
 """
+import hashlib
 import math
 from pathlib import Path
 
@@ -11,10 +12,10 @@ import pandas as pd
 import torch
 
 from lib.checkpoint import load_checkpoint
-from lib.config import Params
+from lib.config import Params, fingerprint
 from lib.data import load_split
-from lib.study import build_model
-from lib.train import evaluate_accuracy
+from lib.study import build_model, run_name
+from lib.train import code_fingerprint, evaluate_accuracy
 
 
 def load_trained_model(params: Params, dataset: str, variant: str, weights_path: Path) -> torch.nn.Module:
@@ -65,3 +66,39 @@ def accuracy_vs_resolution(
             "n": len(data),
         })
     return pd.DataFrame(rows)
+
+
+def file_md5(path: Path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None = None, log=print) -> pd.DataFrame:
+    """`accuracy_vs_resolution` for every run of the study (study and zoo matrices), one tidy table.
+
+    Rows of `previous` (an earlier output of this function) are reused for a run whose weights
+    (md5 of model.pt) and evaluation settings are unchanged, so retraining one variant re-evaluates
+    only that variant.
+    """
+    tables = []
+    for dataset, variant in params.runs():
+        run = run_name(dataset, variant)
+        weights = Path(runs_dir) / run / "model.pt"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: missing weights of run {run} (expected the output of its train stage)")
+        key = fingerprint({
+            "model_md5": file_md5(weights),
+            "dataset": params.datasets[dataset].model_dump(exclude={"train"}),
+            "model": params.model_for(variant).model_dump(),
+            "variant": params.variants[variant].model_dump(),
+            "evaluate": params.evaluate.model_dump(),
+            "code": code_fingerprint(),
+        })
+        cached = None if previous is None or "eval_key" not in previous else previous[previous["eval_key"] == key]
+        if cached is not None and len(cached):
+            log(f"{run}: unchanged, reusing its evaluation")
+            tables.append(cached)
+            continue
+        log(f"{run}: evaluating at {len(params.datasets[dataset].eval_resolutions)} resolutions")
+        model = load_trained_model(params, dataset, variant, weights)
+        tables.append(accuracy_vs_resolution(model, params, dataset, variant).assign(run=run, eval_key=key))
+    return pd.concat(tables, ignore_index=True)

@@ -12,6 +12,7 @@
 The executed copy `<out>/<notebook name>.ipynb` is kept for reading in JupyterLab.
 """
 import argparse
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -79,6 +80,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-p", "--parameter", type=_parse_parameter, action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--params-file", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
+    # papermill reports progress and the notebook's output through logging: show them, undecorated
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         executed = run_notebook(args.source, args.out_dir, dict(args.parameter), args.params_file)
     except (ParamsError, NotebookFailed, FileNotFoundError) as err:

@@ -1,18 +1,20 @@
-"""One figure style for the study: seaborn, colour-blind-safe palette, PNG + PDF side by side."""
+"""One figure style for the study: seaborn, colour-blind-safe palette, PNG + PDF side by side.
+
+seaborn is imported where it is used: the training notebook, run once per model, only draws curves
+with matplotlib and is spared the import.
+"""
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: DVC stages and CI have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
 PALETTE = "colorblind"
 
 
 def set_style() -> None:
     """Paper style: white grid, readable fonts, colour-blind palette, embedded TrueType fonts in PDF."""
+    import seaborn as sns
+
     sns.set_theme(context="paper", style="whitegrid", palette=PALETTE, font_scale=1.1)
     plt.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42, "savefig.bbox": "tight", "figure.dpi": 110})
 
@@ -30,6 +32,8 @@ def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
 def plot_accuracy_vs_resolution(table: pd.DataFrame, hue: str = "pos_embed") -> plt.Figure:
     """Heo et al.'s Fig. 4 style: test accuracy against test resolution, one line per variant,
     95% CI bands, the training resolution marked, one panel per dataset."""
+    import seaborn as sns
+
     datasets = list(dict.fromkeys(table["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
     hues = list(dict.fromkeys(table[hue]))
@@ -45,5 +49,19 @@ def plot_accuracy_vs_resolution(table: pd.DataFrame, hue: str = "pos_embed") -> 
         ax.annotate("train", (train_res, ax.get_ylim()[0]), xytext=(3, 3), textcoords="offset points", fontsize=8, color="0.3")
         ax.set(title=dataset, xlabel="test resolution (pixels)", ylabel="test accuracy (%)")
     axes[0][-1].legend(title=hue.replace("_", " "), frameon=False, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(history: pd.DataFrame, title: str) -> plt.Figure:
+    """Loss and accuracy per epoch, train and validation (matplotlib only)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, metric in zip(axes, ("loss", "acc")):
+        for split, style in (("train", "-"), ("val", "--")):
+            ax.plot(history["epoch"], history[f"{split}/{metric}"], style, marker="o", ms=3, label=split)
+        ax.set(xlabel="epoch", ylabel=metric)
+        ax.grid(alpha=0.3)
+    axes[1].legend(frameon=False)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -12,46 +12,55 @@
 # ---
 
 # %% [markdown]
-# # Evaluate one trained configuration across resolutions
+# # Resolution extrapolation: every trained model at many test resolutions
 #
-# Test accuracy at the training resolution and at every `eval_resolutions` entry of the dataset,
-# patch size fixed (so the token grid shrinks or grows), with 95% Wilson intervals.
+# Each run of the study (both DVC matrices) is tested at its training resolution and at every
+# `eval_resolutions` entry of its dataset, patch size fixed, so the token grid shrinks or grows.
+# Accuracies come with 95% Wilson intervals. The figures follow Heo et al. 2024, Fig. 4
+# (ImageNet ViT-S: APE, RoPE-Axial, RoPE-Mixed equal at the training resolution, RoPE-Mixed's lead
+# growing with resolution). A run whose weights did not change since the last evaluation is not
+# evaluated again.
 
 # %% tags=["parameters"]
-dataset = "mnist"
-variant = "rope_mixed"
 params_file = "params.yaml"
-weights = "results/runs/mnist-rope_mixed/model.pt"
-out_dir = "results/eval/mnist-rope_mixed"
+runs_dir = "results/runs"
+previous_table = "results/resolution/resolution.csv"
+out_dir = "results/resolution"
 
 # %%
-import json
 from pathlib import Path
 
+import pandas as pd
 from matplotlib import pyplot as plt
 
 from lib.config import load_params
-from lib.evaluate import accuracy_vs_resolution, load_trained_model
+from lib.evaluate import evaluate_runs
 from lib.plots import plot_accuracy_vs_resolution, save_figure, set_style
+from lib.report import resolution_markdown
 
 params = load_params(params_file)
 out = Path(out_dir)
-model = load_trained_model(params, dataset, variant, Path(weights))
-table = accuracy_vs_resolution(model, params, dataset, variant)
+previous = pd.read_csv(previous_table) if Path(previous_table).is_file() else None
+table = evaluate_runs(params, Path(runs_dir), previous)
 table.to_csv(out / "resolution.csv", index=False)
-table
+markdown = resolution_markdown(table)
+(out / "resolution.md").write_text(markdown)
+print(markdown)
 
-# %%
-train_res = params.datasets[dataset].train_resolution
-metrics = {
-    "test_acc": float(table.loc[table["resolution"] == train_res, "accuracy"].iloc[0]),
-    "test_acc_by_resolution": {str(r): float(a) for r, a in zip(table["resolution"], table["accuracy"])},
-}
-(out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-metrics
+# %% [markdown]
+# ## Position encodings (softmax attention)
 
 # %%
 set_style()
-fig = plot_accuracy_vs_resolution(table)
+fig = plot_accuracy_vs_resolution(table[table["attention"] == "softmax"], hue="pos_embed")
 save_figure(fig, out / "accuracy_vs_resolution")
+plt.show()
+
+# %% [markdown]
+# ## Attention variants (RoPE-Mixed)
+
+# %%
+attention = table[(table["pos_embed"] == "rope_mixed")]
+fig = plot_accuracy_vs_resolution(attention[attention["dataset"].isin(params.zoo.datasets)], hue="attention")
+save_figure(fig, out / "attention_vs_resolution")
 plt.show()

@@ -34,12 +34,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import seaborn as sns
 from matplotlib import pyplot as plt
 
 from lib.checkpoint import save_atomic
 from lib.config import load_params
-from lib.plots import save_figure, set_style
+from lib.plots import plot_training_curves, save_figure
 from lib.study import run_name
 from lib.train import run_config, train
 
@@ -59,11 +58,6 @@ history = pd.DataFrame(result.history)
 history.round(4)
 
 # %%
-set_style()
-curves = history.melt(id_vars="epoch", value_vars=["train/loss", "val/loss", "train/acc", "val/acc"])
-curves[["split", "metric"]] = curves["variable"].str.split("/", expand=True)
-grid = sns.relplot(data=curves, x="epoch", y="value", hue="split", col="metric", kind="line", marker="o",
-                   facet_kws={"sharey": False}, height=3, aspect=1.2)
-grid.figure.suptitle(run, y=1.03)
-save_figure(grid.figure, out / "curves")
+fig = plot_training_curves(history, run)
+save_figure(fig, out / "curves")
 plt.show()

@@ -39,6 +39,7 @@ def tiny_params_dict(data_root: Path | str = "data") -> dict:
     params["datasets"]["mnist"].update(train_resolution=28, eval_resolutions=[20, 28, 36], train={})
     params["datasets"]["shapes"].update(train_resolution=32, eval_resolutions=[24, 32, 48], train={})
     params["study"] = {"datasets": ["mnist", "shapes"], "variants": ["ape", "rope_mixed"]}
+    params["zoo"] = {"datasets": ["shapes"], "variants": ["linear"]}
     return params
 
 

@@ -102,7 +102,10 @@ def test_masks_are_cached_per_grid():
 # ---------------------------------------------------------------- linear attention
 
 def rotate_complex(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE written independently: interleaved pairs as complex numbers times exp(i angle)."""
+    """RoPE written independently: interleaved pairs as complex numbers times exp(i angle).
+
+    cos, sin: the model's full-width tables (c0, c0, c1, ...), (-s0, s0, -s1, ...)."""
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
     z = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())
     return torch.view_as_real(z * torch.complex(cos, sin)).flatten(-2)
 

@@ -67,7 +67,7 @@ def study(tmp_path_factory) -> Path:
     return root
 
 
-RUNS = ["mnist-ape", "mnist-rope_mixed", "shapes-ape", "shapes-rope_mixed"]
+RUNS = ["mnist-ape", "mnist-rope_mixed", "shapes-ape", "shapes-rope_mixed", "shapes-linear"]  # study + zoo
 
 
 def test_repro_writes_metrics_tables_and_figures(study):
@@ -77,21 +77,22 @@ def test_repro_writes_metrics_tables_and_figures(study):
         assert (study / "results" / "runs" / run_name / "model.pt").stat().st_size > 10_000
         assert (study / "results" / "runs" / run_name / "train.ipynb").exists()
         assert (study / "results" / "runs" / run_name / "live" / "plots" / "metrics" / "val" / "acc.tsv").exists()
-        evaluation = json.loads((study / "results" / "eval" / run_name / "metrics.json").read_text())
-        assert set(evaluation["test_acc_by_resolution"]) == ({"20", "28", "36"} if run_name.startswith("mnist") else {"24", "32", "48"})
     table = pd.read_csv(study / "results" / "resolution" / "resolution.csv")
+    assert list(dict.fromkeys(table["run"])) == RUNS
     assert len(table) == len(RUNS) * 3
-    assert set(table["variant"]) == {"ape", "rope_mixed"} and table["accuracy"].between(0, 1).all()
+    assert set(table.loc[table["dataset"] == "mnist", "resolution"]) == {20, 28, 36}
+    assert set(table.loc[table["dataset"] == "shapes", "resolution"]) == {24, 32, 48}
+    assert table["accuracy"].between(0, 1).all()
     assert (table["ci_low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["ci_high"]).all()
-    png = study / "results" / "resolution" / "accuracy_vs_resolution.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (study / "results" / "resolution" / "accuracy_vs_resolution.pdf").read_bytes()[:5] == b"%PDF-"
+    for figure in ("accuracy_vs_resolution", "attention_vs_resolution"):
+        assert (study / "results" / "resolution" / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (study / "results" / "resolution" / f"{figure}.pdf").read_bytes()[:5] == b"%PDF-"
     assert "| variant" in (study / "results" / "resolution" / "resolution.md").read_text()
 
 
 def test_metrics_and_plots_show(study):
     shown = dvc("metrics", "show", "--json", cwd=study)
-    assert "results/eval/mnist-ape/metrics.json" in shown.stdout
+    assert "results/runs/shapes-linear/live/metrics.json" in shown.stdout
     plots = dvc("plots", "show", "--json", cwd=study)
     assert "accuracy_vs_resolution.png" in plots.stdout and "val/acc.tsv" in plots.stdout
 
@@ -104,11 +105,17 @@ def test_second_repro_runs_nothing_and_status_is_clean(study):
 
 def test_rerun_gives_identical_metrics(study):
     metrics = study / "results" / "runs" / "shapes-rope_mixed" / "live" / "metrics.json"
-    evaluation = study / "results" / "eval" / "shapes-rope_mixed" / "resolution.csv"
-    before = metrics.read_bytes(), evaluation.read_bytes()
+    weights = study / "results" / "runs" / "shapes-rope_mixed" / "model.pt"
+    evaluation = study / "results" / "resolution" / "resolution.csv"
+    before = metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes()
     shutil.rmtree(study / "checkpoints")  # no resume: train from scratch again
-    dvc("repro", "--force", "--single-item", "train@shapes-rope_mixed", "evaluate@shapes-rope_mixed", cwd=study)
-    assert (metrics.read_bytes(), evaluation.read_bytes()) == before
+    dvc("repro", "--force", "--single-item", "train@shapes-rope_mixed", cwd=study)
+    rerun = dvc("repro", "--force", "--single-item", "evaluate", cwd=study)
+    assert (metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes()) == before
+    # unchanged weights: the evaluation reuses every run's rows instead of evaluating again
+    assert (rerun.stdout + rerun.stderr).count("unchanged, reusing its evaluation") == len(RUNS)  # logged live
+    executed = (study / "results" / "resolution" / "evaluate.ipynb").read_text()
+    assert executed.count("unchanged, reusing its evaluation") == len(RUNS)
 
 
 def test_bad_params_stop_before_work_and_keep_results(study):

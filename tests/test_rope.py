@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, RotaryEmbeddingMixed, apply_rot_embed_cat
 
 from lib.layers.rope import (
-    RopeAxial, RopeMixed, RotaryTables, apply_rotary, axial_frequencies, mixed_frequencies, rotation_angles,
+    RopeAxial, RopeMixed, RotaryTables, apply_rotary, axial_frequencies, mixed_frequencies, rotate, rotation_angles,
 )
 
 
@@ -76,14 +76,14 @@ def test_prefix_tokens_are_not_rotated():
     rope = RopeAxial(16)
     tables = rope((3, 4), torch.zeros(1), num_prefix_tokens=1)
     cos, sin = tables.layer(0)
-    assert cos.shape == (1, 1, 13, 8)
-    assert torch.equal(cos[..., 0, :], torch.ones(1, 1, 8)) and torch.equal(sin[..., 0, :], torch.zeros(1, 1, 8))
+    assert cos.shape == (1, 1, 13, 16)
+    assert torch.equal(cos[..., 0, :], torch.ones(1, 1, 16)) and torch.equal(sin[..., 0, :].abs(), torch.zeros(1, 1, 16))
 
 
 def test_tables_per_layer_for_mixed_shared_for_axial():
     mixed = RopeMixed(16, num_heads=2, depth=3)((2, 2), torch.zeros(1), 1)
     axial = RopeAxial(16)((2, 2), torch.zeros(1), 1)
-    assert mixed.cos.shape == (3, 1, 2, 5, 8) and axial.cos.shape == (1, 1, 1, 5, 8)
+    assert mixed.cos.shape == (3, 1, 2, 5, 16) and axial.cos.shape == (1, 1, 1, 5, 16)
     assert not torch.equal(mixed.layer(0)[0], mixed.layer(1)[0])
     assert torch.equal(axial.layer(0)[0], axial.layer(2)[0])
 
@@ -96,7 +96,7 @@ def test_axial_equals_timm_rotary_embedding_cat(grid):
     timm_rope = RotaryEmbeddingCat(head_dim, temperature=100.0, in_pixels=False, grid_indexing="xy")
     x = torch.randn(2, 3, grid[0] * grid[1], head_dim)
     cos, sin = ours.layer(0)
-    assert torch.allclose(apply_rotary(x, cos, sin), apply_rot_embed_cat(x, timm_rope.get_embed(list(grid))), atol=1e-6)
+    assert torch.allclose(rotate(x, cos, sin), apply_rot_embed_cat(x, timm_rope.get_embed(list(grid))), atol=1e-6)
 
 
 @pytest.mark.parametrize("grid", [(7, 7), (5, 9)])
@@ -111,7 +111,7 @@ def test_mixed_equals_timm_rotary_embedding_mixed(grid):
     x = torch.randn(2, heads, grid[0] * grid[1], head_dim)
     for layer in range(depth):
         cos, sin = tables.layer(layer)
-        assert torch.allclose(apply_rotary(x, cos, sin), apply_rot_embed_cat(x, embeds[layer]), atol=1e-6)
+        assert torch.allclose(rotate(x, cos, sin), apply_rot_embed_cat(x, embeds[layer]), atol=1e-6)
 
 
 def test_rotation_by_quarter_turn():
@@ -121,6 +121,20 @@ def test_rotation_by_quarter_turn():
     assert torch.allclose(out, torch.tensor([[0.0, 1.0]]), atol=1e-7)
 
 
+def test_full_width_rotation_equals_pairwise_definition():
+    """rotate() with full-width tables is the pairwise (a c - b s, b c + a s), values and gradients."""
+    x = torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    angles = torch.randn(1, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    a, b = x[..., 0::2], x[..., 1::2]
+    c, s = angles.cos(), angles.sin()
+    reference = torch.stack([a * c - b * s, b * c + a * s], dim=-1).flatten(-2)
+    ours = apply_rotary(x, angles.cos(), angles.sin())
+    assert torch.allclose(ours, reference)
+    g = torch.randn_like(reference)
+    assert all(torch.allclose(u, v) for u, v in zip(torch.autograd.grad(ours, [x, angles], g),
+                                                    torch.autograd.grad(reference, [x, angles], g)))
+
+
 def test_head_dim_must_divide_by_four():
     with pytest.raises(ValueError, match="head_dim=6"):
         RopeAxial(6)
@@ -128,4 +142,4 @@ def test_head_dim_must_divide_by_four():
 
 def test_from_angles_shapes():
     tables = RotaryTables.from_angles(torch.zeros(2, 1, 3, 4, 5), num_prefix_tokens=2)
-    assert tables.cos.shape == (2, 1, 3, 6, 5)
+    assert tables.cos.shape == (2, 1, 3, 6, 10)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib.layers.position import POSITION_ENCODINGS, create_position_encoding
-from lib.layers.rope import RopeMixed, RotaryTables, apply_rotary, patch_coords
+from lib.layers.rope import RopeMixed, RotaryTables, patch_coords, rotate
 from lib.layers.rope_adaptive import (
     RopeContentAdaptive, RopeGatedBank, RopeResolutionAdaptive, frequency_bank, yarn_ramp,
 )
@@ -93,7 +93,7 @@ def rotated_score(tables: RotaryTables, q, k, layer: int, batch: int, head: int,
     b = batch if cos.shape[0] > 1 else 0
     h = head if cos.shape[1] > 1 else 0
     c, s = cos[b, h].double(), sin[b, h].double()
-    return apply_rotary(q[None], c[i:i + 1], s[i:i + 1])[0] @ apply_rotary(k[None], c[j:j + 1], s[j:j + 1])[0]
+    return rotate(q[None], c[i:i + 1], s[i:i + 1])[0] @ rotate(k[None], c[j:j + 1], s[j:j + 1])[0]
 
 
 @settings(max_examples=40, deadline=None)
@@ -178,7 +178,7 @@ def test_ramp_matches_hand_computed_case():
     # the tables use these frequencies: pair 1 at column 5, row 2 is turned by 0.75 * fx * 5 + fy * 2
     tables = module((4, 8), torch.zeros(1), num_prefix_tokens=0)
     angle = 0.75 * float(fx[1]) * 5 + float(fy[1]) * 2
-    assert math.isclose(tables.cos[0, 0, 0, 2 * 8 + 5, 1].item(), math.cos(angle), abs_tol=1e-5)
+    assert math.isclose(tables.cos[0, 0, 0, 2 * 8 + 5, 2 * 1].item(), math.cos(angle), abs_tol=1e-5)  # full width: pair p at 2p, 2p+1
     # both axes grown to 4 x 4 -> 8 x 12: s_y = 0.5; fy components of 0.3 -> r = 0.19 and 2.0 -> r = 1.27
     factors_y = module.axis_factors((8, 12))[1, 0, 0]
     r = 4 * fy.abs() / (2 * math.pi)
@@ -200,7 +200,7 @@ def test_content_adaptive_is_rope_mixed_at_init():
     module = RopeContentAdaptive(EMBED, HEAD_DIM, HEADS, DEPTH)
     tokens = torch.randn(4, 1 + 30, EMBED)
     ours, mixed = module((5, 6), tokens, 1), mixed_twin(module)((5, 6), tokens, 1)
-    assert ours.cos.shape == (DEPTH, 4, HEADS, 31, HEAD_DIM // 2)
+    assert ours.cos.shape == (DEPTH, 4, HEADS, 31, HEAD_DIM)
     assert torch.equal(ours.cos, mixed.cos.expand_as(ours.cos)) and torch.equal(ours.sin, mixed.sin.expand_as(ours.sin))
     assert torch.equal(module.scales(tokens, 1), torch.ones(DEPTH, 4, HEADS))
 
@@ -233,7 +233,7 @@ def test_content_adaptive_scales_angles_by_one_factor_per_image_layer_head():
     scales = module.scales(tokens, 1)  # (L, B, H)
     angles = (module.freqs[0][..., None, :] * x[:, None] + module.freqs[1][..., None, :] * y[:, None])  # (L, H, N, P)
     expected = torch.cos(angles[:, None] * scales[..., None, None])
-    assert torch.allclose(module((3, 4), tokens, 1).cos[..., 1:, :], expected, atol=1e-5)
+    assert torch.allclose(module((3, 4), tokens, 1).cos[..., 1:, 0::2], expected, atol=1e-5)  # pair p at 2p
 
 
 # --- gated bank ----------------------------------------------------------------------------------------------------

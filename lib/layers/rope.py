@@ -52,19 +52,36 @@ def rotation_angles(freqs: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> to
     return x[:, None] * freqs[0].unsqueeze(-2) + y[:, None] * freqs[1].unsqueeze(-2)
 
 
+def swap_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...)."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the interleaved pairs of x (..., N, D) by full-width tables (..., N, D).
+
+    cos = (c0, c0, c1, c1, ...) and sin = (-s0, s0, -s1, s1, ...), as `RotaryTables` holds them:
+    pair (a, b) becomes (a c - b s, b c + a s) in two multiplies and one add over whole rows.
+    """
+    return (x * cos + swap_pairs(x) * sin).to(x.dtype)
+
+
+def full_width(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair cos, sin (..., P) -> the full-width tables (..., 2P) that `rotate` takes."""
+    return cos.repeat_interleave(2, dim=-1), torch.stack([-sin, sin], dim=-1).flatten(-2)
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the interleaved channel pairs of x (..., N, 2P) by angles given as cos, sin (..., N, P)."""
-    pairs = rearrange(x, "... (p two) -> ... p two", two=2)
-    x0, x1 = pairs.unbind(-1)
-    rotated = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
-    return rearrange(rotated, "... p two -> ... (p two)").to(x.dtype)
+    return rotate(x, *full_width(cos, sin))
 
 
 class RotaryTables(NamedTuple):
-    """cos and sin of the rotation angles, each (L, B, H, N, P); L, B and H may be 1 (broadcast).
+    """Full-width cos and sin tables (see `rotate`), each (L, B, H, N, D); L, B and H may be 1.
 
     L indexes layers (1 when all layers share one table), B the batch, H the heads and N the tokens,
-    prefix tokens included (with the identity rotation).
+    prefix tokens included (with the identity rotation). Built once per forward pass and shared by
+    the queries and keys of every block.
     """
 
     cos: torch.Tensor
@@ -75,10 +92,10 @@ class RotaryTables(NamedTuple):
         """Tables for angles (L, B, H, N_patches, P), prefixed by identity rotations for the prefix tokens."""
         prefix = angles.new_zeros(*angles.shape[:-2], num_prefix_tokens, angles.shape[-1])
         angles = torch.cat([prefix, angles], dim=-2)
-        return cls(angles.cos(), angles.sin())
+        return cls(*full_width(angles.cos(), angles.sin()))
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) for block `index`, each (B, H, N, P)."""
+        """(cos, sin) for block `index`, each (B, H, N, D)."""
         i = index if self.cos.shape[0] > 1 else 0
         return self.cos[i], self.sin[i]
 

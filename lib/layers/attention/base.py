@@ -6,7 +6,7 @@ A variant is an `nn.Module` whose forward is
 
 x: (B, N, C) tokens, the first `num_prefix_tokens` of them prefix tokens (CLS) and the remaining
 H * W patch tokens in row-major order of the (H, W) grid `grid_hw`. rope: optional (cos, sin) tables
-of shape (B|1, heads|1, N, head_dim/2) (see `lib.layers.rope`). attn: (B, heads, N, N) attention
+of shape (B|1, heads|1, N, head_dim) (see `lib.layers.rope.RotaryTables`). attn: (B, heads, N, N) attention
 weights, returned only when asked for, so the fused kernels stay in use otherwise.
 
 `QKVAttention` holds what most variants share: the fused qkv and output projections (named as in
@@ -16,7 +16,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from lib.layers.rope import apply_rotary
+from lib.layers.rope import rotate
 
 RopeTable = tuple[torch.Tensor, torch.Tensor]
 
@@ -52,7 +52,7 @@ def rotate_qk(q: torch.Tensor, k: torch.Tensor, rope: RopeTable | None) -> tuple
     if rope is None:
         return q, k
     cos, sin = rope
-    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    return rotate(q, cos, sin), rotate(k, cos, sin)
 
 
 def softmax_attention(q, k, v, scale: float, mask: torch.Tensor | None, dropout_p: float, return_attn: bool):
