@@ -1,4 +1,4 @@
-"""Data sets: embedded MNIST subset and synthetic shapes (materialized into data/), plus real-data adapters."""
+"""Data sets: embedded MNIST subset, synthetic shapes and signs (materialized into data/), plus real-data adapters."""
 
 from lib.data.adapters import ImageFolderSet, load_cifar, load_image_folder
 from lib.data.imageset import ImageSet, collate

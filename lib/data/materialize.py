@@ -3,10 +3,11 @@
 Layout under `root` (the data/ folder, written by `make data`):
 
     <dataset>/meta.json                     classes, split sizes, generator version and seeds
-    <dataset>/<split>_images.npy            uint8: mnist (N, 28, 28), shapes (N, 32, 32, 3)
     <dataset>/<split>_labels.npy            int64 (N,)
+    <dataset>/<split>_images.npy            uint8: mnist (N, 28, 28), shapes and signs (N, 32, 32, 3)
     shapes/<split>_masks.npy                bool (N, 2, 32, 32): circle, square
-    shapes/<split>_scenes.npy               float64 (N, K): scene vectors, see shapes.SCENE_COLUMNS
+    signs/<split>_masks.npy                 bool (N, 1, 32, 32): the visible sign
+    <rendered>/<split>_scenes.npy           float64 (N, K): scene vectors (shapes/signs.SCENE_COLUMNS)
 
 Everything is generated from fixed seeds and written with np.save / sorted-key JSON, so the
 files are byte-identical on every run.
@@ -27,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from lib.data import mnist, shapes
+from lib.data import mnist, shapes, signs
 from lib.data.imageset import ImageSet, resolution_to_size
 
-DATASETS: tuple[str, ...] = ("mnist", "shapes")
+DATASETS: tuple[str, ...] = ("mnist", "shapes", "signs")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-_MODULES: dict[str, ModuleType] = {"mnist": mnist, "shapes": shapes}
+_MODULES: dict[str, ModuleType] = {"mnist": mnist, "shapes": shapes, "signs": signs}
 
 
 def _check_choice(argument: str, value: str, choices: tuple[str, ...]) -> None:
@@ -121,7 +122,7 @@ def load_split(
 ) -> ImageSet:
     """Load one split as float32 images in [0, 1] at `resolution` (None: native; int: square; (h, w)).
 
-    mnist is resized with antialiased bilinear interpolation; shapes is re-rendered from its
+    mnist is resized with antialiased bilinear interpolation; shapes and signs are re-rendered from their
     stored scene vectors, so a higher resolution shows genuinely finer detail and the masks
     are re-rendered too.
     """
@@ -144,14 +145,14 @@ def load_split(
             pixels = _load_npy(folder / f"{split}_images.npy", np.uint8)
             object_masks = _load_npy(folder / f"{split}_masks.npy", np.bool_)
         else:
-            pixels, object_masks = shapes.render(_load_npy(folder / f"{split}_scenes.npy", np.float64), *size)
+            pixels, object_masks = module.render(_load_npy(folder / f"{split}_scenes.npy", np.float64), *size)
         images = rearrange(torch.from_numpy(pixels), "n h w c -> n c h w").float() / 255
         masks = torch.from_numpy(object_masks)
     return ImageSet(images, labels, list(module.CLASSES), masks)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Write the embedded data sets (mnist, shapes) as .npy files.")
+    parser = argparse.ArgumentParser(description="Write the embedded data sets (mnist, shapes, signs) as .npy files.")
     parser.add_argument("--root", type=Path, default=Path("data"), help="data folder to write into (default: data)")
     args = parser.parse_args()
     start = time.perf_counter()
