@@ -57,7 +57,8 @@ def test_materialize_is_byte_identical(data_root: Path, tmp_path: Path) -> None:
     written = materialize(tmp_path)
     expected = {f"{d}/meta.json" for d in DATASETS}
     expected |= {f"mnist/{s}_{a}.npy" for s in SPLITS for a in ("images", "labels")}
-    expected |= {f"shapes/{s}_{a}.npy" for s in SPLITS for a in ("images", "labels", "masks", "scenes")}
+    expected |= {f"{d}/{s}_{a}.npy" for d in ("shapes", "signs") for s in SPLITS
+                 for a in ("images", "labels", "masks", "scenes")}
     assert {p.relative_to(tmp_path).as_posix() for p in written} == expected
     on_disk = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
     assert on_disk == expected  # no temporary files left behind
@@ -201,7 +202,7 @@ def test_load_split_shapes_and_range(data_root: Path, dataset: str, resolution, 
     np.testing.assert_array_equal(data.labels.numpy(), np.load(data_root / dataset / "val_labels.npy"))
     assert data.classes == info["classes"]
     if info["has_masks"]:
-        assert data.masks.shape == (500, 2, h, w)
+        assert data.masks.shape == (500, len(info["objects"]), h, w) and data.masks.dtype == torch.bool
     else:
         assert data.masks is None
 
@@ -259,10 +260,14 @@ def test_dataset_info() -> None:
         "native_resolution": (28, 28),
         "classes": [str(d) for d in range(10)],
         "has_masks": False,
+        "objects": [],
         "synthetic": False,
     }
     info = dataset_info("shapes")
     assert (info["in_chans"], info["num_classes"], info["native_resolution"]) == (3, 4, (32, 32))
+    assert info["has_masks"] and info["synthetic"] and info["objects"] == ["circle", "square"]
+    info = dataset_info("signs")
+    assert (info["in_chans"], info["num_classes"], info["objects"]) == (3, 8, ["sign"])
     assert info["has_masks"] and info["synthetic"]
     with pytest.raises(ValueError, match="imagenet"):
         dataset_info("imagenet")

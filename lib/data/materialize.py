@@ -51,6 +51,7 @@ def dataset_info(dataset: str) -> dict:
         "native_resolution": module.NATIVE_RESOLUTION,
         "classes": list(module.CLASSES),
         "has_masks": module.HAS_MASKS,
+        "objects": list(getattr(module, "OBJECTS", ())),  # mask channels, in order
         "synthetic": module.SYNTHETIC,
     }
 
