@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 
 
-def random_affine(images: torch.Tensor, translate: float, scale: float, generator: torch.Generator) -> torch.Tensor:
+def random_affine(
+    images: torch.Tensor, translate: float, scale: float, generator: torch.Generator,
+    batch: int | None = None, rows: slice = slice(None),
+) -> torch.Tensor:
     """Shift each image by up to `translate` of its size and rescale it by a factor in [1 - scale, 1 + scale].
 
     Args:
@@ -16,14 +19,17 @@ def random_affine(images: torch.Tensor, translate: float, scale: float, generato
         translate: largest shift as a fraction of the image side.
         scale: largest relative change of size.
         generator: source of randomness (CPU generator).
+        batch, rows: `images` are only `rows` of a batch of `batch` images (one process's share under
+            DistributedDataParallel): the draws are made for the whole batch and `rows` of them are used, so
+            the shares together are augmented exactly as the whole batch would be. Default: the whole batch.
     """
     if translate == 0 and scale == 0:
         return images
-    b = images.shape[0]
-    zoom = 1 + (torch.rand(b, generator=generator) * 2 - 1) * scale
+    b = images.shape[0] if batch is None else batch
+    zoom = 1 + (torch.rand(b, generator=generator)[rows] * 2 - 1) * scale
     # affine_grid coordinates span [-1, 1], so a shift of `translate` image sides is 2 * translate
-    shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * 2 * translate
-    theta = torch.zeros(b, 2, 3)
+    shift = (torch.rand(b, 2, generator=generator)[rows] * 2 - 1) * 2 * translate
+    theta = torch.zeros(images.shape[0], 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)

@@ -135,6 +135,107 @@ class StudyParams(Strict):
     variants: Annotated[list[str], Field(min_length=1)]
 
 
+class EfficiencyParams(Strict):
+    """The efficiency benchmark: cost versus token count per attention variant, and lib versus timm."""
+
+    grids: Annotated[list[Annotated[int, Field(ge=1, le=128)]], Field(min_length=2)]
+    variants: Annotated[list[str], Field(min_length=1)]
+    baseline: str = "rope_mixed"
+    tokens_per_batch: PositiveInt = 4096
+    repeats: PositiveInt = 3
+    slope_min_tokens: PositiveInt = 256
+    timm_grid: PositiveInt = 7
+    timm_batch: PositiveInt = 128
+    timm_rounds: PositiveInt = 5
+
+    @field_validator("grids")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if sorted(set(value)) != value:
+            raise ValueError(f"must be strictly increasing without repeats, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _baseline_measured(self):
+        if self.baseline not in self.variants:
+            raise ValueError(f"baseline {self.baseline!r} must be one of efficiency.variants {self.variants}")
+        return self
+
+
+class AnalysisParams(Strict):
+    """The attention analysis (notebooks/analysis.py) of every run in `runs`, then across runs."""
+
+    runs: StudyParams                      # which trained runs to analyse (each must be trained by study or zoo)
+    split: Literal["train", "val", "test"] = "test"
+    num_images: PositiveInt = 500          # explanations, faithfulness and localisation on the first N images
+    ig_steps: PositiveInt = 16             # Integrated Gradients: Gauss-Legendre nodes along the path
+    perturbation_steps: PositiveInt = 10   # removal fractions 0, 1/steps, ..., 1 of the patches
+    head_fusion: Literal["mean", "max", "min"] = "mean"
+    discard_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    top_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+    high_norm_threshold: Annotated[float, Field(gt=0)] = 5.0
+    random_orders: PositiveInt = 3         # random head-pruning orders, the baseline of the importance order
+    bootstrap_resamples: PositiveInt = 1000
+    example_images: PositiveInt = 6
+    reference_pos_embed: str = "rope_mixed"  # the position encoding of the attention-variant comparison
+
+
+class SafetyParams(Strict):
+    """Robustness, calibration, selective prediction and attention reliability (notebooks/safety.py)."""
+
+    runs: StudyParams                      # which trained runs to evaluate (each must be trained by study or zoo)
+    corruptions: Annotated[list[str], Field(min_length=1)]
+    severities: Annotated[list[Annotated[int, Field(ge=1, le=5)]], Field(min_length=1)] = [1, 2, 3, 4, 5]
+    resolution_shift: bool = True          # also test at the dataset's other eval_resolutions
+    num_test_images: PositiveInt = 500     # the first N test images (the stored order is already shuffled)
+    target_risk: Annotated[float, Field(gt=0, lt=1)] = 0.01
+    top_fraction: Annotated[float, Field(gt=0, le=1)] = 0.2
+    example_corruptions: list[str] = []
+    example_severity: Annotated[int, Field(ge=1, le=5)] = 3
+    num_examples: PositiveInt = 4
+    baseline_variant: str = "ape"          # the CE / mCE reference, per dataset
+    moderate_severity: Annotated[int, Field(ge=1, le=5)] = 3
+
+    @field_validator("corruptions", "example_corruptions")
+    @classmethod
+    def _known_corruptions(cls, value: list[str]) -> list[str]:
+        from lib.safety.corruptions import CORRUPTIONS  # imports scipy and scikit-image: only when validating
+        for name in value:
+            _known(name, CORRUPTIONS, "corruption")
+        return value
+
+    @field_validator("severities")
+    @classmethod
+    def _sorted_severities(cls, value: list[int]) -> list[int]:
+        if sorted(set(value)) != value:
+            raise ValueError(f"must be strictly increasing without repeats, got {value}")
+        return value
+
+
+class ConvexParams(Strict):
+    """Convex heads on frozen features of one trained run (notebooks/convex.py; defaults fit ~75 s on 2 CPUs)."""
+
+    dataset: str = "shapes"
+    variant: str = "rope_mixed"       # the frozen backbone: the run <dataset>-<variant>
+    layer: Annotated[int, Field(ge=0)] = 2
+    dim: PositiveInt = 8              # projected token dimension d
+    train_size: PositiveInt = 500     # training images per seed
+    grid_size: PositiveInt = 3        # regularization grid length of every head (equal tuning budgets)
+    beta_ratio_max: Annotated[float, Field(gt=0, le=1)] = 0.3
+    beta_ratio_min: Annotated[float, Field(gt=0, le=1)] = 0.003
+    weight_decay_max: Annotated[float, Field(gt=0)] = 0.1
+    weight_decay_min: Annotated[float, Field(gt=0)] = 0.0001
+    gates: PositiveInt = 8
+    fno_modes: PositiveInt = 2
+    num_heads: PositiveInt = 8
+    softmax_heads: PositiveInt = 2
+    max_iter: PositiveInt = 1500
+    gap_tol: Annotated[float, Field(gt=0, lt=1)] = 1e-4
+    steps: PositiveInt = 150
+    num_seeds: PositiveInt = 3
+    num_clusters: PositiveInt = 3
+
+
 class Params(Strict):
     seed: Annotated[int, Field(ge=0)] = 0
     data_root: str = "data"
@@ -145,6 +246,10 @@ class Params(Strict):
     variants: dict[str, VariantParams]
     study: StudyParams
     zoo: StudyParams
+    efficiency: EfficiencyParams
+    analysis: AnalysisParams
+    safety: SafetyParams
+    convex: ConvexParams = ConvexParams()
 
     @model_validator(mode="after")
     def _references_resolve(self):
@@ -155,9 +260,24 @@ class Params(Strict):
                 _known(name, self.datasets, "dataset defined under 'datasets'", key=f"{group}.datasets")
             for name in getattr(self, group).variants:
                 _known(name, self.variants, "variant defined under 'variants'", key=f"{group}.variants")
+        for name in self.efficiency.variants:
+            _known(name, self.variants, "variant defined under 'variants'", key="efficiency.variants")
         shared = sorted(set(self.study.variants) & set(self.zoo.variants))
         if shared:
             raise ValueError(f"zoo.variants: {shared} already in study.variants (each run must belong to one matrix)")
+        trained = set(self.runs())
+        for group in ("analysis", "safety"):
+            runs = getattr(self, group).runs
+            for dataset in runs.datasets:
+                for variant in runs.variants:
+                    if (dataset, variant) not in trained:
+                        raise ValueError(f"{group}.runs: {dataset}-{variant} is not trained by the study or zoo matrix")
+        if (self.convex.dataset, self.convex.variant) not in trained:
+            raise ValueError(f"convex: {self.convex.dataset}-{self.convex.variant} is not trained by the study or zoo matrix")
+        if self.convex.layer > self.model_for(self.convex.variant).depth:
+            raise ValueError(f"convex.layer: {self.convex.layer} exceeds the model depth")
+        _known(self.analysis.reference_pos_embed, POSITION_ENCODINGS, "position encoding", key="analysis.reference_pos_embed")
+        _known(self.safety.baseline_variant, self.variants, "variant defined under 'variants'", key="safety.baseline_variant")
         for name in self.datasets:
             self.train_for(name)  # validates the override keys and values
         for name, variant in self.variants.items():

@@ -38,15 +38,27 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     return centre - half, centre + half
 
 
+# The code whose changes can change an evaluation's numbers.
+EVALUATION_CODE = ("evaluate.py", "train.py", "study.py", "data", "layers", "models")
+
+
 def accuracy_vs_resolution(
     model: torch.nn.Module, params: Params, dataset: str, variant: str, split: str = "test",
+    test_sets: dict | None = None,
 ) -> pd.DataFrame:
-    """One row per test resolution: accuracy with its 95% CI, loss, grid and token count."""
+    """One row per test resolution: accuracy with its 95% CI, loss, grid and token count.
+
+    test_sets: a dict that keeps the loaded (re-rendered) test sets for reuse by later calls.
+    """
     spec = params.datasets[dataset]
     patch = params.model_for(variant).patch_size
+    test_sets = {} if test_sets is None else test_sets
     rows = []
     for resolution in sorted({spec.train_resolution, *spec.eval_resolutions}):
-        data = load_split(Path(params.data_root), dataset, split, resolution)
+        key = (dataset, split, resolution)
+        if key not in test_sets:
+            test_sets[key] = load_split(Path(params.data_root), dataset, split, resolution)
+        data = test_sets[key]
         metrics = evaluate_accuracy(model, data, params.evaluate.batch_size)
         correct = round(metrics["acc"] * len(data))
         low, high = wilson_interval(correct, len(data))
@@ -79,7 +91,8 @@ def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None 
     (md5 of model.pt) and evaluation settings are unchanged, so retraining one variant re-evaluates
     only that variant.
     """
-    tables = []
+    tables, test_sets = [], {}
+    code = code_fingerprint(EVALUATION_CODE)
     for dataset, variant in params.runs():
         run = run_name(dataset, variant)
         weights = Path(runs_dir) / run / "model.pt"
@@ -91,7 +104,7 @@ def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None 
             "model": params.model_for(variant).model_dump(),
             "variant": params.variants[variant].model_dump(),
             "evaluate": params.evaluate.model_dump(),
-            "code": code_fingerprint(),
+            "code": code,
         })
         cached = None if previous is None or "eval_key" not in previous else previous[previous["eval_key"] == key]
         if cached is not None and len(cached):
@@ -100,5 +113,6 @@ def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None 
             continue
         log(f"{run}: evaluating at {len(params.datasets[dataset].eval_resolutions)} resolutions")
         model = load_trained_model(params, dataset, variant, weights)
-        tables.append(accuracy_vs_resolution(model, params, dataset, variant).assign(run=run, eval_key=key))
+        table = accuracy_vs_resolution(model, params, dataset, variant, test_sets=test_sets)
+        tables.append(table.assign(run=run, eval_key=key))
     return pd.concat(tables, ignore_index=True)

@@ -65,3 +65,22 @@ def plot_training_curves(history: pd.DataFrame, title: str) -> plt.Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_cost_vs_tokens(table: pd.DataFrame) -> plt.Figure:
+    """Forward and training time per image, peak memory and achieved GFLOP/s against tokens, log-log."""
+    import seaborn as sns
+
+    panels = [("forward_ms_per_image", "forward ms / image"), ("train_ms_per_image", "training ms / image"),
+              ("peak_mb", "peak memory (MB)"), ("train_gflops_per_s", "training GFLOP/s")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
+    variants = list(dict.fromkeys(table["variant"]))
+    colours = dict(zip(variants, sns.color_palette(PALETTE, len(variants))))
+    for ax, (column, label) in zip(axes, panels):
+        for name in variants:
+            rows = table[table["variant"] == name].sort_values("tokens")
+            ax.plot(rows["tokens"], rows[column].clip(lower=1e-3), marker="o", ms=3, label=name, color=colours[name])
+        ax.set(xscale="log", yscale="log", xlabel="tokens (patches)", ylabel=label)
+    axes[-1].legend(frameon=False, fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig

@@ -5,6 +5,15 @@ shuffling, augmentation and dropout from a seed derived from (seed, epoch), so a
 exactly what an uninterrupted run would have done: same parameters and seed, same metrics.
 A checkpoint remembers a fingerprint of the configuration it was trained with; one written for
 another configuration is set aside (renamed, never deleted) and training starts afresh.
+
+Launched by torchrun, the same code trains on several GPUs or machines with DistributedDataParallel
+(lib/distributed.py; entry point lib/train_cli.py). A batch stays `batch_size` images in all: every process
+draws the same shuffle and augmentation, trains on its share of each batch (every world_size-th image) and
+DDP averages the gradients, so the result equals a single process's up to the order of float sums.
+Evaluation is sharded the same way and its sums added up. Only rank 0 reads and writes files (checkpoint,
+dvclive logs); a checkpoint resumes with any number of processes. Not bit-for-bit equivalent: dropout and
+stochastic depth draw independently on each process, and batch-level auxiliary losses (MoH load balance)
+are computed over each share.
 """
 import math
 import time
@@ -19,12 +28,17 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from lib import distributed as dist
 from lib.augment import random_affine
 from lib.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from lib.config import Params, fingerprint
 from lib.data import ImageSet, collate, load_split
 from lib.data.pin import check_pinned
 from lib.study import build_model, epoch_seed, normalize, seed_everything
+
+
+# The code whose changes can change a trained model (a checkpoint from other code is not resumed).
+TRAINING_CODE = ("augment.py", "checkpoint.py", "distributed.py", "study.py", "train.py", "data", "layers", "models")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -41,7 +55,7 @@ class TrainResult:
 def run_config(params: Params, dataset: str, variant: str) -> dict:
     """Everything that determines the trained weights, as plain data (fingerprinted for resume)."""
     return {
-        "code": code_fingerprint(),
+        "code": code_fingerprint(TRAINING_CODE),
         "seed": params.seed,
         "dataset": dataset,
         "dataset_params": params.datasets[dataset].model_dump(),
@@ -51,21 +65,30 @@ def run_config(params: Params, dataset: str, variant: str) -> dict:
     }
 
 
-def code_fingerprint() -> str:
-    """Hash of the `lib` sources: a checkpoint from other code is not resumed."""
-    sources = sorted(Path(__file__).parent.rglob("*.py"))
-    return fingerprint({str(p.relative_to(Path(__file__).parent)): p.read_text() for p in sources})
+def code_fingerprint(parts: tuple[str, ...] = ()) -> str:
+    """Hash of the `lib` sources (or of the given files / folders under lib/): work done by other code is redone."""
+    root = Path(__file__).parent
+    folders = [root / part for part in parts] or [root]
+    sources = sorted({p for folder in folders for p in ([folder] if folder.is_file() else folder.rglob("*.py"))})
+    return fingerprint({str(p.relative_to(root)): p.read_text() for p in sources})
 
 
 @torch.no_grad()
 def evaluate_accuracy(model: torch.nn.Module, data: ImageSet, batch_size: int, label_smoothing: float = 0.0) -> dict:
-    """Mean loss and accuracy of `model` on `data` (eval mode, no augmentation)."""
+    """Mean loss and accuracy of `model` on `data` (eval mode, no augmentation).
+
+    Under torchrun every process must call it: each evaluates its shard of `data`, the sums are added up
+    across processes and every process gets the result for the whole of `data`.
+    """
     model.eval()
+    device = next(model.parameters()).device
     loss_sum, correct = 0.0, 0
-    for images, labels in DataLoader(data, batch_size=batch_size, collate_fn=collate):
+    for images, labels in DataLoader(dist.shard(data), batch_size=batch_size, collate_fn=collate):
+        images, labels = images.to(device), labels.to(device)
         logits = model(normalize(images))
         loss_sum += F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum").item()
         correct += (logits.argmax(-1) == labels).sum().item()
+    loss_sum, correct = dist.all_reduce_sum(loss_sum, correct)
     return {"loss": loss_sum / len(data), "acc": correct / len(data)}
 
 
@@ -80,7 +103,11 @@ def train(
     """Train `variant` on `dataset`; log to dvclive in `live_dir`; checkpoint to `checkpoint_path`.
 
     progress: show a per-step progress bar (a one-line summary is printed after every epoch regardless).
+    Under torchrun every process calls this (it joins the process group) and gets the same result; only
+    rank 0 writes the checkpoint and the logs, and prints.
     """
+    device = dist.setup()  # this process's GPU under torchrun on CUDA machines, else the CPU
+    world = dist.world_size()
     cfg = params.train_for(dataset)
     config = run_config(params, dataset, variant)
     config_id = fingerprint(config)
@@ -93,8 +120,13 @@ def train(
     if cfg.train_subset:
         train_set = train_set.subset(range(min(cfg.train_subset, len(train_set))))
     val_set = load_split(data_root, dataset, "val", resolution)
+    if cfg.batch_size % world or 0 < len(train_set) % cfg.batch_size < world:
+        raise ValueError(
+            f"{world} processes cannot share batches of {cfg.batch_size} images ({len(train_set)} in all): "
+            f"batch_size must be divisible by the number of processes, and the last batch hold at least one image each"
+        )
 
-    model = build_model(params, dataset, variant)
+    model = build_model(params, dataset, variant).to(device)
     optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     scheduler = CosineLRScheduler(
@@ -103,31 +135,39 @@ def train(
     )
 
     start_epoch, history = _resume(checkpoint_path, config_id, model, optimizer)
-    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
+    parallel = dist.wrap(model, device)  # train through this: with several processes DDP averages their gradients
+    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) if dist.is_main() else None
     for past in history:  # a resumed run re-logs what came before, so the curves are whole
         _log_epoch(live, past)
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(epoch_seed(params.seed, epoch))
-        torch.manual_seed(epoch_seed(params.seed, epoch))  # dropout / drop-path draws
+        generator = torch.Generator().manual_seed(epoch_seed(params.seed, epoch))  # the same on every process
+        torch.manual_seed(epoch_seed(params.seed, epoch) + dist.rank() * 2**40)  # dropout / drop-path, per process
         order = torch.randperm(len(train_set), generator=generator)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=order.tolist(), collate_fn=collate)
-        model.train()
+        batches = order.split(cfg.batch_size)
+        shares = [batch[dist.share()].tolist() for batch in batches]  # each process trains on its share of each batch
+        loader = DataLoader(train_set, batch_sampler=shares, collate_fn=collate)
+        parallel.train()
         loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        show = progress and dist.is_main()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
         for step, (images, labels) in enumerate(bar):
             scheduler.step_update(epoch * steps_per_epoch + step)
-            images = random_affine(images, cfg.augment.translate, cfg.augment.scale, generator)
-            logits = model(normalize(images))
+            images, labels = images.to(device), labels.to(device)
+            whole = len(batches[step])  # images in the whole batch, of which this process holds len(labels)
+            images = random_affine(images, cfg.augment.translate, cfg.augment.scale, generator,
+                                   batch=whole, rows=dist.share())  # the whole batch's draws, this share's rows
+            logits = parallel(normalize(images))
             loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing) + auxiliary_loss(model)
-            if not torch.isfinite(loss):
+            if not dist.all_true(bool(torch.isfinite(loss))):  # every process stops, or none
                 raise NonFiniteLossError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopping. "
-                    f"The last good checkpoint ({checkpoint_path}, epoch {epoch}) is kept."
+                    f"loss became non-finite ({loss.item()} on this process) at epoch {epoch + 1}, step {step + 1}; "
+                    f"stopping. The last good checkpoint ({checkpoint_path}, epoch {epoch}) is kept."
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # weighted by the share's size: the mean over processes that DDP takes is then the whole batch's mean
+            (loss * (len(labels) * world / whole)).backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -137,6 +177,7 @@ def train(
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
 
         val = evaluate_accuracy(model, val_set, params.evaluate.batch_size, cfg.label_smoothing)
+        loss_sum, correct, seen = dist.all_reduce_sum(loss_sum, correct, seen)  # over the whole training set
         record = {
             "epoch": epoch + 1,
             "train/loss": loss_sum / seen,
@@ -148,14 +189,18 @@ def train(
         }
         history.append(record)
         _log_epoch(live, record)
-        save_atomic(
-            {"config_id": config_id, "epoch": epoch + 1, "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "history": history},
-            checkpoint_path,
-        )
-        print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train/loss']:.4f} acc {record['train/acc']:.4f}"
-                  f" | val loss {record['val/loss']:.4f} acc {record['val/acc']:.4f} | {record['epoch_seconds']:.1f}s", flush=True)
-    live.end()
+        if dist.is_main():
+            save_atomic(
+                {"config_id": config_id, "epoch": epoch + 1, "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(), "history": history},
+                checkpoint_path,
+            )
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {record['train/loss']:.4f} acc {record['train/acc']:.4f}"
+                  f" | val loss {record['val/loss']:.4f} acc {record['val/acc']:.4f}"
+                  f" | {record['epoch_seconds']:.1f}s", flush=True)
+        dist.barrier()  # the other processes wait until the epoch's checkpoint is written
+    if live is not None:
+        live.end()
     return TrainResult(model=model, history=history, resumed_from_epoch=start_epoch)
 
 
@@ -165,10 +210,31 @@ def auxiliary_loss(model: torch.nn.Module) -> torch.Tensor | float:
 
 
 def _resume(path: Path, config_id: str, model, optimizer) -> tuple[int, list[dict]]:
-    """Load the checkpoint at `path` if it belongs to this configuration; return (next epoch, history)."""
-    path = Path(path)
-    if not path.exists():
+    """Load the checkpoint at `path` if it belongs to this configuration; return (next epoch, history).
+
+    Only rank 0 reads (or sets aside) the file and sends what it found to the other processes, so they need
+    not share its file system; an unreadable checkpoint stops every process with the same error.
+    """
+    state = None
+    if dist.is_main():
+        try:
+            state = _read_resumable(Path(path), config_id)
+        except CheckpointError as err:
+            state = err
+    state = dist.broadcast_object(state)
+    if isinstance(state, CheckpointError):
+        raise state
+    if state is None:
         return 0, []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["epoch"], list(state["history"])
+
+
+def _read_resumable(path: Path, config_id: str) -> dict | None:
+    """The checkpoint at `path` if there is one for this configuration; one for another is renamed aside."""
+    if not path.exists():
+        return None
     state = load_checkpoint(path)  # raises CheckpointError naming the file if unreadable
     missing = {"config_id", "epoch", "model", "optimizer", "history"} - set(state)
     if missing:
@@ -177,15 +243,16 @@ def _resume(path: Path, config_id: str, model, optimizer) -> tuple[int, list[dic
         stale = path.with_name(f"{path.stem}.{state['config_id']}.stale{path.suffix}")
         path.rename(stale)
         print(f"{path}: written for another configuration; kept as {stale.name}, starting from scratch")
-        return 0, []
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+        return None
     print(f"{path}: resuming after epoch {state['epoch']}")
-    return state["epoch"], list(state["history"])
+    return state
 
 
-def _log_epoch(live: Live, record: dict) -> None:
-    """Log an epoch's metrics; wall-clock time is left out so that reruns give identical metrics."""
+def _log_epoch(live: Live | None, record: dict) -> None:
+    """Log an epoch's metrics (on rank 0, the only one with a `live`); wall-clock time is left out so that reruns
+    give identical metrics."""
+    if live is None:
+        return
     for key, value in record.items():
         if key not in ("epoch", "epoch_seconds"):
             live.log_metric(key, value)

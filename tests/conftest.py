@@ -40,6 +40,16 @@ def tiny_params_dict(data_root: Path | str = "data") -> dict:
     params["datasets"]["shapes"].update(train_resolution=32, eval_resolutions=[24, 32, 48], train={})
     params["study"] = {"datasets": ["mnist", "shapes"], "variants": ["ape", "rope_mixed"]}
     params["zoo"] = {"datasets": ["shapes"], "variants": ["linear"]}
+    params["datasets"]["signs"].update(train_resolution=24, eval_resolutions=[16, 24, 32], train={})
+    params["analysis"].update(runs={"datasets": ["shapes"], "variants": ["rope_mixed", "linear"]}, num_images=20,
+                              ig_steps=2, perturbation_steps=2, random_orders=1, bootstrap_resamples=20, example_images=2)
+    params["safety"].update(runs={"datasets": ["shapes"], "variants": ["ape", "rope_mixed"]}, num_test_images=40,
+                            corruptions=["gaussian_noise", "occlusion"], severities=[1, 5],
+                            example_corruptions=["occlusion"], example_severity=5, num_examples=2)
+    params["convex"].update(train_size=60, grid_size=2, num_seeds=1, steps=20, max_iter=300, num_heads=2, gates=2,
+                            gap_tol=1e-3)
+    params["efficiency"].update(grids=[2, 4], variants=["rope_mixed", "linear"], tokens_per_batch=64, repeats=1,
+                                slope_min_tokens=1, timm_grid=2, timm_batch=8, timm_rounds=1)
     return params
 
 

@@ -68,6 +68,14 @@ BAD = [
     ("datasets.shapes.train", {"epoch": 5}, ["datasets.shapes.train.epoch", "did you mean 'epochs'"]),
     ("datasets.shapes.train", {"augment": {"translate": 2.0}}, ["datasets.shapes.train.augment.translate", "0.5"]),
     ("datasets.shapes.train", {"epochs": 1}, ["datasets.shapes.train: warmup_epochs=2 must be smaller than epochs=1"]),
+    ("analysis.runs", {"datasets": ["mnist"], "variants": ["linear"]}, ["analysis.runs", "mnist-linear is not trained"]),
+    ("analysis.head_fusion", "median", ["analysis.head_fusion", "'mean', 'max' or 'min'"]),
+    ("analysis.reference_pos_embed", "rope_mixd", ["analysis.reference_pos_embed", "did you mean 'rope_mixed'"]),
+    ("safety.corruptions", ["gaussian_nosie"], ["safety.corruptions", "did you mean 'gaussian_noise'"]),
+    ("safety.severities", [1, 6], ["safety.severities", "less than or equal to 5"]),
+    ("safety.severities", [3, 1], ["safety.severities", "increasing"]),
+    ("safety.baseline_variant", "apee", ["safety.baseline_variant", "did you mean 'ape'"]),
+    ("efficiency.baseline", "axial_x", ["efficiency", "baseline 'axial_x' must be one of efficiency.variants"]),
 ]
 
 

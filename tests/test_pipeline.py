@@ -90,6 +90,46 @@ def test_repro_writes_metrics_tables_and_figures(study):
     assert "| variant" in (study / "results" / "resolution" / "resolution.md").read_text()
 
 
+def test_efficiency_stage_measures_every_variant_and_timm(study):
+    cost = pd.read_csv(study / "results" / "efficiency" / "cost_vs_tokens.csv")
+    assert set(cost["variant"]) == {"rope_mixed", "linear"} and sorted(set(cost["tokens"])) == [4, 16]
+    assert (cost["train_images_per_s"] > 0).all() and (cost["forward_gflops"] > 0).all()
+    timm = pd.read_csv(study / "results" / "efficiency" / "lib_vs_timm.csv")
+    assert {"lib_rope_mixed", "timm_eva_rope_mixed", "lib_ape", "timm_vit_ape"} <= set(timm["model"])
+    targets = pd.read_csv(study / "results" / "efficiency" / "targets.csv")
+    assert len(targets) == 5 and targets["value"].notna().all()
+    machine = json.loads((study / "results" / "efficiency" / "machine.json").read_text())
+    assert machine["fp32_matmul_peak_gflops"] > 0
+
+
+def test_analysis_stages_write_tables_and_figures_per_run_and_summary(study):
+    for run_name in ("shapes-rope_mixed", "shapes-linear"):
+        folder = study / "results" / "analysis" / run_name
+        layer_head = pd.read_csv(folder / "layer_head.csv")
+        assert len(layer_head) == 2 * 2  # tiny model: depth 2 x 2 heads
+        assert layer_head["mean_distance_pixels"].ge(0).all()
+        faithfulness = pd.read_csv(folder / "faithfulness.csv")
+        assert {"rollout", "random", "integrated_gradients"} <= set(faithfulness["method"])
+        assert (folder / "explanations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(pd.read_csv(folder / "localisation.csv")) > 0  # shapes has object masks
+    summary = study / "results" / "analysis_summary"
+    assert set(pd.read_csv(summary / "layer_head.csv")["variant"]) == {"rope_mixed", "linear"}
+    assert list(summary.glob("*.pdf"))
+
+
+def test_safety_stages_write_shift_metrics_and_a_recommendation(study):
+    for variant in ("ape", "rope_mixed"):
+        folder = study / "results" / "safety" / f"shapes-{variant}"
+        shifts = pd.read_csv(folder / "shift_metrics.csv")
+        corrupted = shifts[shifts["family"] != "resolution"]
+        assert len(corrupted) == 1 + 2 * 2  # clean + 2 corruptions x 2 severities
+        assert set(shifts.loc[shifts["family"] == "resolution", "resolution"]) == {24, 48}
+        assert shifts["ece"].between(0, 1).all() and shifts["accuracy"].between(0, 1).all()
+        assert (folder / "reliability.pdf").read_bytes()[:5] == b"%PDF-"
+    summary = study / "results" / "safety_summary"
+    assert list(summary.glob("*.csv")) and list(summary.glob("*.png"))
+
+
 def test_metrics_and_plots_show(study):
     shown = dvc("metrics", "show", "--json", cwd=study)
     assert "results/runs/shapes-linear/live/metrics.json" in shown.stdout

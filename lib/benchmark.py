@@ -1,0 +1,264 @@
+"""What attention costs: throughput, memory and FLOP/s versus token count, and lib versus timm.
+
+Timings are medians of repeated runs after a warm-up, each a whole batch (forward in eval mode
+without gradients, or a training step: forward, backward and AdamW step). Comparisons between two
+models interleave their repetitions (A B A B ...) so that drift in the machine's speed hits both.
+Peak memory is the peak resident set size (Linux VmHWM, reset before each grid) of a fresh process
+per attention variant while one grid is timed, minus what was resident once the model was set up.
+FLOPs come from `torch.utils.flop_counter` on the variant's own path with attention on PyTorch's
+"math" backend (the fused CPU kernel reports none), counted outside the measured process; training
+is counted as 3x the forward.
+"""
+import argparse
+import json
+import math
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from lib.models import VisionTransformer
+
+# The study's CPU-sized ViT (params.yaml `model`), on 1-channel images.
+TINY = dict(patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
+
+
+def matmul_peak_gflops(size: int = 1024, repeats: int = 10) -> float:
+    """Measured fp32 matmul rate of this machine (GFLOP/s, best of `repeats`), the roofline for FLOP/s."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def median_seconds(step: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def forward_step(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], None]:
+    """One inference batch: eval mode, no gradients."""
+    def step():
+        model.eval()
+        with torch.no_grad():
+            model(images)
+    return step
+
+
+def train_step(model: torch.nn.Module, images: torch.Tensor) -> Callable[[], None]:
+    """One training step: forward, cross-entropy, backward, AdamW update."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    labels = torch.zeros(len(images), dtype=torch.long)
+
+    def step():
+        model.train()
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def forward_flops(model: VisionTransformer, images: torch.Tensor) -> int:
+    """FLOPs of one forward pass of the variant's own (fast) path.
+
+    The fused CPU attention kernel reports no FLOPs to the counter, so attention runs on PyTorch's
+    "math" backend here, which performs the same products as matmuls the counter sees.
+    """
+    model.eval()
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(images)
+    return counter.get_total_flops()
+
+
+def batch_for(tokens: int, tokens_per_batch: int) -> int:
+    """Images per batch so that a batch holds about `tokens_per_batch` tokens (at least one image)."""
+    return max(1, tokens_per_batch // tokens)
+
+
+def _status_mb(key: str) -> float:
+    match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    return int(match.group(1)) / 1024
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (MB)."""
+    return _status_mb("VmRSS")
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS counter (VmHWM) from the current RSS (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since the last `reset_peak_rss` (MB)."""
+    return _status_mb("VmHWM")
+
+
+def tiny_model(attention: str, pos_embed: str, grid: int, attention_kwargs: dict | None = None, seed: int = 0):
+    torch.manual_seed(seed)
+    return VisionTransformer(img_size=TINY["patch_size"] * grid, attention=attention, pos_embed=pos_embed,
+                             attention_kwargs=attention_kwargs, **TINY)
+
+
+def images_for(grid: int, batch: int) -> torch.Tensor:
+    return torch.randn(batch, TINY["in_chans"], grid * TINY["patch_size"], grid * TINY["patch_size"])
+
+
+def measure_variant(attention: str, pos_embed: str, grids: list[int], tokens_per_batch: int, repeats: int,
+                    attention_kwargs: dict | None = None) -> list[dict]:
+    """One row per grid: forward and training throughput and peak memory of one variant.
+
+    Meant to run in a fresh process (see `measure_in_subprocess`), so that no other model's memory
+    is in the count: peak_mb is the peak resident memory while timing a grid, above the memory
+    resident once the model, its optimizer and the runtime are set up. Grids run in increasing
+    order, so memory kept by the allocator from earlier grids stays below the current grid's peak.
+    """
+    model = tiny_model(attention, pos_embed, min(grids), attention_kwargs)
+    # one step on a single small image first: one-time runtime set-up (thread pools, optimizer state)
+    # is then part of the baseline, not of the first grid's peak
+    train_step(model, images_for(min(grids), 1))()
+    forward_step(model, images_for(min(grids), 1))()
+    baseline_mb = rss_mb()
+    rows = []
+    for grid in sorted(grids):
+        tokens = grid * grid
+        batch = batch_for(tokens, tokens_per_batch)
+        images = images_for(grid, batch)
+        reset_peak_rss()
+        forward_s = median_seconds(forward_step(model, images), repeats)
+        train_s = median_seconds(train_step(model, images), repeats)
+        rows.append({
+            "attention": attention, "pos_embed": pos_embed, "grid": grid, "tokens": tokens, "batch": batch,
+            "forward_images_per_s": batch / forward_s, "train_images_per_s": batch / train_s,
+            "forward_ms_per_image": 1e3 * forward_s / batch, "train_ms_per_image": 1e3 * train_s / batch,
+            "peak_mb": peak_rss_mb() - baseline_mb,
+        })
+    return rows
+
+
+def measure_in_subprocess(attention: str, pos_embed: str, grids: list[int], tokens_per_batch: int, repeats: int,
+                          attention_kwargs: dict | None = None, threads: int | None = None) -> list[dict]:
+    """`measure_variant` in a fresh Python process (own memory accounting); returns its rows."""
+    spec = {"attention": attention, "pos_embed": pos_embed, "grids": grids, "tokens_per_batch": tokens_per_batch,
+            "repeats": repeats, "attention_kwargs": attention_kwargs or {}, "threads": threads}
+    result = subprocess.run([sys.executable, "-m", "lib.benchmark", json.dumps(spec)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"benchmark of {attention}/{pos_embed} failed:\n{result.stderr[-3000:]}")
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    # FLOPs here, not in the measured process: counting them materializes what the fast path avoids
+    model = tiny_model(attention, pos_embed, min(grids), attention_kwargs)
+    for row in rows:
+        flops = forward_flops(model, images_for(row["grid"], 1))
+        row["forward_gflops"] = flops / 1e9
+        row["forward_gflops_per_s"] = flops * row["forward_images_per_s"] / 1e9
+        row["train_gflops_per_s"] = 3 * flops * row["train_images_per_s"] / 1e9
+    return rows
+
+
+def loglog_slope(table: pd.DataFrame, x: str = "tokens", y: str = "forward_ms_per_image", min_x: int = 0) -> float:
+    """Least-squares slope of log(y) against log(x) over rows with x >= min_x: the empirical cost exponent."""
+    part = table[table[x] >= min_x]
+    return float(np.polyfit(np.log(part[x]), np.log(part[y]), 1)[0])
+
+
+def crossover_tokens(variant: pd.DataFrame, baseline: pd.DataFrame, y: str = "forward_ms_per_image") -> float:
+    """Token count from which `variant` stays cheaper than `baseline` (log-log interpolation).
+
+    inf if it is not cheaper at the largest measured size; the smallest size if it is cheaper throughout.
+    """
+    merged = variant.merge(baseline, on="tokens", suffixes=("", "_base")).sort_values("tokens")
+    tokens = merged["tokens"].to_numpy(dtype=float)
+    log_ratio = np.log(merged[y].to_numpy() / merged[f"{y}_base"].to_numpy())  # < 0: variant cheaper
+    if log_ratio[-1] >= 0:
+        return math.inf
+    start = len(log_ratio) - 1  # walk back to the start of the final run of "cheaper" sizes
+    while start > 0 and log_ratio[start - 1] < 0:
+        start -= 1
+    if start == 0:
+        return float(tokens[0])
+    before, after = log_ratio[start - 1], log_ratio[start]  # >= 0, then < 0: the sign change
+    t = before / (before - after)
+    return float(np.exp(np.log(tokens[start - 1]) + t * (np.log(tokens[start]) - np.log(tokens[start - 1]))))
+
+
+def timm_counterparts(grid: int) -> dict[str, torch.nn.Module]:
+    """timm models at the study's configuration, to compare with lib's at identical settings."""
+    import timm.models
+    from timm.models.eva import Eva
+
+    size = TINY["patch_size"] * grid
+    common = dict(img_size=size, patch_size=TINY["patch_size"], in_chans=TINY["in_chans"], num_classes=TINY["num_classes"],
+                  embed_dim=TINY["embed_dim"], depth=TINY["depth"], num_heads=TINY["num_heads"], mlp_ratio=TINY["mlp_ratio"])
+    return {
+        "timm_vit_ape": timm.models.VisionTransformer(**common, qkv_bias=True, class_token=True, global_pool="token"),
+        "timm_eva_rope_axial": Eva(**common, qkv_bias=True, use_abs_pos_emb=False, use_rot_pos_emb=True, rope_type="cat",
+                                   rope_grid_indexing="xy", rope_temperature=100.0, global_pool="token"),
+        "timm_eva_rope_mixed": Eva(**common, qkv_bias=True, use_abs_pos_emb=False, use_rot_pos_emb=True, rope_type="mixed",
+                                   rope_grid_indexing="xy", rope_temperature=10.0, global_pool="token"),
+    }
+
+
+def compare_with_timm(grid: int, batch: int, repeats: int, rounds: int = 5) -> pd.DataFrame:
+    """Training and forward throughput of lib and timm models at the same configuration, interleaved.
+
+    Each of `rounds` rounds times every model once (median of `repeats` steps); the table holds the
+    median over rounds, so slow phases of a shared machine spread over all models alike.
+    """
+    size = TINY["patch_size"] * grid
+    models = {
+        "lib_ape": VisionTransformer(img_size=size, pos_embed="ape", **TINY),
+        "lib_rope_axial": VisionTransformer(img_size=size, pos_embed="rope_axial", **TINY),
+        "lib_rope_mixed": VisionTransformer(img_size=size, pos_embed="rope_mixed", **TINY),
+        **timm_counterparts(grid),
+    }
+    images = torch.randn(batch, TINY["in_chans"], size, size)
+    steps = {(name, kind): make(model, images) for name, model in models.items()
+             for kind, make in (("train", train_step), ("forward", forward_step))}
+    timings: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            timings[key].append(median_seconds(step, repeats, warmup=1))
+    rows = [{"model": name, "images_per_s_train": batch / statistics.median(timings[(name, "train")]),
+             "images_per_s_forward": batch / statistics.median(timings[(name, "forward")]),
+             "parameters": sum(p.numel() for p in model.parameters())} for name, model in models.items()]
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str]) -> int:
+    """Subprocess entry: one JSON spec in, one JSON list of rows out (last line of stdout)."""
+    parser = argparse.ArgumentParser(description="measure one attention variant (internal, see measure_in_subprocess)")
+    parser.add_argument("spec", help="JSON: attention, pos_embed, grids, tokens_per_batch, repeats, attention_kwargs, threads")
+    spec = json.loads(parser.parse_args(argv).spec)
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    rows = measure_variant(spec["attention"], spec["pos_embed"], spec["grids"], spec["tokens_per_batch"],
+                           spec["repeats"], spec.get("attention_kwargs"))
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

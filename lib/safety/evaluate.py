@@ -1,0 +1,85 @@
+"""One model under shift: the per-condition rows of the safety evaluation (notebooks/safety.py).
+
+A condition is the clean test set, one corruption at one severity, another test resolution, or another
+training seed's model. For each, `prediction_row` summarizes the logits (accuracy with its 95% Wilson
+interval, calibration before and after temperature scaling, AURC, coverage and realized risk at the
+validation thresholds) and `map_rows` the explanation maps (similarity to the clean maps and localisation
+on the object masks, mean and standard error over images, NaNs left out).
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lib.evaluate import wilson_interval
+from lib.safety.calibration import calibration_metrics, probabilities, reliability_bins
+from lib.safety.reliability import localisation, map_similarity, resolution_stability
+from lib.safety.selective import aurc, excess_aurc, risk_coverage_curve, selective_metrics
+
+
+def confidence_and_correct(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maximum softmax probability of softmax(logits / T) (N,) and top-1 correctness (N,)."""
+    confidence, predicted = probabilities(logits, temperature).max(dim=-1)
+    return confidence, predicted == labels
+
+
+def prediction_row(logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+                   thresholds: dict[str, float]) -> dict[str, float]:
+    """Accuracy (with 95% Wilson CI), calibration raw and temperature-scaled (suffix _ts), AURC / E-AURC
+    (of the MSP; the same before and after scaling, which keeps the ranking), and for every named
+    threshold (applied to the temperature-scaled MSP) the coverage and realized selective risk."""
+    raw, scaled = calibration_metrics(logits, labels), calibration_metrics(logits, labels, temperature)
+    confidence, correct = confidence_and_correct(logits, labels, temperature)
+    low, high = wilson_interval(int(correct.sum()), len(correct))
+    row = {"n": len(labels), **raw, "error": 1 - raw["accuracy"], "ci_low": low, "ci_high": high}
+    row |= {f"{name}_ts": value for name, value in scaled.items() if name != "accuracy"}
+    row |= {"aurc": aurc(confidence, correct), "eaurc": excess_aurc(confidence, correct)}
+    for name, threshold in thresholds.items():
+        selected = selective_metrics(confidence, correct, threshold)
+        row |= {f"coverage_{name}": selected["coverage"], f"risk_{name}": selected["selective_risk"]}
+    return row
+
+
+def _summarize(values: dict[str, torch.Tensor]) -> list[dict]:
+    """Mean, standard error and count of each per-image metric, NaNs left out."""
+    rows = []
+    for metric, per_image in values.items():
+        finite = per_image[~torch.isnan(per_image)].numpy()
+        sem = finite.std(ddof=1) / math.sqrt(len(finite)) if len(finite) > 1 else np.nan
+        rows.append({"metric": metric, "mean": finite.mean() if len(finite) else np.nan, "sem": sem, "n": len(finite)})
+    return rows
+
+
+def map_rows(maps: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | None, masks: torch.Tensor | None,
+             fraction: float) -> list[dict]:
+    """Long-format rows (method, metric, mean, sem, n): similarity of each method's maps to the reference
+    maps of the same images (resampled to the coarser grid when the grids differ), and localisation on the
+    masks when given."""
+    rows = []
+    for method, values in maps.items():
+        metrics = {}
+        if reference is not None:
+            metrics |= resolution_stability(values, reference[method], fraction=fraction)
+        if masks is not None:
+            metrics |= localisation(values, masks)
+        rows += [{"method": method, **row} for row in _summarize(metrics)]
+    return rows
+
+
+def bins_frame(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> pd.DataFrame:
+    """Reliability-diagram bins before (scaled=False) and after (scaled=True) temperature scaling."""
+    frames = []
+    for scaled, t in ((False, 1.0), (True, temperature)):
+        bins = reliability_bins(probabilities(logits, t), labels)
+        frames.append(pd.DataFrame({k: v.numpy() for k, v in bins.items()}).assign(scaled=scaled))
+    return pd.concat(frames, ignore_index=True)
+
+
+def curve_frame(logits: torch.Tensor, labels: torch.Tensor, points: int = 101) -> pd.DataFrame:
+    """The MSP risk-coverage curve at `points` evenly spaced coverages (the rank ceil(c N), at least 1)."""
+    confidence, correct = confidence_and_correct(logits, labels, 1.0)
+    curve = risk_coverage_curve(confidence, correct)
+    ranks = np.maximum(np.ceil(np.linspace(0, 1, points) * len(labels)).astype(int), 1) - 1
+    return pd.DataFrame({"coverage": curve.coverage.numpy()[ranks], "risk": curve.risk.numpy()[ranks]})

@@ -1,0 +1,175 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (attention-rope-study)
+#     language: python
+#     name: attention-rope-study
+# ---
+
+# %% [markdown]
+# # Attention analysis of one trained model
+#
+# What does attention look at, and how faithful are attention-based explanations? (research question 3)
+# For one run (`dataset`, `variant`, its `weights`) on its test split at the training resolution:
+#
+# 1. **Attention statistics** over all test images, per block and head: mean attention distance
+#    (Dosovitskiy et al. 2021), entropy, concentration of the CLS attention, the mean attention per
+#    relative offset (what the position encoding learned), and high-norm "sink" tokens (Darcet et al. 2023).
+# 2. **Head importance** (Michel et al. 2019) and the accuracy as heads are pruned, against random orders.
+# 3. **Explanations** of the predicted class on the first `analysis.num_images` test images: raw CLS attention,
+#    rollout, gradient-weighted rollout (Chefer et al. 2021), Grad-CAM, Integrated Gradients, random maps;
+#    their **faithfulness** (deletion / insertion, positive / negative perturbation, 95% bootstrap CIs) and,
+#    on `shapes`, their **localisation** of the two objects (pointing game, relevance mass).
+#
+# Settings come from the `analysis` section of `params.yaml`. Definitions are in the docstrings of
+# `lib/analysis`. Tables are tidy CSVs, one row per observation.
+
+# %% tags=["parameters"]
+params_file = "params.yaml"  # settings: the `analysis` section (plus `seed`, `evaluate.batch_size`)
+dataset = "shapes"
+variant = "rope_mixed"
+weights = "results/runs/shapes-rope_mixed/model.pt"
+out_dir = "results/analysis/shapes-rope_mixed"
+
+# %%
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from matplotlib import pyplot as plt
+
+from lib.analysis.plots import (
+    plot_explanation_grid, plot_faithfulness, plot_mean_distance, plot_offset_profiles, plot_perturbation_curves,
+    plot_pruning,
+)
+from lib.analysis.tables import (
+    attention_tables, explain_all, faithfulness_tables, head_importance_tables, localisation_table,
+)
+from lib.config import load_params
+from lib.data import load_split
+from lib.evaluate import load_trained_model
+from lib.plots import save_figure, set_style
+from lib.study import normalize, run_name
+
+params = load_params(params_file)
+settings, batch_size, seed = params.analysis, params.evaluate.batch_size, params.seed
+out = Path(out_dir)
+spec = params.variants[variant]
+run = {"run": run_name(dataset, variant), "dataset": dataset, "variant": variant,
+       "attention": spec.attention, "pos_embed": spec.pos_embed}
+model = load_trained_model(params, dataset, variant, Path(weights))
+data = load_split(Path(params.data_root), dataset, settings.split, params.datasets[dataset].train_resolution)
+inputs = normalize(data.images)
+# the perturbation and Integrated-Gradients baseline: the split's mean colour, a constant image
+baseline = normalize(data.images.mean(dim=(0, 2, 3), keepdim=True).expand(1, -1, *data.images.shape[-2:]))
+timings = {}
+
+
+def save_table(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    table = table.assign(**run)
+    table.to_csv(out / f"{name}.csv", index=False)
+    return table
+
+
+print(f"{run['run']}: {len(data)} {settings.split} images {tuple(data.images.shape[1:])}, attention={spec.attention}, "
+      f"pos_embed={spec.pos_embed}")
+
+# %% [markdown]
+# ## Attention statistics (all test images)
+
+# %%
+start = time.perf_counter()
+stats = attention_tables(model, inputs, batch_size, settings.top_fraction, settings.high_norm_threshold)
+timings["attention_statistics"] = time.perf_counter() - start
+layer_head = save_table(stats["layer_head"], "layer_head")
+offsets = save_table(stats["offset_profile"], "offset_profile")
+high_norm = save_table(stats["high_norm"], "high_norm")
+print(layer_head.groupby("layer")[["mean_distance_pixels", "entropy_normalized", "cls_top_mass", "cls_gini"]].mean().round(3))
+print(high_norm.round(3).to_string(index=False))
+
+# %%
+set_style()
+fig = plot_mean_distance(layer_head)
+save_figure(fig, out / "mean_distance")
+plt.show()
+fig = plot_offset_profiles(offsets)
+save_figure(fig, out / "offset_profiles")
+plt.show()
+
+# %% [markdown]
+# ## Head importance and pruning (all test images)
+
+# %%
+start = time.perf_counter()
+heads = head_importance_tables(model, inputs, data.labels, batch_size, settings.random_orders, seed)
+timings["head_importance_and_pruning"] = time.perf_counter() - start
+save_table(heads["head_importance"], "head_importance")
+pruning = save_table(heads["pruning"], "pruning")
+fig = plot_pruning(pruning)
+save_figure(fig, out / "pruning")
+plt.show()
+
+# %% [markdown]
+# ## Explanations and their faithfulness (first `analysis.num_images` test images)
+
+# %%
+subset = slice(0, min(settings.num_images, len(data)))
+start = time.perf_counter()
+with torch.no_grad():
+    predicted = torch.cat([model(inputs[subset][i:i + batch_size]).argmax(-1)
+                           for i in range(0, len(inputs[subset]), batch_size)])
+explanations = explain_all(model, inputs[subset], predicted, baseline, batch_size, settings.ig_steps, seed,
+                           settings.head_fusion, settings.discard_ratio)
+timings["explanations"] = time.perf_counter() - start
+
+start = time.perf_counter()
+fractions = torch.linspace(0, 1, settings.perturbation_steps + 1)
+faith = faithfulness_tables(model, inputs[subset], data.labels[subset], predicted, explanations.maps, baseline,
+                            fractions, batch_size, settings.bootstrap_resamples, seed)
+timings["faithfulness"] = time.perf_counter() - start
+faithfulness = save_table(faith["faithfulness"], "faithfulness")
+curves = save_table(faith["curves"], "perturbation_curves")
+print(faithfulness.pivot_table(index="method", columns="metric", values="value").round(3))
+
+# %%
+shown = slice(0, settings.example_images)
+titles = [f"{data.classes[label]}\npred. {data.classes[p]}".replace("_", " ")
+          for label, p in zip(data.labels[shown].tolist(), predicted[shown].tolist())]
+fig = plot_explanation_grid(data.images[shown], explanations.cls_layers[shown],
+                            {name: maps[shown] for name, maps in explanations.maps.items()},
+                            explanations.ig_pixels[shown], titles)
+save_figure(fig, out / "explanations")
+plt.show()
+fig = plot_faithfulness(faithfulness)
+save_figure(fig, out / "faithfulness")
+plt.show()
+fig = plot_perturbation_curves(curves)
+save_figure(fig, out / "perturbation_curves")
+plt.show()
+
+# %% [markdown]
+# ## Localisation of the objects (`shapes` only: the circle and square masks)
+
+# %%
+start = time.perf_counter()
+if data.masks is not None:
+    local = localisation_table(explanations.maps, data.masks[subset], data.images[subset], data.labels[subset],
+                               model.patch_embed.patch_size, settings.bootstrap_resamples, seed)
+else:  # no masks (mnist): an empty table with the same columns, so every run writes the same files
+    local = pd.DataFrame(columns=["method", "metric", "value", "ci_low", "ci_high", "n", "mask_area_share"])
+timings["localisation"] = time.perf_counter() - start
+local = save_table(local, "localisation")
+print(local.pivot_table(index="method", columns="metric", values="value").round(3) if len(local) else "no masks")
+
+# %%
+timings["total"] = sum(timings.values())
+(out / "timing.json").write_text(json.dumps({**run, "images": len(data), "explained_images": subset.stop,
+                                             "seconds": {k: round(v, 2) for k, v in timings.items()}}, indent=2) + "\n")
+print(json.dumps(timings, indent=2))

@@ -1,0 +1,122 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (attention-rope-study)
+#     language: python
+#     name: attention-rope-study
+# ---
+
+# %% [markdown]
+# # Attention analysis across models
+#
+# Gathers the per-model tables written by `notebooks/analysis.py` (one folder per run under
+# `analysis_dir`) and compares them: how far attention reaches per block by position encoding and by
+# attention variant, what each position encoding learned as a function of the relative offset, and how
+# faithful and well-localised each explanation method is for each variant. Confidence intervals are the
+# per-model bootstrap intervals over test images.
+
+# %% tags=["parameters"]
+params_file = "params.yaml"
+analysis_dir = "results/analysis"
+out_dir = "results/analysis_summary"
+
+# %%
+from pathlib import Path
+
+import pandas as pd
+from matplotlib import pyplot as plt
+
+from lib.analysis.plots import (
+    plot_distance_by_variant, plot_metric_by_variant, plot_offset_profiles_by_variant,
+)
+from lib.config import load_params
+from lib.plots import save_figure, set_style
+from lib.study import run_name
+
+params = load_params(params_file)
+out = Path(out_dir)
+reference_pos_embed = params.analysis.reference_pos_embed  # the position encoding the attention variants share
+# the runs that `analysis.runs` names, in params.yaml's order; a missing table is an error, not a silent gap
+runs = [Path(analysis_dir) / run_name(dataset, variant)
+        for dataset in params.analysis.runs.datasets for variant in params.analysis.runs.variants]
+missing = [str(path / "layer_head.csv") for path in runs if not (path / "layer_head.csv").is_file()]
+if missing:
+    raise FileNotFoundError(f"analysis tables missing (run the `analysis` stage first): {', '.join(missing)}")
+print(f"{len(runs)} analysed runs: {', '.join(path.name for path in runs)}")
+
+
+def gather(name: str) -> pd.DataFrame:
+    """One table of every run's `name`.csv (runs without rows, e.g. localisation on mnist, drop out)."""
+    tables = [pd.read_csv(path / f"{name}.csv") for path in runs]
+    table = pd.concat([t for t in tables if len(t)], ignore_index=True)
+    table.to_csv(out / f"{name}.csv", index=False)
+    return table
+
+
+layer_head, offsets, faithfulness = gather("layer_head"), gather("offset_profile"), gather("faithfulness")
+localisation, high_norm, pruning = gather("localisation"), gather("high_norm"), gather("pruning")
+softmax = layer_head["attention"] == "softmax"
+compare_dataset = layer_head["dataset"].value_counts().idxmax()  # the dataset with the most analysed variants
+set_style()
+
+# %% [markdown]
+# ## Mean attention distance by position encoding (softmax attention) and by attention variant
+
+# %%
+fig = plot_distance_by_variant(layer_head[softmax], hue="pos_embed")
+save_figure(fig, out / "distance_by_pos_embed")
+plt.show()
+variants = layer_head[(layer_head["pos_embed"] == reference_pos_embed) & (layer_head["dataset"] == compare_dataset)]
+fig = plot_distance_by_variant(variants, hue="attention")
+save_figure(fig, out / "distance_by_attention")
+plt.show()
+
+# %% [markdown]
+# ## What each position encoding learned: attention by relative offset (head mean, every block)
+
+# %%
+on_dataset = offsets[offsets["dataset"] == compare_dataset]
+fig = plot_offset_profiles_by_variant(on_dataset[on_dataset["attention"] == "softmax"], column="pos_embed")
+save_figure(fig, out / "offset_profiles_by_pos_embed")
+plt.show()
+fig = plot_offset_profiles_by_variant(on_dataset[on_dataset["pos_embed"] == reference_pos_embed], column="attention")
+save_figure(fig, out / "offset_profiles_by_attention")
+plt.show()
+
+# %% [markdown]
+# ## Faithfulness of the explanations by attention variant and by position encoding
+
+# %%
+faith = faithfulness[faithfulness["dataset"] == compare_dataset]
+fig = plot_metric_by_variant(faith[faith["pos_embed"] == reference_pos_embed], hue="attention")
+save_figure(fig, out / "faithfulness_by_attention")
+plt.show()
+fig = plot_metric_by_variant(faith[faith["attention"] == "softmax"], hue="pos_embed")
+save_figure(fig, out / "faithfulness_by_pos_embed")
+plt.show()
+table = faithfulness.pivot_table(index=["dataset", "variant"], columns=["metric", "method"], values="value")
+print(table.round(3).to_string())
+
+# %% [markdown]
+# ## Localisation of the two objects (shapes) by variant
+
+# %%
+fig = plot_metric_by_variant(localisation, hue="variant")
+save_figure(fig, out / "localisation_by_variant")
+plt.show()
+print(localisation.pivot_table(index="variant", columns=["metric", "method"], values="value").round(3).to_string())
+
+# %% [markdown]
+# ## High-norm tokens and head pruning
+
+# %%
+print(high_norm.pivot_table(index=["dataset", "variant"], columns="layer", values="outliers_per_image").round(3).to_string())
+importance_order = pruning[pruning["order"] == "importance"]
+half = importance_order[importance_order["heads_removed"] == importance_order["heads_removed"].max() // 2]
+print("accuracy with half the heads removed (least important first):")
+print(half.set_index(["dataset", "variant"])["accuracy"].round(3).to_string())

@@ -1,0 +1,109 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (attention-rope-study)
+#     language: python
+#     name: attention-rope-study
+# ---
+
+# %% [markdown]
+# # Efficiency: what each attention variant costs as the token count grows
+#
+# Forward and training throughput, achieved FLOP/s and peak memory of the study's ViT with each
+# attention variant, on grids from 7x7 to 64x64 patches (49 to 4,096 tokens); where linear and
+# sparse attention overtake softmax; and lib's ViT against timm's at the identical configuration.
+# All numbers are measured in this run on this machine (see the `machine` table). Methods: `lib/benchmark.py`.
+
+# %% tags=["parameters"]
+params_file = "params.yaml"
+out_dir = "results/efficiency"
+
+# %%
+import json
+import platform
+from pathlib import Path
+
+import pandas as pd
+import torch
+from matplotlib import pyplot as plt
+
+from lib.benchmark import (compare_with_timm, crossover_tokens, loglog_slope, matmul_peak_gflops,
+                           measure_in_subprocess)
+from lib.config import load_params
+from lib.plots import plot_cost_vs_tokens, save_figure, set_style
+
+params = load_params(params_file)
+cfg = params.efficiency
+out = Path(out_dir)
+peak = matmul_peak_gflops()
+machine = {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "torch": torch.__version__, "fp32_matmul_peak_gflops": round(peak, 1)}
+machine
+
+# %%
+rows = []
+for name in cfg.variants:
+    variant = params.variants[name]
+    print(f"{name}: {variant.attention} + {variant.pos_embed}", flush=True)
+    rows += [dict(row, variant=name) for row in measure_in_subprocess(
+        variant.attention, variant.pos_embed, cfg.grids, cfg.tokens_per_batch, cfg.repeats, variant.attention_kwargs)]
+table = pd.DataFrame(rows)
+table["forward_fraction_of_peak"] = table["forward_gflops_per_s"] / peak
+table.to_csv(out / "cost_vs_tokens.csv", index=False)
+table.round(3)
+
+# %% [markdown]
+# ## Cost against token count (log-log)
+
+# %%
+set_style()
+fig = plot_cost_vs_tokens(table)
+save_figure(fig, out / "cost_vs_tokens")
+plt.show()
+
+# %% [markdown]
+# ## Scaling exponents and crossovers with softmax
+# The slope of log(time per image) against log(tokens) over the largest grids: 2 for quadratic
+# attention once it dominates, 1 for linear cost. The crossover is the token count from which a
+# variant stays cheaper than softmax attention.
+
+# %%
+baseline = table[table["variant"] == cfg.baseline]
+summary = pd.DataFrame([{
+    "variant": name,
+    "forward_slope": loglog_slope(part, y="forward_ms_per_image", min_x=cfg.slope_min_tokens),
+    "train_slope": loglog_slope(part, y="train_ms_per_image", min_x=cfg.slope_min_tokens),
+    "forward_crossover_tokens": crossover_tokens(part, baseline, "forward_ms_per_image"),
+    "train_crossover_tokens": crossover_tokens(part, baseline, "train_ms_per_image"),
+    "peak_mb_at_max_grid": float(part["peak_mb"].iloc[-1]),
+} for name, part in table.groupby("variant", sort=False)])
+summary.to_csv(out / "scaling.csv", index=False)
+summary.round(3)
+
+# %% [markdown]
+# ## lib against timm at the identical configuration (training grid, training batch)
+
+# %%
+timm_table = compare_with_timm(cfg.timm_grid, cfg.timm_batch, cfg.repeats, cfg.timm_rounds)
+timm_table.to_csv(out / "lib_vs_timm.csv", index=False)
+speed = timm_table.set_index("model")["images_per_s_train"]
+linear_variants = list(dict.fromkeys(table.loc[table["attention"] == "linear", "variant"]))
+linear_slope = summary.set_index("variant").loc[linear_variants[0], "forward_slope"] if linear_variants else None
+targets = pd.DataFrame([
+    {"target": "lib RoPE-Mixed / timm RoPE-Mixed training throughput", "value": speed["lib_rope_mixed"] / speed["timm_eva_rope_mixed"], "goal": ">= 1.15"},
+    {"target": "lib RoPE-Mixed overhead over lib APE (training)", "value": speed["lib_ape"] / speed["lib_rope_mixed"] - 1, "goal": "<= 0.08"},
+    {"target": "timm RoPE-Mixed overhead over timm ViT APE (training)", "value": speed["timm_vit_ape"] / speed["timm_eva_rope_mixed"] - 1, "goal": "(reference)"},
+    {"target": "lib APE ViT / timm ViT training throughput", "value": speed["lib_ape"] / speed["timm_vit_ape"], "goal": ">= 1.0"},
+    {"target": "linear attention forward log-log slope", "value": linear_slope, "goal": "<= 1.1"},
+])
+targets.to_csv(out / "targets.csv", index=False)
+(out / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
+timm_table.round(1)
+
+# %%
+targets.round(3)

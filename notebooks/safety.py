@@ -1,0 +1,256 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (attention-rope-study)
+#     language: python
+#     name: attention-rope-study
+# ---
+
+# %% [markdown]
+# # Reliability under shift: one trained model
+#
+# Research question 4. One model (dataset, variant) is tested on its clean test images and under shift:
+# the 15 ImageNet-C corruptions at severities 1-5 (Hendrycks & Dietterich 2019, sizes scaled to the image,
+# see `lib/safety/corruptions.py`), square occluders, and other test resolutions. Per condition:
+#
+# - **robustness**: accuracy with 95% Wilson intervals; corruption error (CE), relative CE and mCE against a
+#   baseline model's table when one is given;
+# - **calibration**: ECE (15 bins), NLL and Brier score, before and after temperature scaling fitted on the
+#   clean validation split (Guo et al. 2017);
+# - **selective prediction**: AURC and E-AURC of the maximum softmax probability, and the abstention
+#   thresholds chosen on validation for the target risk (plain, and with a 95% Wilson upper bound) with the
+#   coverage and risk they give on the test condition;
+# - **attention reliability**: similarity of the corrupted image's explanation maps (last-block CLS
+#   attention, rollout) to the clean ones (top-k IoU, Spearman, Jensen-Shannon), and localisation on the
+#   object masks (relevance mass, pointing game) where the data set has masks.
+#
+# Settings come from the `safety` section of `params.yaml`. The default (the first 300 test images, all 16
+# corruptions at severities 1-5, i.e. 80 corrupted copies, and the dataset's other evaluation resolutions)
+# keeps one model to about a minute on 2 CPU cores.
+
+# %% tags=["parameters"]
+params_file = "params.yaml"  # settings: the `safety` section (plus `seed`, `evaluate.batch_size`)
+dataset = "signs"
+variant = "rope_mixed"
+weights = "results/runs/signs-rope_mixed/model.pt"
+out_dir = "results/safety/signs-rope_mixed"
+baseline_table = ""  # shift_metrics.csv of the baseline model for CE / mCE ("" -> raw errors; the summary has mCE)
+other_seed_weights = []  # model.pt of the same dataset and variant trained with other seeds (map stability)
+
+# %%
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from matplotlib import pyplot as plt
+
+from lib.config import load_params
+from lib.data import dataset_info, load_split
+from lib.evaluate import load_trained_model
+from lib.plots import save_figure, set_style
+from lib.safety.corruptions import FAMILY_OF, corrupt
+from lib.safety.calibration import fit_temperature
+from lib.safety.evaluate import bins_frame, confidence_and_correct, curve_frame, map_rows, prediction_row
+from lib.safety.maps import run_model
+from lib.safety.plots import (
+    plot_accuracy_vs_severity,
+    plot_example_maps,
+    plot_map_similarity,
+    plot_reliability,
+    plot_risk_coverage,
+)
+from lib.safety.robustness import corruption_errors, mean_corruption_error
+from lib.safety.selective import threshold_for_risk
+
+started = time.perf_counter()
+params = load_params(params_file)
+settings, batch_size, seed = params.safety, params.evaluate.batch_size, params.seed
+torch.manual_seed(seed)
+out = Path(out_dir)
+out.mkdir(parents=True, exist_ok=True)
+root = Path(params.data_root)
+train_resolution = params.datasets[dataset].train_resolution
+resolutions = [r for r in params.datasets[dataset].eval_resolutions if r != train_resolution]
+resolutions = resolutions if settings.resolution_shift else []
+model = load_trained_model(params, dataset, variant, Path(weights))
+has_masks = dataset_info(dataset)["has_masks"]
+val = load_split(root, dataset, "val", train_resolution)
+test = load_split(root, dataset, "test", train_resolution)
+test = test.subset(range(min(settings.num_test_images, len(test))))
+print(f"{dataset}-{variant}: {len(val)} validation, {len(test)} test images at {train_resolution} px; "
+      f"{len(settings.corruptions)} corruptions x {len(settings.severities)} severities, resolutions {resolutions}")
+
+# %% [markdown]
+# ## Temperature and abstention thresholds, from the clean validation split
+#
+# The temperature T minimizes the validation NLL. The thresholds act on the temperature-scaled maximum
+# softmax probability: `target` is the lowest threshold whose validation selective risk is at most the
+# target risk; `target_bound` the lowest whose 95% Wilson upper bound is.
+
+# %%
+val_logits = run_model(model, val.images, batch_size, with_maps=False).logits
+temperature = fit_temperature(val_logits, val.labels)
+val_confidence, val_correct = confidence_and_correct(val_logits, val.labels, temperature)
+thresholds = {
+    "target": threshold_for_risk(val_confidence, val_correct, settings.target_risk),
+    "target_bound": threshold_for_risk(val_confidence, val_correct, settings.target_risk, upper_bound=True),
+}
+val_row = prediction_row(val_logits, val.labels, temperature, thresholds)
+print(f"T = {temperature:.3f}; thresholds {thresholds}; validation coverage at them: "
+      f"{val_row['coverage_target']:.3f}, {val_row['coverage_target_bound']:.3f}")
+
+# %% [markdown]
+# ## Every condition
+#
+# Clean, each corruption at each severity, each other resolution (scenes re-rendered for procedural data
+# sets, antialiased resize for MNIST), each other seed's model. Maps of a shifted condition are compared with
+# the clean maps of the same images (at another resolution both are resampled to the coarser grid).
+
+# %%
+shift_rows, map_table, bins, curves = [], [], [], []
+examples_images, examples_maps = {}, {}
+masks = test.masks if has_masks else None
+
+
+def record(condition: dict, outputs, labels, reference, condition_masks) -> None:
+    shift_rows.append({**condition, **prediction_row(outputs.logits, labels, temperature, thresholds)})
+    map_table.extend({**condition, **row} for row in map_rows(outputs.maps, reference, condition_masks, settings.top_fraction))
+
+
+clean = run_model(model, test.images, batch_size)
+base = {"dataset": dataset, "variant": variant, "resolution": train_resolution}
+record({**base, "shift": "clean", "family": "clean", "severity": 0}, clean, test.labels, None, masks)
+pooled = {0: [clean.logits]}
+examples_images["clean"] = test.images[:settings.num_examples]
+examples_maps["clean"] = clean.maps["rollout"][:settings.num_examples]
+
+for corruption in settings.corruptions:
+    for severity in settings.severities:
+        images = corrupt(test.images, corruption, severity, seed)
+        outputs = run_model(model, images, batch_size)
+        condition = {**base, "shift": corruption, "family": FAMILY_OF[corruption], "severity": severity}
+        record(condition, outputs, test.labels, clean.maps, masks)
+        pooled.setdefault(severity, []).append(outputs.logits)
+        if corruption in settings.example_corruptions and severity == settings.example_severity:
+            examples_images[corruption] = images[:settings.num_examples]
+            examples_maps[corruption] = outputs.maps["rollout"][:settings.num_examples]
+    print(f"{corruption}: accuracy by severity "
+          f"{[round(r['accuracy'], 3) for r in shift_rows if r['shift'] == corruption]}")
+
+for resolution in resolutions:
+    shifted = load_split(root, dataset, "test", resolution).subset(range(len(test)))
+    outputs = run_model(model, shifted.images, batch_size)
+    condition = {**base, "shift": "resolution", "family": "resolution", "severity": float("nan"), "resolution": resolution}
+    record(condition, outputs, shifted.labels, clean.maps, shifted.masks if has_masks else None)
+
+for other in other_seed_weights:
+    other_model = load_trained_model(params, dataset, variant, Path(other))
+    outputs = run_model(other_model, test.images, batch_size)
+    map_table.extend({**base, "shift": "seed", "family": "seed", "severity": 0, "other_weights": other, **row}
+                     for row in map_rows(outputs.maps, clean.maps, None, settings.top_fraction))
+
+for severity, logits in pooled.items():
+    labels = test.labels.repeat(len(logits))
+    condition = "clean" if severity == 0 else f"severity {severity}"
+    bins.append(bins_frame(torch.cat(logits), labels, temperature).assign(condition=condition))
+    curves.append(curve_frame(torch.cat(logits), labels).assign(condition=condition))
+
+shifts = pd.DataFrame(shift_rows)
+maps_long = pd.DataFrame(map_table)
+bins = pd.concat(bins, ignore_index=True).assign(dataset=dataset, variant=variant)
+curves = pd.concat(curves, ignore_index=True).assign(dataset=dataset, variant=variant)
+shifts.to_csv(out / "shift_metrics.csv", index=False)
+maps_long.to_csv(out / "map_metrics.csv", index=False)
+bins.to_csv(out / "reliability_bins.csv", index=False)
+curves.to_csv(out / "risk_coverage.csv", index=False)
+columns = ["shift", "severity", "resolution", "accuracy", "ece", "ece_ts", "nll", "nll_ts", "aurc", "coverage_target",
+           "risk_target"]
+print(shifts[columns].round(3).to_string(index=False))
+
+# %% [markdown]
+# ## Corruption errors
+#
+# CE_c = Σ_s E_{s,c} / Σ_s E^base_{s,c}, relative CE_c = Σ_s (E_{s,c} − E_clean) / Σ_s (E^base_{s,c} − E^base_clean),
+# mCE and relative mCE their means over the ImageNet-C corruptions (occlusion excluded). Without a baseline
+# table only the mean errors are reported.
+
+# %%
+corruption_rows = shifts[shifts["family"].isin(["noise", "blur", "weather", "digital", "occlusion", "clean"])]
+baseline = None
+if baseline_table:
+    baseline = pd.read_csv(baseline_table)
+    baseline = baseline[baseline["family"] != "resolution"]
+per_corruption = corruption_errors(corruption_rows, baseline).assign(dataset=dataset, variant=variant)
+per_corruption.to_csv(out / "corruption_errors.csv", index=False)
+mce = mean_corruption_error(per_corruption)
+print(per_corruption.round(3).to_string(index=False))
+print(mce)
+
+# %% [markdown]
+# ## Figures
+
+# %%
+set_style()
+name = f"{dataset} · {variant}"
+corrupted = shifts[shifts["family"] != "resolution"]
+fig = plot_accuracy_vs_severity(corrupted, name)
+save_figure(fig, out / "accuracy_vs_severity")
+plt.show()
+
+# %%
+fig = plot_reliability(bins[bins["condition"].isin(["clean", "severity 1", "severity 3", "severity 5"])],
+                       f"{name}: reliability, clean and all corruptions pooled per severity")
+save_figure(fig, out / "reliability")
+plt.show()
+
+# %%
+fig = plot_risk_coverage(curves, settings.target_risk, f"{name}: risk-coverage")
+save_figure(fig, out / "risk_coverage")
+plt.show()
+
+# %%
+corrupted_maps = maps_long[maps_long["family"].isin(["noise", "blur", "weather", "digital", "occlusion"])]
+for metric in ("spearman", "topk_iou"):
+    fig = plot_map_similarity(corrupted_maps, metric, f"{name}: map similarity to the clean map")
+    save_figure(fig, out / f"map_{metric}")
+    plt.show()
+if has_masks:
+    fig = plot_map_similarity(corrupted_maps, "relevance_mass", f"{name}: relevance mass inside the objects")
+    save_figure(fig, out / "map_relevance_mass")
+    plt.show()
+
+# %%
+fig = plot_example_maps(examples_images, examples_maps, f"{name}: rollout, clean and severity {settings.example_severity}")
+save_figure(fig, out / "example_maps")
+plt.show()
+
+# %% [markdown]
+# ## Summary
+
+# %%
+clean_row = shifts[shifts["shift"] == "clean"].iloc[0]
+summary = {
+    "dataset": dataset,
+    "variant": variant,
+    "weights": str(weights),
+    "test_images": len(test),
+    "temperature": temperature,
+    "target_risk": settings.target_risk,
+    "thresholds": thresholds,
+    "validation": {k: val_row[k] for k in ("accuracy", "ece", "ece_ts", "coverage_target", "risk_target",
+                                           "coverage_target_bound", "risk_target_bound")},
+    "clean": {k: float(clean_row[k]) for k in ("accuracy", "ece", "ece_ts", "nll", "nll_ts", "brier", "aurc",
+                                               "coverage_target", "risk_target")},
+    "corruption": mce,
+    "baseline_table": baseline_table,
+    "seconds": time.perf_counter() - started,
+}
+(out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
+print(json.dumps(summary, indent=2, sort_keys=True, default=float))

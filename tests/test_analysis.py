@@ -1,0 +1,349 @@
+"""Attention analysis: rollout, gradient rollout, Grad-CAM, metrics, head masks, faithfulness, localisation."""
+import itertools
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lib.analysis.explain import (
+    attention_gradients, discard_lowest, explain, grad_cam, gradient_rollout, rollout,
+)
+from lib.analysis.extract import attention_maps, forward_with_head_mask, masked_heads
+from lib.analysis.faithfulness import (
+    bootstrap_ci, curve_auc, localisation, patch_ranking, perturbation_curves, remove_patches,
+)
+from lib.analysis.metrics import (
+    attention_entropy, cls_distribution, gini, head_importance, high_norm_tokens, mean_attention_distance,
+    offset_profile, patch_distribution, top_mass,
+)
+from lib.analysis.tables import faithfulness_tables
+from lib.layers.attention import ATTENTION_LAYERS
+from lib.models import VisionTransformer
+
+
+def tiny_vit(attention: str = "softmax", pos_embed: str = "rope_mixed", seed: int = 0, **kwargs) -> VisionTransformer:
+    torch.manual_seed(seed)
+    model = VisionTransformer(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=2,
+                              num_heads=2, attention=attention, pos_embed=pos_embed, **kwargs)
+    return model.eval()
+
+
+def images(batch: int = 4, size: tuple[int, int] = (28, 28), seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 1, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+# ------------------------------------------------------------------------------------------- rollout
+
+def test_rollout_equals_hand_computed_product():
+    # 2 blocks, 1 head, tokens (CLS, p1, p2) on a 1 x 2 grid; rows already stochastic
+    a1 = torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    a2 = torch.tensor([[0.5, 0.0, 0.5], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    maps = torch.stack([a1, a2])[None, :, None]  # (B=1, L=2, h=1, 3, 3)
+    # Â1 = [[.75, .25, 0], [0, 1, 0], [0, 0, 1]], Â2 = [[.75, 0, .25], [.25, .75, 0], [0, 0, 1]]
+    # (Â2 Â1)[CLS] = .75 * [.75, .25, 0] + .25 * [0, 0, 1] = [.5625, .1875, .25]
+    assert torch.allclose(rollout(maps, (1, 2)), torch.tensor([[[0.1875, 0.25]]]))
+
+
+def test_rollout_discard_spares_cls_and_renormalizes_rows():
+    a = torch.tensor([[0.05, 0.55, 0.40], [0.10, 0.60, 0.30], [0.35, 0.45, 0.20]])
+    maps = torch.stack([a, a])[None, :, None]
+    # discard 3 of 9: the lowest are 0.05 (CLS->CLS, spared), then 0.10, 0.20, 0.30
+    assert torch.equal(discard_lowest(a, 0.34), torch.tensor([[0.05, 0.55, 0.40], [0, 0.60, 0], [0.35, 0.45, 0]]))
+    # Â rows: [.525, .275, .2], [0, .8, 0] -> [0, 1, 0], [.175, .225, .5] / .9
+    # R[CLS] = .525 Â[0] + .275 Â[1] + .2 Â[2] -> patches [.469375, .105 + .2 * .5 / .9]
+    expected = torch.tensor([[[0.469375, 0.105 + 0.2 * 0.5 / 0.9]]])
+    assert torch.allclose(rollout(maps, (1, 2), discard_ratio=0.34), expected)
+
+
+# ------------------------------------------------------------------------- maps of every variant
+
+@pytest.mark.parametrize("name", sorted(ATTENTION_LAYERS))
+def test_maps_of_every_variant_are_distributions_where_they_should_be(name):
+    for pos_embed in ("rope_mixed", "ape"):
+        record = attention_maps(tiny_vit(name, pos_embed), images(2))
+        assert record.maps.shape == (2, 2, 2, 50, 50) and record.tokens.shape == (2, 2, 50, 32)
+        assert record.grid_hw == (7, 7) and torch.isfinite(record.maps).all()
+        if name == "linear" and pos_embed == "rope_mixed":
+            assert (record.maps < 0).any()  # the signed implied map (documented); metrics use |A|
+        else:
+            assert (record.maps >= 0).all()
+            assert torch.allclose(record.maps.sum(-1), torch.ones(2, 2, 2, 50), atol=1e-5)
+        assert torch.allclose(patch_distribution(record.maps).sum(-1), torch.ones(2, 2, 2, 49), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION_LAYERS))
+def test_every_explanation_runs_for_every_variant_at_a_non_square_grid(name):
+    model = tiny_vit(name)
+    inputs = images(2, (20, 36))
+    result = explain(model, inputs, torch.tensor([1, 2]), torch.zeros(1, 1, 20, 36), torch.Generator().manual_seed(0),
+                     ig_steps=4)
+    for method, saliency in result.maps.items():
+        assert saliency.shape == (2, 5, 9) and torch.isfinite(saliency).all(), method
+    assert result.ig_pixels.shape == (2, 20, 36) and result.cls_layers.shape == (2, 2, 2, 5, 9)
+    assert hook_count(model) == 0
+
+
+# ------------------------------------------------------------------------------ gradient rollout
+
+def test_gradient_rollout_multiplies_in_forward_order():
+    # grads = 1 so that clamp(∇A ⊙ A) = A: block 1 moves p1 -> p2, block 2 moves CLS -> p1
+    w1 = torch.tensor([[0.0, 0, 0], [0, 0, 1], [0, 0, 0]])
+    w2 = torch.tensor([[0.0, 1, 0], [0, 0, 0], [0, 0, 0]])
+    maps = torch.stack([w1, w2])[None, :, None]
+    # (I + W2)(I + W1) = I + W1 + W2 + W2 W1, and (W2 W1)[CLS] = [0, 0, 1]: CLS reaches p2 through p1
+    assert torch.equal(gradient_rollout(maps, torch.ones_like(maps), (1, 2)), torch.tensor([[[1.0, 1.0]]]))
+
+
+@pytest.mark.parametrize("silent_layer", [0, 1])
+def test_gradient_rollout_pairs_each_gradient_with_its_own_layer(silent_layer):
+    """With one block's attention output zeroed, only the other block's map can carry relevance."""
+    model = tiny_vit()
+    with torch.no_grad():
+        model.blocks[silent_layer].attn.proj.weight.zero_()
+        model.blocks[silent_layer].attn.proj.bias.zero_()
+    inputs, targets = images(3), torch.tensor([0, 3, 7])
+    result = attention_gradients(model, inputs, targets)
+    active = 1 - silent_layer
+    assert torch.equal(result.grads[:, silent_layer], torch.zeros_like(result.grads[:, silent_layer]))
+    assert result.grads[:, active].abs().sum() > 0
+    # R = (I + Ā_1)(I + Ā_0) with one Ā zero: R[CLS, patches] = Ā_active[CLS, patches]
+    weighted = (result.grads[:, active] * result.maps[:, active]).clamp(min=0).mean(1)
+    expected = weighted[:, 0, 1:].reshape(3, 7, 7)
+    assert expected.abs().sum() > 0
+    assert torch.allclose(gradient_rollout(result.maps, result.grads, (7, 7)), expected)
+
+
+def test_gradients_of_maps_off_the_autograd_path_equal_autograd(monkeypatch):
+    """Composed maps (axial, multi_axis) get (∂y/∂out) vᵀ; for softmax both routes must agree."""
+    model = tiny_vit()
+    inputs, targets = images(2), torch.tensor([4, 5])
+    on_path = attention_gradients(model, inputs, targets)
+    forward = model.forward_with_attention
+
+    def detached_maps(x):
+        logits, maps = forward(x)
+        return logits, [m.detach().requires_grad_() for m in maps]
+
+    monkeypatch.setattr(model, "forward_with_attention", detached_maps)
+    off_path = attention_gradients(model, inputs, targets)
+    assert off_path.grads.abs().sum() > 0
+    assert torch.allclose(off_path.grads, on_path.grads, atol=1e-6)
+    assert hook_count(model) == 0
+
+
+# -------------------------------------------------------------------------------------- Grad-CAM
+
+def manual_grad_cam(model, inputs, targets):
+    features = []
+    handle = model.blocks[-1].norm1.register_forward_hook(lambda m, a, out: features.append(out))
+    try:
+        score = model(inputs).gather(1, targets[:, None]).sum()
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(score, features[0])
+    patches, grads = features[0][:, 1:].detach(), grad[:, 1:]
+    cam = (grads.mean(1, keepdim=True) * patches).sum(-1).clamp(min=0)
+    cam = cam - cam.amin(1, keepdim=True)
+    return cam / (cam.amax(1, keepdim=True) + 1e-7)
+
+
+@pytest.mark.parametrize("size, grid", [((20, 36), (5, 9)), ((32, 16), (8, 4))])
+def test_grad_cam_at_non_square_grids_matches_its_definition(size, grid):
+    model = tiny_vit()
+    inputs, targets = images(3, size), torch.tensor([1, 2, 3])
+    maps = grad_cam(model, inputs, targets)
+    assert maps.shape == (3, *grid)
+    expected = manual_grad_cam(model, inputs, targets).reshape(3, *grid)
+    assert torch.allclose(maps, expected, atol=1e-4)
+    assert hook_count(model) == 0 and all(p.grad is None for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------ head masks
+
+def test_all_ones_head_mask_is_the_plain_forward_and_hooks_are_removed():
+    model = tiny_vit("moh")
+    inputs = images(3)
+    with torch.no_grad():
+        plain = model(inputs)
+        assert torch.equal(forward_with_head_mask(model, inputs, torch.ones(2, 2)), plain)
+        one_off = torch.ones(2, 2)
+        one_off[1, 0] = 0
+        assert not torch.allclose(forward_with_head_mask(model, inputs, one_off), plain)
+    assert hook_count(model) == 0
+    with pytest.raises(RuntimeError), masked_heads(model, torch.ones(2, 2)):
+        assert hook_count(model) == 2
+        model(torch.randn(1, 3, 28, 28))  # wrong channel count: the forward raises
+    assert hook_count(model) == 0
+    with pytest.raises(ValueError, match="head_mask"):
+        forward_with_head_mask(model, inputs, torch.ones(3, 2))
+
+
+def test_head_importance_is_the_gradient_of_the_loss_at_the_gate():
+    model, inputs, labels = tiny_vit().double(), images(1).double(), torch.tensor([3])
+    importance = head_importance(model, inputs, labels)[0]
+    # finite difference of the loss in the gate of head (1, 0)
+    step = 1e-3
+    loss = []
+    for value in (1 + step, 1 - step):
+        mask = torch.ones(2, 2)
+        mask[1, 0] = value
+        with torch.no_grad():
+            loss.append(nn.functional.cross_entropy(forward_with_head_mask(model, inputs, mask), labels))
+    assert importance[1, 0] == pytest.approx(abs(loss[0] - loss[1]).item() / (2 * step), rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+def uniform_and_identity(grid):
+    n = 1 + grid[0] * grid[1]
+    return torch.full((1, 1, 1, n, n), 1.0 / n), torch.eye(n).expand(1, 1, 1, n, n)
+
+
+@pytest.mark.parametrize("grid", [(3, 4), (7, 7), (1, 5)])
+def test_mean_distance_of_uniform_and_identity_maps(grid):
+    uniform, identity = uniform_and_identity(grid)
+    positions = [(x, y) for y in range(grid[0]) for x in range(grid[1])]
+    pairwise = sum(math.dist(a, b) for a, b in itertools.product(positions, positions)) / len(positions) ** 2
+    assert mean_attention_distance(uniform, grid).item() == pytest.approx(pairwise, rel=1e-5)
+    assert mean_attention_distance(identity, grid).item() == 0
+
+
+def test_entropy_and_concentration_closed_forms():
+    uniform, identity = uniform_and_identity((4, 5))
+    assert attention_entropy(uniform).item() == pytest.approx(math.log(20), rel=1e-6)
+    assert attention_entropy(identity).item() == 0
+    cls = cls_distribution(uniform)
+    assert top_mass(cls, 0.1).item() == pytest.approx(2 / 20) and gini(cls).item() == pytest.approx(0, abs=1e-6)
+    peaked = torch.zeros(1, 20)
+    peaked[0, 7] = 1
+    assert top_mass(peaked, 0.1).item() == 1 and gini(peaked).item() == pytest.approx(1 - 1 / 20)
+
+
+def test_offset_profile_of_a_shift_map():
+    """A map where each patch attends to its right neighbour (or itself at the border) peaks at (dx, dy) = (1, 0)."""
+    grid = (3, 3)
+    n = 10
+    maps = torch.zeros(1, 1, 1, n, n)
+    maps[..., 0, 0] = 1
+    for y, x in itertools.product(range(3), range(3)):
+        maps[..., 1 + 3 * y + x, 1 + 3 * y + min(x + 1, 2)] = 1
+    profile = offset_profile(maps, grid)[0, 0, 0]  # (dy, dx) from -2 to 2
+    assert profile.shape == (5, 5)
+    assert profile[2, 3] == 1 and profile[2, 2] == pytest.approx(1 / 3) and profile.sum() == pytest.approx(4 / 3)
+
+
+def test_metrics_do_not_depend_on_batch_order():
+    model, inputs, labels = tiny_vit(), images(6), torch.arange(6)
+    order = torch.tensor([3, 0, 5, 1, 4, 2])
+    first, second = attention_maps(model, inputs), attention_maps(model, inputs[order])
+
+    def per_image(record):
+        cls = cls_distribution(record.maps)
+        return [mean_attention_distance(record.maps, record.grid_hw), attention_entropy(record.maps), top_mass(cls),
+                gini(cls), offset_profile(record.maps, record.grid_hw),
+                *high_norm_tokens(record.tokens, record.maps, threshold=1.0)]
+
+    for a, b in zip(per_image(first), per_image(second)):
+        assert torch.allclose(a[order], b, atol=1e-6)
+    assert torch.allclose(head_importance(model, inputs, labels)[order], head_importance(model, inputs[order], labels[order]),
+                          atol=1e-6)
+
+
+def test_high_norm_tokens_finds_a_planted_outlier():
+    tokens = torch.randn(2, 1, 10, 8, generator=torch.Generator().manual_seed(0))
+    tokens[0, 0, 4] *= 100  # patch 3 of image 0 (token 4, after CLS)
+    maps = torch.zeros(2, 1, 2, 10, 10)
+    maps[..., 4] = 0.5  # every query puts half its mass on token 4
+    maps[..., 0] = 0.5
+    found = high_norm_tokens(tokens, maps, threshold=5.0)
+    assert found.count.tolist() == [[1.0], [0.0]]
+    assert found.cls_mass[0, 0] == 0.5 and found.patch_mass[0, 0] == 0.5 and found.cls_mass[1, 0] == 0
+
+
+# ------------------------------------------------------------------------------------- faithfulness
+
+class PatchSum(nn.Module):
+    """A 2-class synthetic model: logit 0 = sum_p w_p * mean(patch p), logit 1 = 0; patch size 2."""
+
+    def __init__(self, weights: torch.Tensor):
+        super().__init__()
+        self.weights = weights  # (H, W)
+        self.patch_embed = SimpleNamespace(patch_size=(2, 2))
+
+    def forward(self, inputs):
+        patch_means = nn.functional.avg_pool2d(inputs.mean(1, keepdim=True), 2)[:, 0]
+        score = (patch_means * self.weights).flatten(1).sum(-1)
+        return torch.stack([score, torch.zeros_like(score)], dim=-1)
+
+
+def test_deletion_auc_of_a_perfect_saliency_beats_its_reverse():
+    weights = torch.linspace(-1, 2, 16).reshape(4, 4)
+    model = PatchSum(weights)
+    inputs = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0)) + 0.5
+    baseline = torch.zeros(1, 1, 8, 8)
+    contribution = nn.functional.avg_pool2d(inputs, 2)[:, 0] * weights  # exact per-patch evidence for class 0
+    tie_break = torch.arange(16)
+    rankings = {"perfect": patch_ranking(contribution, tie_break), "reversed": patch_ranking(-contribution, tie_break)}
+    fractions = torch.linspace(0, 1, 17)
+    targets = labels = torch.zeros(5, dtype=torch.long)
+    curves = perturbation_curves(model, inputs, labels, targets, rankings, baseline, fractions)
+    deletion = {name: curve_auc(curves[name, "most_relevant_first"].probability, fractions) for name in rankings}
+    insertion = {name: curve_auc(curves[name, "least_relevant_first"].probability, fractions) for name in rankings}
+    assert (deletion["perfect"] < deletion["reversed"]).all()
+    assert (insertion["perfect"] > insertion["reversed"]).all()
+
+
+def test_remove_patches_replaces_exactly_the_chosen_patches():
+    inputs = torch.ones(1, 2, 4, 6)
+    out = remove_patches(inputs, torch.zeros(1, 2, 4, 6), torch.tensor([[1, 5]]), (2, 2))  # grid 2 x 3
+    expected = torch.ones(2, 3)
+    expected[0, 1] = expected[1, 2] = 0
+    assert torch.equal(out, expected.repeat_interleave(2, 0).repeat_interleave(2, 1).expand(1, 2, 4, 6))
+
+
+def test_perturbation_curves_start_at_clean_accuracy():
+    model = tiny_vit()
+    inputs = images(8)
+    with torch.no_grad():
+        predicted = model(inputs).argmax(-1)
+    labels = torch.where(torch.arange(8) < 5, predicted, (predicted + 1) % 10)  # clean accuracy 5 / 8
+    maps = {"random": torch.rand(8, 7, 7, generator=torch.Generator().manual_seed(1)), "uniform": torch.ones(8, 7, 7)}
+    fractions = torch.linspace(0, 1, 6)
+    tables = faithfulness_tables(model, inputs, labels, predicted, maps, torch.zeros(1, 1, 28, 28), fractions,
+                                 batch_size=3, resamples=200)
+    curves = tables["curves"]
+    start = curves[curves["fraction"] == 0]
+    assert len(start) == 4 and np.allclose(start["accuracy"], 5 / 8)
+    end = curves[curves["fraction"] == 1]
+    assert end["probability"].nunique() == 1  # everything removed: the same baseline image for every method
+    aucs = tables["faithfulness"]
+    assert set(aucs["metric"]) == {"deletion_auc", "insertion_auc", "positive_perturbation_auc", "negative_perturbation_auc"}
+    assert ((aucs["ci_low"] <= aucs["value"]) & (aucs["value"] <= aucs["ci_high"])).all()
+
+
+def test_bootstrap_ci_is_deterministic_and_brackets_the_mean():
+    values = np.random.default_rng(0).normal(1.0, 1.0, 400)
+    low, high = bootstrap_ci(values, 2000, seed=3)
+    assert (low, high) == bootstrap_ci(values, 2000, seed=3)
+    assert low < values.mean() < high
+    assert high - low == pytest.approx(2 * 1.96 * values.std() / 20, rel=0.15)
+
+
+def test_localisation_scores_through_quantus():
+    masks = torch.zeros(2, 2, 8, 8, dtype=torch.bool)
+    masks[:, 0, 0:2, 0:2] = True  # object 1 covers patch (0, 0) fully
+    masks[:, 1, 4:5, 4:6] = True  # object 2 covers half of patch (2, 2)
+    saliency = torch.zeros(2, 4, 4)
+    saliency[0, 0, 0], saliency[0, 3, 3] = 3.0, 1.0  # image 0: peak on object 1
+    saliency[1, 2, 2], saliency[1, 3, 0] = 1.0, 2.0  # image 1: peak off the objects
+    scores = localisation(saliency, masks, torch.rand(2, 3, 8, 8), torch.zeros(2, dtype=torch.long), (2, 2))
+    assert scores["pointing_game"].tolist() == [1.0, 0.0]
+    # relevance mass = sum_p r_p * coverage_p / sum_p r_p
+    assert np.allclose(scores["relevance_mass"], [3 / 4, (1 * 0.5) / 3])
