@@ -46,7 +46,7 @@ def tiny_params_dict(data_root: Path | str = "data") -> dict:
     params["safety"].update(runs={"datasets": ["shapes"], "variants": ["ape", "rope_mixed"]}, num_test_images=40,
                             corruptions=["gaussian_noise", "occlusion"], severities=[1, 5],
                             example_corruptions=["occlusion"], example_severity=5, num_examples=2)
-    params["convex"].update(train_size=60, grid_size=2, num_seeds=1, steps=20, max_iter=300, num_heads=2, gates=2,
+    params["convex"].update(train_size=60, grid_size=2, num_seeds=1, steps=20, max_iter=3000, num_heads=2, gates=2,
                             gap_tol=1e-3)
     params["efficiency"].update(grids=[2, 4], variants=["rope_mixed", "linear"], tokens_per_batch=64, repeats=1,
                                 slope_min_tokens=1, timm_grid=2, timm_batch=8, timm_rounds=1)

@@ -130,6 +130,16 @@ def test_safety_stages_write_shift_metrics_and_a_recommendation(study):
     assert list(summary.glob("*.csv")) and list(summary.glob("*.png"))
 
 
+def test_convex_stage_certifies_every_convex_solve(study):
+    summary = pd.read_csv(study / "results" / "convex" / "summary.csv")
+    assert {"convex linear attention", "convex mixer", "convex fno", "linear", "mlp"} <= set(summary["head"])
+    assert summary["test_accuracy"].between(0, 1).all()
+    runs = pd.read_csv(study / "results" / "convex" / "runs.csv")
+    convex = runs[runs["family"] == "convex"]
+    assert convex["converged"].all() and (convex["relative_gap"] <= 1e-3).all()  # the tiny params' gap_tol
+    assert (study / "results" / "convex" / "rank_vs_beta.pdf").read_bytes()[:5] == b"%PDF-"
+
+
 def test_metrics_and_plots_show(study):
     shown = dvc("metrics", "show", "--json", cwd=study)
     assert "results/runs/shapes-linear/live/metrics.json" in shown.stdout
