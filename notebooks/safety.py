@@ -29,7 +29,7 @@
 #   attention, rollout) to the clean ones (top-k IoU, Spearman, Jensen-Shannon), and localisation on the
 #   object masks (relevance mass, pointing game) where the data set has masks.
 #
-# Settings come from the `safety` section of `params.yaml`. The default (the first 300 test images, all 16
+# Settings come from the `safety` section of `params.yaml`. The default (the first 200 test images, all 16
 # corruptions at severities 1-5, i.e. 80 corrupted copies, and the dataset's other evaluation resolutions)
 # keeps one model to about a minute on 2 CPU cores.
 

@@ -120,10 +120,16 @@ def plot_offset_profiles(offsets: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def _ci_errors(values: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
+    """Error-bar lengths of a CI around `values`; a percentile bootstrap interval may exclude the point
+    estimate (or miss it by float round-off), and matplotlib rejects negative lengths: clip those to 0."""
+    return np.clip(np.stack([values - rows["ci_low"].to_numpy(), rows["ci_high"].to_numpy() - values]), 0, None)
+
+
 def _bars_with_ci(ax, rows: pd.DataFrame, label_column: str, colours: dict) -> None:
     positions = np.arange(len(rows))
     values = rows["value"].to_numpy()
-    errors = np.stack([values - rows["ci_low"].to_numpy(), rows["ci_high"].to_numpy() - values])
+    errors = _ci_errors(values, rows)
     ax.barh(positions, values, xerr=errors, color=[colours[name] for name in rows[label_column]], capsize=2)
     ax.set_yticks(positions, [name.replace("_", " ") for name in rows[label_column]])
     ax.invert_yaxis()
@@ -223,7 +229,7 @@ def plot_metric_by_variant(table: pd.DataFrame, hue: str = "variant") -> plt.Fig
             rows = part[part[hue] == name].set_index("method").reindex(methods)
             positions = np.arange(len(methods)) + (index - (len(names) - 1) / 2) * height
             values = rows["value"].to_numpy()
-            errors = np.stack([values - rows["ci_low"].to_numpy(), rows["ci_high"].to_numpy() - values])
+            errors = _ci_errors(values, rows)
             ax.barh(positions, values, height=height, xerr=errors, color=colours[name], label=name, capsize=1.5)
         ax.set_yticks(np.arange(len(methods)), [m.replace("_", " ") for m in methods] if ax is axes[0][0] else [])
         ax.invert_yaxis()
