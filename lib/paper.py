@@ -1,0 +1,656 @@
+"""Paper-ready figures, tables and a results README, built only from the study's result tables.
+
+Nothing here trains or evaluates a model: every number comes from a CSV written by an earlier stage
+(`load_tables` names the stage behind each table), is formatted with its 95% confidence interval where
+the table has one (`format_ci`: ``95.1 [93.6, 96.3]``), and is written as Markdown and LaTeX
+(`write_table`). `build_readme` states the research questions and the numbers that answer them, every
+number pulled from those tables.
+
+Layout of `out_dir` (see `build_all`):
+
+    figures/<name>.png, figures/<name>.pdf     one style (lib.plots.set_style, seaborn "colorblind")
+    tables/<name>.md, tables/<name>.tex        every table in both formats
+    README.md                                  the answers to RQ1-RQ5, linking tables and figures
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import pyplot as plt
+
+from lib.plots import PALETTE, plot_accuracy_vs_resolution, plot_cost_vs_tokens, save_figure, set_style
+
+# Display names; a name not listed is shown as it is in the tables.
+LABELS = {
+    "none": "no position", "ape": "APE", "sincos": "sin-cos", "rope_axial": "RoPE-Axial", "rope_mixed": "RoPE-Mixed",
+    "rope_axial_ape": "RoPE-Axial + APE", "rope_mixed_ape": "RoPE-Mixed + APE",
+    "rope_adaptive_res": "RoPE res.-adaptive", "rope_adaptive_content": "RoPE content-adaptive",
+    "rope_gated_bank": "RoPE gated bank", "linear": "linear", "local": "local", "sparse_strided": "sparse strided",
+    "sparse_fixed": "sparse fixed", "axial": "axial", "multi_axis": "multi-axis", "moh": "MoH",
+    "softmax": "softmax",
+}
+
+METRIC_LABELS = {
+    "deletion_auc": "deletion AUC (lower better)", "insertion_auc": "insertion AUC (higher better)",
+    "positive_perturbation_auc": "positive perturbation AUC (lower better)",
+    "negative_perturbation_auc": "negative perturbation AUC (higher better)",
+    "pointing_game": "pointing game", "relevance_mass": "relevance mass",
+}
+
+
+def label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+# --------------------------------------------------------------------------------------------- tables in
+
+@dataclass(frozen=True)
+class Table:
+    """A result table: where it lies under results/ and which stage writes it."""
+    path: str
+    stage: str
+    fallback: str = ""  # a glob of per-run tables to concatenate when `path` is absent
+
+
+TABLES = {
+    "resolution": Table("resolution/resolution.csv", "evaluate"),
+    "cost": Table("efficiency/cost_vs_tokens.csv", "efficiency"),
+    "scaling": Table("efficiency/scaling.csv", "efficiency"),
+    "layer_head": Table("analysis_summary/layer_head.csv", "analysis-summary", "analysis/*/layer_head.csv"),
+    "faithfulness": Table("analysis_summary/faithfulness.csv", "analysis-summary", "analysis/*/faithfulness.csv"),
+    "localisation": Table("analysis_summary/localisation.csv", "analysis-summary", "analysis/*/localisation.csv"),
+    "shift": Table("safety/*/shift_metrics.csv", "safety"),
+    "risk_coverage": Table("safety/*/risk_coverage.csv", "safety"),
+    "convex": Table("convex/summary.csv", "convex"),
+}
+
+
+def _missing(path: Path, stage: str, extra: str = "") -> FileNotFoundError:
+    return FileNotFoundError(f"{path}: result table missing{extra} (written by the `{stage}` stage: "
+                             f"run `dvc repro {stage}` first)")
+
+
+def read_table(results_dir: Path | str, name: str) -> pd.DataFrame:
+    """One result table by its name in TABLES; FileNotFoundError naming the missing file and its stage."""
+    spec, results = TABLES[name], Path(results_dir)
+    if "*" in spec.path:
+        paths = sorted(results.glob(spec.path))
+        if not paths:
+            raise _missing(results / spec.path, spec.stage, " (no run folder holds one)")
+        return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    path = results / spec.path
+    if path.is_file():
+        return pd.read_csv(path)
+    if spec.fallback:
+        paths = sorted(results.glob(spec.fallback))
+        if paths:
+            return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+        raise _missing(path, spec.stage, f" and no per-run {results / spec.fallback} either")
+    raise _missing(path, spec.stage)
+
+
+def load_tables(results_dir: Path | str) -> dict[str, pd.DataFrame]:
+    """Every table the paper needs; the first missing one stops with FileNotFoundError."""
+    results = Path(results_dir)
+    if not results.is_dir():
+        raise FileNotFoundError(f"{results}: results folder not found")
+    tables = {name: read_table(results, name) for name in TABLES}
+    # safety runs: every folder with shift metrics must also have its risk-coverage table
+    for folder in sorted(p.parent for p in results.glob("safety/*/shift_metrics.csv")):
+        if not (folder / "risk_coverage.csv").is_file():
+            raise _missing(folder / "risk_coverage.csv", "safety")
+    return tables
+
+
+# --------------------------------------------------------------------------------------------- numbers
+
+def format_ci(value: float, low: float, high: float, scale: float = 100.0, digits: int = 1) -> str:
+    """``95.1 [93.6, 96.3]``: value and 95% CI, multiplied by `scale`; 'n/a' for a missing value,
+    the value alone when the interval is missing."""
+    def fmt(x: float) -> str:
+        return f"{scale * x:.{digits}f}"
+
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return fmt(value)
+    return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """Mean and two-sided 95% Student-t interval of independent values (NaN bounds for fewer than 2)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def _ci_row(row: pd.Series, value: str = "accuracy", scale: float = 100.0, digits: int = 1) -> str:
+    return format_ci(row[value], row["ci_low"], row["ci_high"], scale, digits)
+
+
+# --------------------------------------------------------------------------------------------- tables out
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Plain text for LaTeX (pandas escapes cells and headers, not the caption)."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def write_table(table: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
+    """`stem`.md (caption as a heading line, then the table) and `stem`.tex (a captioned table float)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md, tex = stem.with_suffix(".md"), stem.with_suffix(".tex")
+    md.write_text(f"{caption}\n\n{table.to_markdown(index=False)}\n")
+    align = "".join("l" if table[c].dtype == object or isinstance(table[c].dtype, pd.StringDtype) else "r"
+                    for c in table.columns)
+    latex = table.to_latex(index=False, escape=True, caption=latex_escape(caption), label=f"tab:{stem.name}",
+                           column_format=align)
+    tex.write_text(latex)
+    return [md, tex]
+
+
+def resolution_table(resolution: pd.DataFrame) -> pd.DataFrame:
+    """RQ1: per dataset and variant, test accuracy (%) with CI at the training, lowest and highest resolution."""
+    rows = []
+    for (dataset, variant), part in resolution.groupby(["dataset", "variant"], sort=False):
+        part = part.sort_values("resolution")
+        train_res = int(part["train_resolution"].iloc[0])
+        at = {r: part[part["resolution"] == r].iloc[0] for r in part["resolution"]}
+        low, high = int(part["resolution"].min()), int(part["resolution"].max())
+        rows.append({
+            "dataset": dataset, "variant": label(variant), "attention": label(part["attention"].iloc[0]),
+            "train px": train_res,
+            "acc. at train px": _ci_row(at[train_res]) if train_res in at else "n/a",
+            "lowest px": low, "acc. at lowest px": _ci_row(at[low]),
+            "highest px": high, "acc. at highest px": _ci_row(at[high]),
+            "n": int(part["n"].iloc[0]),
+        })
+    return pd.DataFrame(rows)
+
+
+def resolution_full_table(resolution: pd.DataFrame) -> pd.DataFrame:
+    """RQ1, every point: one row per dataset, variant and test resolution."""
+    return pd.DataFrame({
+        "dataset": resolution["dataset"], "variant": resolution["variant"].map(label),
+        "attention": resolution["attention"].map(label), "test px": resolution["resolution"].astype(int),
+        "train px": resolution["train_resolution"].astype(int),
+        "accuracy (%) [95% CI]": [_ci_row(r) for _, r in resolution.iterrows()], "n": resolution["n"].astype(int),
+    })
+
+
+def cost_table(cost: pd.DataFrame, scaling: pd.DataFrame) -> pd.DataFrame:
+    """RQ2: per attention variant, forward / training time at the fewest and most tokens, log-log slopes and
+    the token count from which it is faster than the softmax baseline (timings: medians, no CI)."""
+    rows = []
+    for variant, part in cost.groupby("variant", sort=False):
+        part = part.sort_values("tokens")
+        first, last = part.iloc[0], part.iloc[-1]
+        fit = scaling[scaling["variant"] == variant]
+        fit = fit.iloc[0] if len(fit) else pd.Series(dtype=float)
+        crossover = fit.get("forward_crossover_tokens", math.nan)
+        faster = ("(baseline)" if first["attention"] == "softmax" else
+                  "never" if not np.isfinite(crossover) else f"{crossover:.0f}")
+        rows.append({
+            "variant": label(variant), "attention": label(first["attention"]),
+            "fewest tokens": int(first["tokens"]),
+            "forward ms/img (fewest)": round(float(first["forward_ms_per_image"]), 3),
+            "most tokens": int(last["tokens"]), "forward ms/img (most)": round(float(last["forward_ms_per_image"]), 3),
+            "train ms/img (most)": round(float(last["train_ms_per_image"]), 3),
+            "peak MB (most)": round(float(last["peak_mb"]), 1),
+            "forward slope": round(float(fit.get("forward_slope", math.nan)), 2),
+            "train slope": round(float(fit.get("train_slope", math.nan)), 2),
+            "faster than softmax from (tokens)": faster,
+        })
+    return pd.DataFrame(rows)
+
+
+def distance_table(layer_head: pd.DataFrame) -> pd.DataFrame:
+    """RQ3: mean attention distance (pixels) per variant and layer: mean over heads [95% t-CI over heads]."""
+    rows = []
+    for (variant, layer), part in layer_head.groupby(["variant", "layer"], sort=False):
+        mean, low, high = t_interval(part["mean_distance_pixels"])
+        ent, ent_low, ent_high = t_interval(part["entropy_normalized"])
+        rows.append({"variant": label(variant), "layer": int(layer), "heads": len(part),
+                     "mean distance (px) [95% CI over heads]": format_ci(mean, low, high, 1, 2),
+                     "uniform distance (px)": round(float(part["uniform_distance_pixels"].iloc[0]), 2),
+                     "normalized entropy [95% CI]": format_ci(ent, ent_low, ent_high, 1, 3)})
+    return pd.DataFrame(rows)
+
+
+def _method_metric_table(table: pd.DataFrame, digits: int) -> pd.DataFrame:
+    cells = [format_ci(r["value"], r["ci_low"], r["ci_high"], 1, digits) for _, r in table.iterrows()]
+    table = table.assign(cell=cells)
+    wide = table.pivot_table(index=["variant", "method"], columns="metric", values="cell", aggfunc="first", sort=False)
+    wide = wide.reset_index()
+    wide["variant"] = wide["variant"].map(label)
+    wide.columns.name = None
+    return wide.rename(columns={m: METRIC_LABELS.get(m, m) for m in wide.columns})
+
+
+def faithfulness_table(faithfulness: pd.DataFrame) -> pd.DataFrame:
+    """RQ3: every explanation method's faithfulness AUCs per variant, value [95% bootstrap CI]."""
+    return _method_metric_table(faithfulness, 3)
+
+
+def localisation_table(localisation: pd.DataFrame) -> pd.DataFrame:
+    """RQ3: pointing game and relevance mass per variant and method, value [95% CI]."""
+    return _method_metric_table(localisation, 3)
+
+
+def _is_corruption(shift: pd.DataFrame) -> pd.Series:
+    return ~shift["family"].isin(["clean", "resolution"])
+
+
+def severity_curve(shift: pd.DataFrame) -> pd.DataFrame:
+    """RQ4: per variant, accuracy at each severity: clean (severity 0, its own CI) and the mean over every
+    corruption at severity s with a 95% t-interval over the corruptions."""
+    rows = []
+    for (dataset, variant), part in shift.groupby(["dataset", "variant"], sort=False):
+        clean = part[part["family"] == "clean"]
+        if len(clean):
+            c = clean.iloc[0]
+            rows.append({"dataset": dataset, "variant": variant, "severity": 0, "accuracy": c["accuracy"],
+                         "ci_low": c["ci_low"], "ci_high": c["ci_high"], "conditions": 1})
+        corrupted = part[_is_corruption(part)]
+        for severity, at in corrupted.groupby("severity"):
+            mean, low, high = t_interval(at["accuracy"])
+            rows.append({"dataset": dataset, "variant": variant, "severity": int(severity), "accuracy": mean,
+                         "ci_low": low, "ci_high": high, "conditions": len(at)})
+    return pd.DataFrame(rows)
+
+
+def safety_table(shift: pd.DataFrame) -> pd.DataFrame:
+    """RQ4: per variant, clean accuracy, mean corrupted accuracy per severity (95% CI), calibration and AURC."""
+    curve = severity_curve(shift)
+    rows = []
+    for (dataset, variant), part in curve.groupby(["dataset", "variant"], sort=False):
+        runs = shift[(shift["dataset"] == dataset) & (shift["variant"] == variant)]
+        clean = runs[runs["family"] == "clean"].iloc[0]
+        row = {"dataset": dataset, "variant": label(variant), "n": int(clean["n"])}
+        for _, r in part.iterrows():
+            row["clean acc. (%)" if r["severity"] == 0 else f"severity {int(r['severity'])} (%)"] = _ci_row(r)
+        row.update({"clean ECE": round(float(clean["ece"]), 3), "clean ECE after T": round(float(clean["ece_ts"]), 3),
+                    "clean AURC": round(float(clean["aurc"]), 3), "clean E-AURC": round(float(clean["eaurc"]), 3)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def convex_table(convex: pd.DataFrame) -> pd.DataFrame:
+    """RQ5: every head's test accuracy (%) over seeds, mean [95% t-CI], with size, rank and duality gap."""
+    return pd.DataFrame({
+        "head": convex["head"], "family": convex["family"], "seeds": convex["seeds"].astype(int),
+        "test acc. (%) [95% CI]": [format_ci(m, m - h, m + h) for m, h in zip(convex["test_accuracy"], convex["ci95"])],
+        "val. acc. (%)": (100 * convex["val_accuracy"]).round(1),
+        "parameters": convex["parameters"].astype(int),
+        "rank": [f"{r:.1f}" if np.isfinite(r) else "n/a" for r in convex["rank"]],
+        "relative duality gap": [f"{g:.1e}" if np.isfinite(g) else "n/a" for g in convex["relative_gap"]],
+    })
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+def _colours(names) -> dict:
+    import seaborn as sns
+
+    names = list(dict.fromkeys(names))
+    return dict(zip(names, sns.color_palette(PALETTE, max(len(names), 1))))
+
+
+def _figure_legend(fig: plt.Figure, title: str = "") -> plt.Figure:
+    """One legend for the whole figure, right of the panels, with every line of every panel once
+    (panels may show different variants)."""
+    entries = {}
+    for ax in fig.axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(name, handle)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    fig.legend(list(entries.values()), list(entries), title=title or None, frameon=False, fontsize=8,
+               loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
+
+
+def figure_resolution(resolution: pd.DataFrame) -> plt.Figure:
+    """RQ1: accuracy vs test resolution per dataset, position encodings (softmax attention), 95% CI bands."""
+    part = resolution[resolution["attention"] == "softmax"].assign(variant=lambda t: t["variant"].map(label))
+    return _figure_legend(plot_accuracy_vs_resolution(part, hue="variant"), "position encoding")
+
+
+def figure_resolution_attention(resolution: pd.DataFrame) -> plt.Figure | None:
+    """RQ1/RQ2: the attention variants (all with RoPE-Mixed) against softmax RoPE-Mixed, where trained."""
+    variants = set(resolution.loc[resolution["attention"] != "softmax", "variant"])
+    if not variants:
+        return None
+    datasets = set(resolution.loc[resolution["variant"].isin(variants), "dataset"])
+    keep = resolution["dataset"].isin(datasets) & resolution["variant"].isin(variants | {"rope_mixed"})
+    part = resolution[keep].assign(variant=lambda t: t["variant"].map(label))
+    return _figure_legend(plot_accuracy_vs_resolution(part, hue="variant"), "attention")
+
+
+def figure_cost(cost: pd.DataFrame) -> plt.Figure:
+    """RQ2: time, memory and throughput against tokens, log-log."""
+    return plot_cost_vs_tokens(cost.assign(variant=cost["variant"].map(label)))
+
+
+def figure_distance(layer_head: pd.DataFrame) -> plt.Figure:
+    """RQ3: mean attention distance per layer, one line per variant (mean over heads, 95% t-CI band),
+    heads as dots, the uniform-attention distance dashed."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    colours = _colours(layer_head["variant"])
+    offsets = np.linspace(-0.12, 0.12, max(len(colours), 1))
+    for offset, (variant, colour) in zip(offsets, colours.items()):
+        part = layer_head[layer_head["variant"] == variant]
+        stats = pd.DataFrame([(layer, *t_interval(rows["mean_distance_pixels"]))
+                              for layer, rows in part.groupby("layer")], columns=["layer", "mean", "low", "high"])
+        ax.plot(stats["layer"], stats["mean"], marker="o", ms=4, color=colour, label=label(variant))
+        ax.fill_between(stats["layer"], stats["low"], stats["high"], color=colour, alpha=0.15)
+        ax.scatter(part["layer"] + offset, part["mean_distance_pixels"], s=8, color=colour, alpha=0.5, lw=0)
+    uniform = layer_head["uniform_distance_pixels"].iloc[0]
+    ax.axhline(uniform, color="0.4", ls="--", lw=1)
+    ax.annotate("uniform attention", (layer_head["layer"].min(), uniform), xytext=(2, 3), textcoords="offset points",
+                fontsize=8, color="0.3")
+    ax.set(xlabel="layer", ylabel="mean attention distance (px)", xticks=sorted(layer_head["layer"].unique()))
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def figure_method_bars(table: pd.DataFrame, metrics: list[str]) -> plt.Figure:
+    """RQ3: grouped bars, one panel per metric, methods on x, one bar per variant, 95% CI error bars."""
+    metrics = [m for m in metrics if m in set(table["metric"])]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    colours = _colours(table["variant"])
+    methods = list(dict.fromkeys(table["method"]))
+    width = 0.8 / max(len(colours), 1)
+    for ax, metric in zip(axes[0], metrics):
+        part = table[table["metric"] == metric]
+        for i, (variant, colour) in enumerate(colours.items()):
+            rows = part[part["variant"] == variant].set_index("method").reindex(methods)
+            x = np.arange(len(methods)) + (i - (len(colours) - 1) / 2) * width
+            err = np.vstack([rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]]).clip(min=0)
+            ax.bar(x, rows["value"], width, yerr=err, color=colour, label=label(variant), capsize=2,
+                   error_kw={"lw": 0.8})
+        ax.set_xticks(np.arange(len(methods)), [m.replace("_", " ") for m in methods], rotation=35, ha="right")
+        ax.set(title=METRIC_LABELS.get(metric, metric), ylabel="value [95% CI]")
+    axes[0][-1].legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def figure_safety(shift: pd.DataFrame, risk_coverage: pd.DataFrame) -> plt.Figure:
+    """RQ4: accuracy against corruption severity per variant (clean at 0; 95% CIs), then one risk-coverage
+    panel per variant, one curve per condition (clean, severity 1-5)."""
+    import seaborn as sns
+
+    curve = severity_curve(shift)
+    runs = list(dict.fromkeys(zip(risk_coverage["dataset"], risk_coverage["variant"])))
+    fig, axes = plt.subplots(1, 1 + len(runs), figsize=(4.2 * (1 + len(runs)), 3.4), squeeze=False)
+    ax = axes[0][0]
+    colours = _colours(curve["variant"])
+    for (dataset, variant), part in curve.groupby(["dataset", "variant"], sort=False):
+        part = part.sort_values("severity")
+        ax.plot(part["severity"], 100 * part["accuracy"], marker="o", ms=4, color=colours[variant],
+                label=f"{label(variant)} ({dataset})" if curve["dataset"].nunique() > 1 else label(variant))
+        ax.fill_between(part["severity"], 100 * part["ci_low"], 100 * part["ci_high"], color=colours[variant],
+                        alpha=0.15)
+    ax.set(xlabel="corruption severity (0 = clean)", ylabel="test accuracy (%)", title="accuracy under corruption")
+    ax.legend(frameon=False, fontsize=8)
+    for ax, (dataset, variant) in zip(axes[0][1:], runs):
+        part = risk_coverage[(risk_coverage["dataset"] == dataset) & (risk_coverage["variant"] == variant)]
+        conditions = list(dict.fromkeys(part["condition"]))
+        shades = dict(zip(conditions, sns.color_palette(PALETTE, len(conditions))))
+        for condition in conditions:
+            rows = part[part["condition"] == condition].sort_values("coverage")
+            ax.plot(100 * rows["coverage"], 100 * rows["risk"], color=shades[condition], label=condition,
+                    lw=1.8 if condition == "clean" else 1.1)
+        ax.set(xlabel="coverage (%)", ylabel="selective risk (%)", title=f"risk-coverage: {label(variant)} ({dataset})",
+               xlim=(0, 100), ylim=(0, None))
+    axes[0][-1].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def figure_convex(convex: pd.DataFrame) -> plt.Figure:
+    """RQ5: test accuracy of every head (mean over seeds, 95% t-CI), coloured by family."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    colours = _colours(convex["family"])
+    y = np.arange(len(convex))[::-1]
+    for (_, row), yy in zip(convex.iterrows(), y):
+        ax.barh(yy, 100 * row["test_accuracy"], xerr=100 * row["ci95"], color=colours[row["family"]], capsize=2,
+                error_kw={"lw": 0.8})
+    ax.set_yticks(y, convex["head"])
+    ax.set(xlabel="test accuracy (%), mean over seeds [95% CI]",
+           xlim=(max(0, 100 * (convex["test_accuracy"] - convex["ci95"]).min() - 5), 100))
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    ax.legend(handles, list(colours), frameon=False, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- README
+
+QUESTIONS = {
+    "RQ1": "Position encodings and resolution extrapolation: which position encoding fits the training resolution "
+           "best, and which keeps its accuracy at smaller and larger test resolutions?",
+    "RQ2": "Efficiency: what does each attention variant cost as the number of tokens grows, and from how many "
+           "tokens on are linear / sparse / local variants cheaper than softmax attention?",
+    "RQ3": "Attention analysis and faithfulness: how far does trained attention look per layer, and which "
+           "explanation method is the most faithful and best localised?",
+    "RQ4": "Safety and reliability: how do accuracy, calibration and selective prediction hold up under "
+           "corruption shift?",
+    "RQ5": "Convex heads: do convex attention / mixer heads on frozen features beat linear, MLP and "
+           "Adam-trained attention heads?",
+}
+
+
+def _best(frame: pd.DataFrame, column: str, lowest: bool = False) -> pd.Series:
+    frame = frame[np.isfinite(frame[column])]
+    return frame.loc[frame[column].idxmin() if lowest else frame[column].idxmax()]
+
+
+def rq1_lines(resolution: pd.DataFrame) -> list[str]:
+    lines = []
+    for dataset, part in resolution.groupby("dataset", sort=False):
+        train_res = int(part["train_resolution"].iloc[0])
+        low, high = int(part["resolution"].min()), int(part["resolution"].max())
+        bits = []
+        for res, what in ((train_res, "training"), (low, "lowest"), (high, "highest")):
+            at = part[part["resolution"] == res]
+            best = _best(at, "accuracy")
+            ties = int((at["accuracy"] == best["accuracy"]).sum()) - 1
+            tied = f" (tied with {ties} other{'s' if ties > 1 else ''})" if ties else ""
+            bits.append(f"at the {what} resolution ({res} px) the best is {label(best['variant'])}{tied} with "
+                        f"{_ci_row(best)}%")
+        lines.append(f"- **{dataset}** ({part['variant'].nunique()} variants, n = {int(part['n'].iloc[0])}): "
+                     + "; ".join(bits) + ".")
+    return lines
+
+
+def rq2_lines(cost: pd.DataFrame, scaling: pd.DataFrame) -> list[str]:
+    lines = []
+    softmax = set(cost.loc[cost["attention"] == "softmax", "variant"])
+    for _, row in scaling.iterrows():
+        crossover = row["forward_crossover_tokens"]
+        where = ("the softmax baseline" if row["variant"] in softmax else
+                 f"faster than softmax from {crossover:.0f} tokens on" if np.isfinite(crossover)
+                 else "never faster than softmax in the measured range")
+        lines.append(f"- {label(row['variant'])}: forward time grows with log-log slope {row['forward_slope']:.2f} "
+                     f"(training {row['train_slope']:.2f}); {where}.")
+    most = cost[cost["tokens"] == cost["tokens"].max()]
+    fastest = _best(most, "forward_ms_per_image", lowest=True)
+    lines.append(f"- At {int(fastest['tokens'])} tokens the fastest forward pass is {label(fastest['variant'])}'s, "
+                 f"{fastest['forward_ms_per_image']:.3g} ms per image. Timings are medians of repeated steps on one "
+                 f"machine; the tables hold no confidence intervals for them.")
+    return lines
+
+
+def rq3_lines(layer_head: pd.DataFrame, faithfulness: pd.DataFrame, localisation: pd.DataFrame) -> list[str]:
+    lines = []
+    for variant, part in layer_head.groupby("variant", sort=False):
+        first, last = part["layer"].min(), part["layer"].max()
+        a = format_ci(*t_interval(part.loc[part["layer"] == first, "mean_distance_pixels"]), 1, 2)
+        b = format_ci(*t_interval(part.loc[part["layer"] == last, "mean_distance_pixels"]), 1, 2)
+        lines.append(f"- {label(variant)}: mean attention distance {a} px in layer {int(first)} and {b} px in layer "
+                     f"{int(last)} (mean over heads [95% CI]; uniform attention: "
+                     f"{part['uniform_distance_pixels'].iloc[0]:.2f} px).")
+    for variant, part in faithfulness.groupby("variant", sort=False):
+        deletion = _best(part[part["metric"] == "deletion_auc"], "value", lowest=True)
+        insertion = _best(part[part["metric"] == "insertion_auc"], "value")
+        loc = localisation[(localisation["variant"] == variant) & (localisation["metric"] == "pointing_game")]
+        text = (f"- {label(variant)}: most faithful by deletion AUC (lower better) is {deletion['method']} with "
+                f"{format_ci(deletion['value'], deletion['ci_low'], deletion['ci_high'], 1, 3)}; by insertion AUC "
+                f"(higher better) {insertion['method']} with "
+                f"{format_ci(insertion['value'], insertion['ci_low'], insertion['ci_high'], 1, 3)}")
+        if len(loc):
+            point = _best(loc, "value")
+            text += (f"; best pointing game {point['method']} with "
+                     f"{format_ci(point['value'], point['ci_low'], point['ci_high'])}%")
+        lines.append(text + f" (n = {int(deletion['n'])} images, 95% bootstrap CIs).")
+    return lines
+
+
+def rq4_lines(shift: pd.DataFrame) -> list[str]:
+    curve = severity_curve(shift)
+    lines = []
+    for (dataset, variant), part in curve.groupby(["dataset", "variant"], sort=False):
+        clean_rows = shift[(shift["dataset"] == dataset) & (shift["variant"] == variant) & (shift["family"] == "clean")]
+        worst = part[part["severity"] == part["severity"].max()].iloc[0]
+        text = f"- {label(variant)} ({dataset}): "
+        if len(clean_rows):
+            clean = clean_rows.iloc[0]
+            text += (f"clean accuracy {_ci_row(clean)}% (n = {int(clean['n'])}); ECE {clean['ece']:.3f} -> "
+                     f"{clean['ece_ts']:.3f} after temperature scaling; E-AURC {clean['eaurc']:.3f}; ")
+        text += (f"mean accuracy over {int(worst['conditions'])} corruptions at severity {int(worst['severity'])}: "
+                 f"{_ci_row(worst)}% (95% t-CI over corruptions).")
+        lines.append(text)
+    return lines
+
+
+def rq5_lines(convex: pd.DataFrame) -> list[str]:
+    def acc(row: pd.Series) -> str:
+        m, h = row["test_accuracy"], row["ci95"]
+        return f"{row['head']} {format_ci(m, m - h, m + h)}%"
+
+    families = dict(tuple(convex.groupby("family")))
+    lines = []
+    if "convex" in families:
+        lines.append(f"- best convex head: {acc(_best(families['convex'], 'test_accuracy'))}; "
+                     f"largest relative duality gap of the convex solves "
+                     f"{families['convex']['relative_gap'].max():.1e}.")
+    for family, part in families.items():
+        if family != "convex":
+            lines.append(f"- best {family} head: {acc(_best(part, 'test_accuracy'))}; worst: "
+                         f"{acc(_best(part, 'test_accuracy', lowest=True))}.")
+    lines.append(f"- test accuracy, mean over {int(convex['seeds'].max())} seeds [95% t-CI].")
+    return lines
+
+
+def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFrame], figures: dict[str, str]) -> str:
+    """The results README: per research question, the answer's numbers (from the tables), the main table
+    in Markdown, and links to the figure and the table files. `figures` maps a name to its PNG's relative path."""
+    def fig(name: str, caption: str) -> str:
+        return (f"- Figure: [{caption}]({figures[name]}) ([PDF]({Path(figures[name]).with_suffix('.pdf').as_posix()}))"
+                if name in figures else "")
+
+    def tab(name: str) -> str:
+        return f"- Table: [`tables/{name}.md`](tables/{name}.md), LaTeX [`tables/{name}.tex`](tables/{name}.tex)"
+
+    t, p = tables, products
+    sections = [
+        "# Results",
+        "",
+        "Generated by `notebooks/paper_figures.py` (`lib/paper.py`) from the study's result tables; every number "
+        "below is read from them, none is typed by hand. Accuracies are in %, as value [95% confidence interval].",
+    ]
+    parts = [
+        ("RQ1", rq1_lines(t["resolution"]), "resolution",
+         [fig("accuracy_vs_resolution", "accuracy vs resolution, position encodings"),
+          fig("accuracy_vs_resolution_attention", "accuracy vs resolution, attention variants"),
+          tab("resolution"), tab("resolution_full")]),
+        ("RQ2", rq2_lines(t["cost"], t["scaling"]), "cost", [fig("cost_vs_tokens", "cost vs tokens"), tab("cost")]),
+        ("RQ3", rq3_lines(t["layer_head"], t["faithfulness"], t["localisation"]), "distance",
+         [fig("attention_distance", "mean attention distance per layer"),
+          fig("faithfulness", "faithfulness AUCs with 95% CIs"), fig("localisation", "localisation with 95% CIs"),
+          tab("distance"), tab("faithfulness"), tab("localisation")]),
+        ("RQ4", rq4_lines(t["shift"]), "safety",
+         [fig("safety", "accuracy vs severity and risk-coverage"), tab("safety")]),
+        ("RQ5", rq5_lines(t["convex"]), "convex", [fig("convex_heads", "convex heads accuracy"), tab("convex")]),
+    ]
+    for rq, lines, main_table, links in parts:
+        sections += ["", f"## {rq}. {QUESTIONS[rq]}", "", *lines, "", p[main_table].to_markdown(index=False), "",
+                     *[link for link in links if link]]
+    return "\n".join(sections).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------------------------- all
+
+def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False) -> dict:
+    """Read every table, write every figure, table and the README under `out_dir`; return what was written."""
+    out = Path(out_dir)
+    tables = load_tables(results_dir)
+    products = {
+        "resolution": resolution_table(tables["resolution"]),
+        "resolution_full": resolution_full_table(tables["resolution"]),
+        "cost": cost_table(tables["cost"], tables["scaling"]),
+        "distance": distance_table(tables["layer_head"]),
+        "faithfulness": faithfulness_table(tables["faithfulness"]),
+        "localisation": localisation_table(tables["localisation"]),
+        "safety": safety_table(tables["shift"]),
+        "convex": convex_table(tables["convex"]),
+    }
+    captions = {
+        "resolution": "RQ1: test accuracy (%) [95% CI] at the training, lowest and highest test resolution.",
+        "resolution_full": "RQ1: test accuracy (%) [95% CI] at every test resolution.",
+        "cost": "RQ2: cost of each attention variant against tokens (medians of timed steps; log-log slopes).",
+        "distance": "RQ3: mean attention distance per layer, mean over heads [95% t-CI over heads].",
+        "faithfulness": "RQ3: faithfulness AUCs of each explanation method, value [95% bootstrap CI].",
+        "localisation": "RQ3: localisation of each explanation method, value [95% CI].",
+        "safety": "RQ4: clean accuracy and mean corrupted accuracy per severity (%) [95% CI], calibration, AURC.",
+        "convex": "RQ5: test accuracy (%) of every head on frozen tokens, mean over seeds [95% t-CI].",
+    }
+    written = []
+    for name, table in products.items():
+        written += write_table(table, out / "tables" / name, captions[name])
+
+    set_style()
+    figures = {
+        "accuracy_vs_resolution": figure_resolution(tables["resolution"]),
+        "accuracy_vs_resolution_attention": figure_resolution_attention(tables["resolution"]),
+        "cost_vs_tokens": figure_cost(tables["cost"]),
+        "attention_distance": figure_distance(tables["layer_head"]),
+        "faithfulness": figure_method_bars(tables["faithfulness"], [
+            "deletion_auc", "insertion_auc", "positive_perturbation_auc", "negative_perturbation_auc"]),
+        "localisation": figure_method_bars(tables["localisation"], ["pointing_game", "relevance_mass"]),
+        "safety": figure_safety(tables["shift"], tables["risk_coverage"]),
+        "convex_heads": figure_convex(tables["convex"]),
+    }
+    links = {}
+    for name, figure in figures.items():
+        if figure is None:
+            continue
+        written += save_figure(figure, out / "figures" / name)
+        links[name] = f"figures/{name}.png"
+        if show:
+            plt.show()
+        else:
+            plt.close(figure)
+    readme = out / "README.md"
+    readme.write_text(build_readme(tables, products, links))
+    written.append(readme)
+    return {"tables": products, "figures": links, "written": written, "readme": readme}

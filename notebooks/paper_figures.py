@@ -1,0 +1,60 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python (attention-rope-study)
+#     language: python
+#     name: attention-rope-study
+# ---
+
+# %% [markdown]
+# # Paper-ready figures, tables and the results README
+#
+# Builds everything a paper needs from the study's result tables under `results_dir` (the CSVs the
+# `evaluate`, `efficiency`, `analysis-summary`, `safety` and `convex` stages write); no model is trained or
+# evaluated here. Code and documentation: `lib/paper.py`. Written under `out_dir`:
+#
+# - `figures/*.png` and `figures/*.pdf`: every key figure in one style (`lib.plots.set_style`, seaborn
+#   "colorblind" palette): accuracy vs resolution per dataset, cost vs tokens, mean attention distance per
+#   layer, faithfulness and localisation with 95% CIs, accuracy vs corruption severity and risk-coverage per
+#   variant, convex heads' accuracy;
+# - `tables/*.md` and `tables/*.tex`: every table in Markdown and LaTeX, numbers as `value [95% CI]`;
+# - `README.md`: each research question (RQ1-RQ5), the numbers that answer it (with CIs, all read from the
+#   tables) and links to the figure and tables to look at.
+#
+# A missing table stops the notebook with a FileNotFoundError that names it and the stage that writes it.
+
+# %% tags=["parameters"]
+params_file = "params.yaml"
+results_dir = "results"
+out_dir = "results/paper"
+
+# %%
+from pathlib import Path
+
+from IPython.display import Image, Markdown, display
+
+from lib.config import load_params
+from lib.paper import build_all
+
+load_params(params_file)  # validated, as in every stage (the paper reads only result tables)
+built = build_all(results_dir, out_dir)
+print(f"{len(built['written'])} files written under {out_dir}")
+
+# %% [markdown]
+# ## Figures
+
+# %%
+for name, png in built["figures"].items():
+    print(name)
+    display(Image(filename=str(Path(out_dir) / png)))
+
+# %% [markdown]
+# ## The results README
+
+# %%
+display(Markdown(built["readme"].read_text()))

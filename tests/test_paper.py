@@ -1,0 +1,235 @@
+"""lib/paper.py on small synthetic result tables written in the real column layout."""
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+
+from lib import paper  # noqa: E402
+
+
+def _resolution() -> pd.DataFrame:
+    rows = []
+    for dataset, train_res, resolutions in (("mnist", 28, [16, 28, 56]), ("shapes", 24, [12, 24, 48])):
+        variants = [("ape", "softmax", "ape"), ("rope_mixed", "softmax", "rope_mixed")]
+        if dataset == "shapes":
+            variants.append(("linear", "linear", "rope_mixed"))
+        for i, (variant, attention, pos_embed) in enumerate(variants):
+            for j, res in enumerate(resolutions):
+                acc = 0.951 - 0.1 * abs(j - 1) - 0.01 * i
+                rows.append({"dataset": dataset, "variant": variant, "attention": attention, "pos_embed": pos_embed,
+                             "resolution": res, "train_resolution": train_res, "grid": res // 4,
+                             "tokens": (res // 4) ** 2, "accuracy": acc, "ci_low": acc - 0.015, "ci_high": acc + 0.012,
+                             "loss": 0.3, "n": 1000, "run": f"{dataset}-{variant}", "eval_key": "abc"})
+    return pd.DataFrame(rows)
+
+
+def _cost() -> pd.DataFrame:
+    rows = []
+    for variant, attention, power in (("rope_mixed", "softmax", 2.0), ("linear", "linear", 1.0)):
+        for grid in (7, 14, 28):
+            tokens = grid * grid
+            rows.append({"attention": attention, "pos_embed": "rope_mixed", "grid": grid, "tokens": tokens,
+                         "batch": 4, "forward_images_per_s": 1e3, "train_images_per_s": 5e2,
+                         "forward_ms_per_image": 1e-4 * tokens ** power, "train_ms_per_image": 3e-4 * tokens ** power,
+                         "peak_mb": 100.0 + tokens / 10, "forward_gflops": 0.1, "forward_gflops_per_s": 50.0,
+                         "train_gflops_per_s": 40.0, "variant": variant, "forward_fraction_of_peak": 0.3})
+    return pd.DataFrame(rows)
+
+
+def _scaling() -> pd.DataFrame:
+    return pd.DataFrame({"variant": ["rope_mixed", "linear"], "forward_slope": [1.97, 1.03],
+                         "train_slope": [1.91, 1.1], "forward_crossover_tokens": [np.inf, 55.6],
+                         "train_crossover_tokens": [np.inf, 66.9], "peak_mb_at_max_grid": [169.3, 182.2]})
+
+
+def _layer_head() -> pd.DataFrame:
+    rows = []
+    for k, variant in enumerate(["ape", "rope_mixed"]):
+        for layer in range(2):
+            for head in range(3):
+                rows.append({"layer": layer, "head": head, "mean_distance_patches": 3.0,
+                             "mean_distance_pixels": 12.0 + layer + 0.1 * head + k, "mean_distance_std_patches": 0.2,
+                             "entropy_nats": 2.0, "entropy_normalized": 0.5 + 0.01 * head, "cls_top_mass": 0.8,
+                             "cls_gini": 0.8, "uniform_distance_pixels": 12.32, "grid_h": 6, "grid_w": 6,
+                             "patch_size": 4, "top_fraction": 0.1, "run": f"shapes-{variant}", "dataset": "shapes",
+                             "variant": variant, "attention": "softmax", "pos_embed": variant})
+    return pd.DataFrame(rows)
+
+
+def _method_table(metrics: dict[str, str | float], n: int = 200) -> pd.DataFrame:
+    rows = []
+    for k, variant in enumerate(["ape", "rope_mixed"]):
+        for i, method in enumerate(["random", "rollout", "integrated_gradients"]):
+            for metric, extra in metrics.items():
+                value = 0.5 - 0.1 * i + 0.01 * k
+                rows.append({"method": method, "metric": metric, "value": value, "ci_low": value - 0.02,
+                             "ci_high": value + 0.03, "n": n, **({"better": extra} if isinstance(extra, str) else
+                                                                  {"mask_area_share": extra}),
+                             "run": f"shapes-{variant}", "dataset": "shapes", "variant": variant,
+                             "attention": "softmax", "pos_embed": variant})
+    return pd.DataFrame(rows)
+
+
+def _shift(variant: str, offset: float) -> pd.DataFrame:
+    rows = [("clean", "clean", 0.0, 24, 0.705 + offset)]
+    for shift, family in (("gaussian_noise", "noise"), ("fog", "weather"), ("occlusion", "occlusion")):
+        for severity in (1.0, 2.0, 3.0):
+            rows.append((shift, family, severity, 24, 0.7 - 0.1 * severity + offset + 0.01 * len(rows)))
+    rows.append(("resolution", "resolution", np.nan, 12, 0.4))
+    table = pd.DataFrame(rows, columns=["shift", "family", "severity", "resolution", "accuracy"])
+    table = table.assign(dataset="signs", variant=variant, n=200, confidence=0.6, ece=0.105 + offset, nll=0.8,
+                         brier=0.38, error=1 - table["accuracy"], ci_low=table["accuracy"] - 0.06,
+                         ci_high=table["accuracy"] + 0.05, confidence_ts=0.7, ece_ts=0.046, nll_ts=0.73,
+                         brier_ts=0.37, aurc=0.087, eaurc=0.038, coverage_target=0.3, risk_target=0.0,
+                         coverage_target_bound=0.0, risk_target_bound=np.nan)
+    columns = ["dataset", "variant", "resolution", "shift", "family", "severity", "n", "accuracy", "confidence", "ece",
+               "nll", "brier", "error", "ci_low", "ci_high", "confidence_ts", "ece_ts", "nll_ts", "brier_ts", "aurc",
+               "eaurc", "coverage_target", "risk_target", "coverage_target_bound", "risk_target_bound"]
+    return table[columns]
+
+
+def _risk_coverage(variant: str) -> pd.DataFrame:
+    coverage = np.linspace(0.1, 1.0, 10)
+    return pd.concat([pd.DataFrame({"coverage": coverage, "risk": 0.3 * coverage + 0.05 * s,
+                                    "condition": "clean" if s == 0 else f"severity {s}", "dataset": "signs",
+                                    "variant": variant}) for s in range(4)], ignore_index=True)
+
+
+def _convex() -> pd.DataFrame:
+    return pd.DataFrame({
+        "head": ["convex linear attention", "convex mixer", "linear attention (Adam)", "mlp"],
+        "family": ["convex", "convex", "baseline", "baseline"], "seeds": 3,
+        "test_accuracy": [0.9753333, 0.9766667, 0.9546667, 0.7523333],
+        "ci95": [0.0028684, 0.0189729, 0.0014342, 0.0241273],
+        "val_accuracy": [0.963, 0.977, 0.943, 0.753], "regularizer": ["beta / beta_max"] * 2 + ["weight decay"] * 2,
+        "chosen_value": [0.003, 0.03, 0.001, 0.01], "parameters": [702.0, 600.0, 936.0, 900.0],
+        "fit_seconds": 1.0, "grid_seconds": 2.0, "rank": [6.0, 8.3, np.nan, np.nan],
+        "duality_gap": [6.7e-6, 2.3e-5, np.nan, np.nan], "relative_gap": [9.83e-5, 8.96e-5, np.nan, np.nan]})
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    """A results/ folder holding every table lib.paper reads, tiny and synthetic."""
+    root = tmp_path / "results"
+
+    def put(relative: str, table: pd.DataFrame) -> None:
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path, index=False)
+
+    put("resolution/resolution.csv", _resolution())
+    put("efficiency/cost_vs_tokens.csv", _cost())
+    put("efficiency/scaling.csv", _scaling())
+    put("analysis_summary/layer_head.csv", _layer_head())
+    put("analysis_summary/faithfulness.csv", _method_table({"deletion_auc": "lower", "insertion_auc": "higher"}))
+    put("analysis_summary/localisation.csv", _method_table({"pointing_game": 0.1, "relevance_mass": 0.1}))
+    for variant, offset in (("ape", 0.0), ("rope_mixed", 0.01)):
+        put(f"safety/signs-{variant}/shift_metrics.csv", _shift(variant, offset))
+        put(f"safety/signs-{variant}/risk_coverage.csv", _risk_coverage(variant))
+    put("convex/summary.csv", _convex())
+    return root
+
+
+def test_format_ci():
+    assert paper.format_ci(0.951, 0.936, 0.963) == "95.1 [93.6, 96.3]"
+    assert paper.format_ci(0.2081, 0.1923, 0.2264, scale=1, digits=3) == "0.208 [0.192, 0.226]"
+    assert paper.format_ci(0.5, np.nan, np.nan) == "50.0"
+    assert paper.format_ci(np.nan, 0.1, 0.2) == "n/a"
+
+
+def test_t_interval():
+    mean, low, high = paper.t_interval([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0)
+    assert (low, high) == pytest.approx((2.0 - 2.4842, 2.0 + 2.4842), abs=1e-3)  # t(0.975, 2) * 1 / sqrt(3)
+    assert np.isnan(paper.t_interval([1.0])[1])
+
+
+def test_tables_carry_cis_and_are_written_as_markdown_and_latex(results, tmp_path):
+    tables = paper.load_tables(results)
+    summary = paper.resolution_table(tables["resolution"])
+    mnist_ape = summary[(summary["dataset"] == "mnist") & (summary["variant"] == "APE")].iloc[0]
+    assert mnist_ape["acc. at train px"] == "95.1 [93.6, 96.3]"
+    assert (mnist_ape["lowest px"], mnist_ape["highest px"]) == (16, 56)
+
+    convex = paper.convex_table(tables["convex"])
+    assert convex.loc[0, "test acc. (%) [95% CI]"] == "97.5 [97.2, 97.8]"
+    assert convex.loc[3, "rank"] == "n/a"
+
+    md, tex = paper.write_table(summary, tmp_path / "tables" / "resolution", "RQ1: accuracy (%) [95% CI].")
+    text = md.read_text()
+    assert text.startswith("RQ1: accuracy (%) [95% CI].") and "| 95.1 [93.6, 96.3]" in text
+    latex = tex.read_text()
+    assert "\\begin{table}" in latex and "\\caption{RQ1: accuracy (\\%) [95\\% CI].}" in latex
+    assert "95.1 [93.6, 96.3]" in latex and "\\label{tab:resolution}" in latex
+
+    cost = paper.cost_table(tables["cost"], tables["scaling"])
+    assert list(cost["faster than softmax from (tokens)"]) == ["(baseline)", "56"]
+    assert "rope\\_mixed" not in paper.write_table(cost, tmp_path / "c", "cost")[1].read_text()  # labels, escaped
+
+    safety = paper.safety_table(tables["shift"])
+    assert list(safety.columns[3:7]) == ["clean acc. (%)", "severity 1 (%)", "severity 2 (%)", "severity 3 (%)"]
+    assert safety.loc[0, "clean acc. (%)"] == "70.5 [64.5, 75.5]"
+
+
+def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(results, tmp_path):
+    out = tmp_path / "paper"
+    built = paper.build_all(results, out)
+    for name in ("accuracy_vs_resolution", "cost_vs_tokens", "attention_distance", "faithfulness", "safety",
+                 "convex_heads"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 0
+        assert (out / "figures" / f"{name}.pdf").stat().st_size > 0
+    for name in ("resolution", "cost", "distance", "faithfulness", "localisation", "safety", "convex"):
+        assert (out / "tables" / f"{name}.md").is_file() and (out / "tables" / f"{name}.tex").is_file()
+
+    readme = (out / "README.md").read_text()
+    assert readme == built["readme"].read_text()
+    for rq in ("RQ1", "RQ2", "RQ3", "RQ4", "RQ5"):
+        assert f"## {rq}." in readme
+    # numbers from the tables, with their CIs
+    assert "the best is APE with 95.1 [93.6, 96.3]%" in readme  # RQ1: mnist at 28 px
+    assert "log-log slope 1.03" in readme and "faster than softmax from 56 tokens on" in readme  # RQ2
+    assert "integrated_gradients with 0.310 [0.290, 0.340]" in readme  # RQ3: lowest deletion AUC of rope_mixed
+    assert "clean accuracy 70.5 [64.5, 75.5]% (n = 200)" in readme  # RQ4
+    assert "convex mixer 97.7 [95.8, 99.6]%" in readme and "linear attention (Adam) 95.5 [95.3, 95.6]%" in readme  # RQ5
+    # links to figures and tables that exist
+    for link in ("figures/accuracy_vs_resolution.png", "figures/safety.png", "tables/convex.md", "tables/convex.tex"):
+        assert f"]({link})" in readme and (out / link).is_file()
+
+
+def test_missing_table_is_named(results):
+    (results / "convex" / "summary.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"convex/summary\.csv.*`convex` stage"):
+        paper.load_tables(results)
+
+
+def test_missing_safety_runs_and_risk_coverage_are_named(results):
+    (results / "safety" / "signs-ape" / "risk_coverage.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"signs-ape/risk_coverage\.csv"):
+        paper.load_tables(results)
+    for path in (results / "safety").glob("*/shift_metrics.csv"):
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match=r"safety/\*/shift_metrics\.csv.*`safety` stage"):
+        paper.load_tables(results)
+
+
+def test_per_run_analysis_tables_stand_in_for_the_summary(results):
+    summary = results / "analysis_summary" / "layer_head.csv"
+    table = pd.read_csv(summary)
+    summary.unlink()
+    for run, rows in table.groupby("run"):
+        (results / "analysis" / run).mkdir(parents=True)
+        rows.to_csv(results / "analysis" / run / "layer_head.csv", index=False)
+    assert len(paper.read_table(results, "layer_head")) == len(table)
+    for path in (results / "analysis").glob("*/layer_head.csv"):
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match=r"analysis_summary/layer_head\.csv.*analysis/\*/layer_head\.csv"):
+        paper.read_table(results, "layer_head")
+
+
+def test_missing_results_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        paper.load_tables(tmp_path / "nowhere")
