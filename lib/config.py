@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lib.data import DATASETS
 from lib.layers.attention import ATTENTION_LAYERS
@@ -25,6 +25,15 @@ from lib.layers.position import POSITION_ENCODINGS
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Resolution = Annotated[int, Field(ge=4, le=4096)]
+
+
+def _strictly_increasing(value: list) -> list:
+    if sorted(set(value)) != value:
+        raise ValueError(f"must be strictly increasing without repeats, got {value}")
+    return value
+
+
+Increasing = AfterValidator(_strictly_increasing)  # for lists of resolutions, grids, severities
 
 
 class Strict(BaseModel):
@@ -89,15 +98,8 @@ class DatasetParams(Strict):
     """A dataset's resolutions, and `train` keys that differ for it (e.g. fewer epochs)."""
 
     train_resolution: Resolution
-    eval_resolutions: Annotated[list[Resolution], Field(min_length=1)]
+    eval_resolutions: Annotated[list[Resolution], Field(min_length=1), Increasing]
     train: dict[str, Any] = {}
-
-    @field_validator("eval_resolutions")
-    @classmethod
-    def _sorted_unique(cls, value: list[int]) -> list[int]:
-        if sorted(set(value)) != value:
-            raise ValueError(f"must be strictly increasing without repeats, got {value}")
-        return value
 
 
 class VariantParams(Strict):
@@ -134,11 +136,15 @@ class StudyParams(Strict):
     datasets: Annotated[list[str], Field(min_length=1)]
     variants: Annotated[list[str], Field(min_length=1)]
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (dataset, variant) of the matrix, datasets outer."""
+        return [(d, v) for d in self.datasets for v in self.variants]
+
 
 class EfficiencyParams(Strict):
     """The efficiency benchmark: cost versus token count per attention variant, and lib versus timm."""
 
-    grids: Annotated[list[Annotated[int, Field(ge=1, le=128)]], Field(min_length=2)]
+    grids: Annotated[list[Annotated[int, Field(ge=1, le=128)]], Field(min_length=2), Increasing]
     variants: Annotated[list[str], Field(min_length=1)]
     baseline: str = "rope_mixed"
     tokens_per_batch: PositiveInt = 4096
@@ -147,13 +153,6 @@ class EfficiencyParams(Strict):
     timm_grid: PositiveInt = 7
     timm_batch: PositiveInt = 128
     timm_rounds: PositiveInt = 5
-
-    @field_validator("grids")
-    @classmethod
-    def _increasing(cls, value: list[int]) -> list[int]:
-        if sorted(set(value)) != value:
-            raise ValueError(f"must be strictly increasing without repeats, got {value}")
-        return value
 
     @model_validator(mode="after")
     def _baseline_measured(self):
@@ -185,7 +184,7 @@ class SafetyParams(Strict):
 
     runs: StudyParams                      # which trained runs to evaluate (each must be trained by study or zoo)
     corruptions: Annotated[list[str], Field(min_length=1)]
-    severities: Annotated[list[Annotated[int, Field(ge=1, le=5)]], Field(min_length=1)] = [1, 2, 3, 4, 5]
+    severities: Annotated[list[Annotated[int, Field(ge=1, le=5)]], Field(min_length=1), Increasing] = [1, 2, 3, 4, 5]
     resolution_shift: bool = True          # also test at the dataset's other eval_resolutions
     num_test_images: PositiveInt = 500     # the first N test images (the stored order is already shuffled)
     target_risk: Annotated[float, Field(gt=0, lt=1)] = 0.01
@@ -202,13 +201,6 @@ class SafetyParams(Strict):
         from lib.safety.corruptions import CORRUPTIONS  # imports scipy and scikit-image: only when validating
         for name in value:
             _known(name, CORRUPTIONS, "corruption")
-        return value
-
-    @field_validator("severities")
-    @classmethod
-    def _sorted_severities(cls, value: list[int]) -> list[int]:
-        if sorted(set(value)) != value:
-            raise ValueError(f"must be strictly increasing without repeats, got {value}")
         return value
 
 
@@ -267,11 +259,9 @@ class Params(Strict):
             raise ValueError(f"zoo.variants: {shared} already in study.variants (each run must belong to one matrix)")
         trained = set(self.runs())
         for group in ("analysis", "safety"):
-            runs = getattr(self, group).runs
-            for dataset in runs.datasets:
-                for variant in runs.variants:
-                    if (dataset, variant) not in trained:
-                        raise ValueError(f"{group}.runs: {dataset}-{variant} is not trained by the study or zoo matrix")
+            for dataset, variant in getattr(self, group).runs.pairs():
+                if (dataset, variant) not in trained:
+                    raise ValueError(f"{group}.runs: {dataset}-{variant} is not trained by the study or zoo matrix")
         if (self.convex.dataset, self.convex.variant) not in trained:
             raise ValueError(f"convex: {self.convex.dataset}-{self.convex.variant} is not trained by the study or zoo matrix")
         if self.convex.layer > self.model_for(self.convex.variant).depth:
@@ -293,7 +283,7 @@ class Params(Strict):
 
     def runs(self) -> list[tuple[str, str]]:
         """Every (dataset, variant) that `dvc repro` trains: the study matrix, then the zoo matrix."""
-        return [(d, v) for group in (self.study, self.zoo) for d in group.datasets for v in group.variants]
+        return self.study.pairs() + self.zoo.pairs()
 
     def model_for(self, variant: str) -> ModelParams:
         """The architecture of `variant`: `model` with the variant's `model` overrides applied."""

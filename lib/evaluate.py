@@ -28,6 +28,13 @@ def load_trained_model(params: Params, dataset: str, variant: str, weights_path:
     return model.eval()
 
 
+@torch.no_grad()
+def predict(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits (N, K) of `model` in eval mode on model-ready (normalized) inputs (N, C, H, W), in batches."""
+    model.eval()
+    return torch.cat([model(inputs[start:start + batch_size]) for start in range(0, len(inputs), batch_size)])
+
+
 def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
     """95% Wilson score interval for a binomial proportion (better than +-1.96 SE near 0 and 1)."""
     if total == 0:

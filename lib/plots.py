@@ -29,6 +29,13 @@ def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
     return paths
 
 
+def publish(fig: plt.Figure, stem: Path) -> list[Path]:
+    """`save_figure`, then show the figure in the notebook (and close it)."""
+    paths = save_figure(fig, stem)
+    plt.show()
+    return paths
+
+
 def plot_accuracy_vs_resolution(table: pd.DataFrame, hue: str = "pos_embed") -> plt.Figure:
     """Heo et al.'s Fig. 4 style: test accuracy against test resolution, one line per variant,
     95% CI bands, the training resolution marked, one panel per dataset."""

@@ -1,10 +1,11 @@
 """Glue between `params.yaml` and the code: run names, model construction, input scaling, seeding."""
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from lib.config import Params
+from lib.config import Params, StudyParams
 from lib.data import dataset_info
 from lib.models import VisionTransformer
 
@@ -16,6 +17,16 @@ INPUT_MEAN, INPUT_STD = 0.5, 0.5
 def run_name(dataset: str, variant: str) -> str:
     """Folder name of one trained configuration, e.g. 'mnist-rope_mixed' (the DVC matrix key)."""
     return f"{dataset}-{variant}"
+
+
+def run_folders(root: Path, runs: StudyParams, table: str, stage: str) -> list[Path]:
+    """`root/<dataset>-<variant>` for every run of `runs`, in params.yaml's order; a run without `table`
+    is an error naming each missing file (never a silent gap in a comparison)."""
+    folders = [Path(root) / run_name(dataset, variant) for dataset, variant in runs.pairs()]
+    missing = [str(folder / table) for folder in folders if not (folder / table).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{stage} tables missing (run the `{stage}` stage first): {', '.join(missing)}")
+    return folders
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from matplotlib import pyplot as plt
 
 from lib.analysis.plots import (
     plot_explanation_grid, plot_faithfulness, plot_mean_distance, plot_offset_profiles, plot_perturbation_curves,
@@ -54,8 +53,8 @@ from lib.analysis.tables import (
 )
 from lib.config import load_params
 from lib.data import load_split
-from lib.evaluate import load_trained_model
-from lib.plots import save_figure, set_style
+from lib.evaluate import load_trained_model, predict
+from lib.plots import publish, set_style
 from lib.study import normalize, run_name
 
 params = load_params(params_file)
@@ -97,11 +96,9 @@ print(high_norm.round(3).to_string(index=False))
 # %%
 set_style()
 fig = plot_mean_distance(layer_head)
-save_figure(fig, out / "mean_distance")
-plt.show()
+publish(fig, out / "mean_distance")
 fig = plot_offset_profiles(offsets)
-save_figure(fig, out / "offset_profiles")
-plt.show()
+publish(fig, out / "offset_profiles")
 
 # %% [markdown]
 # ## Head importance and pruning (all test images)
@@ -113,8 +110,7 @@ timings["head_importance_and_pruning"] = time.perf_counter() - start
 save_table(heads["head_importance"], "head_importance")
 pruning = save_table(heads["pruning"], "pruning")
 fig = plot_pruning(pruning)
-save_figure(fig, out / "pruning")
-plt.show()
+publish(fig, out / "pruning")
 
 # %% [markdown]
 # ## Explanations and their faithfulness (first `analysis.num_images` test images)
@@ -122,9 +118,7 @@ plt.show()
 # %%
 subset = slice(0, min(settings.num_images, len(data)))
 start = time.perf_counter()
-with torch.no_grad():
-    predicted = torch.cat([model(inputs[subset][i:i + batch_size]).argmax(-1)
-                           for i in range(0, len(inputs[subset]), batch_size)])
+predicted = predict(model, inputs[subset], batch_size).argmax(-1)
 explanations = explain_all(model, inputs[subset], predicted, baseline, batch_size, settings.ig_steps, seed,
                            settings.head_fusion, settings.discard_ratio)
 timings["explanations"] = time.perf_counter() - start
@@ -145,14 +139,11 @@ titles = [f"{data.classes[label]}\npred. {data.classes[p]}".replace("_", " ")
 fig = plot_explanation_grid(data.images[shown], explanations.cls_layers[shown],
                             {name: maps[shown] for name, maps in explanations.maps.items()},
                             explanations.ig_pixels[shown], titles)
-save_figure(fig, out / "explanations")
-plt.show()
+publish(fig, out / "explanations")
 fig = plot_faithfulness(faithfulness)
-save_figure(fig, out / "faithfulness")
-plt.show()
+publish(fig, out / "faithfulness")
 fig = plot_perturbation_curves(curves)
-save_figure(fig, out / "perturbation_curves")
-plt.show()
+publish(fig, out / "perturbation_curves")
 
 # %% [markdown]
 # ## Localisation of the objects (`shapes` only: the circle and square masks)

@@ -29,24 +29,18 @@ out_dir = "results/analysis_summary"
 from pathlib import Path
 
 import pandas as pd
-from matplotlib import pyplot as plt
 
 from lib.analysis.plots import (
     plot_distance_by_variant, plot_metric_by_variant, plot_offset_profiles_by_variant,
 )
 from lib.config import load_params
-from lib.plots import save_figure, set_style
-from lib.study import run_name
+from lib.plots import publish, set_style
+from lib.study import run_folders
 
 params = load_params(params_file)
 out = Path(out_dir)
 reference_pos_embed = params.analysis.reference_pos_embed  # the position encoding the attention variants share
-# the runs that `analysis.runs` names, in params.yaml's order; a missing table is an error, not a silent gap
-runs = [Path(analysis_dir) / run_name(dataset, variant)
-        for dataset in params.analysis.runs.datasets for variant in params.analysis.runs.variants]
-missing = [str(path / "layer_head.csv") for path in runs if not (path / "layer_head.csv").is_file()]
-if missing:
-    raise FileNotFoundError(f"analysis tables missing (run the `analysis` stage first): {', '.join(missing)}")
+runs = run_folders(Path(analysis_dir), params.analysis.runs, "layer_head.csv", "analysis")
 print(f"{len(runs)} analysed runs: {', '.join(path.name for path in runs)}")
 
 
@@ -69,12 +63,10 @@ set_style()
 
 # %%
 fig = plot_distance_by_variant(layer_head[softmax], hue="pos_embed")
-save_figure(fig, out / "distance_by_pos_embed")
-plt.show()
+publish(fig, out / "distance_by_pos_embed")
 variants = layer_head[(layer_head["pos_embed"] == reference_pos_embed) & (layer_head["dataset"] == compare_dataset)]
 fig = plot_distance_by_variant(variants, hue="attention")
-save_figure(fig, out / "distance_by_attention")
-plt.show()
+publish(fig, out / "distance_by_attention")
 
 # %% [markdown]
 # ## What each position encoding learned: attention by relative offset (head mean, every block)
@@ -82,11 +74,9 @@ plt.show()
 # %%
 on_dataset = offsets[offsets["dataset"] == compare_dataset]
 fig = plot_offset_profiles_by_variant(on_dataset[on_dataset["attention"] == "softmax"], column="pos_embed")
-save_figure(fig, out / "offset_profiles_by_pos_embed")
-plt.show()
+publish(fig, out / "offset_profiles_by_pos_embed")
 fig = plot_offset_profiles_by_variant(on_dataset[on_dataset["pos_embed"] == reference_pos_embed], column="attention")
-save_figure(fig, out / "offset_profiles_by_attention")
-plt.show()
+publish(fig, out / "offset_profiles_by_attention")
 
 # %% [markdown]
 # ## Faithfulness of the explanations by attention variant and by position encoding
@@ -94,11 +84,9 @@ plt.show()
 # %%
 faith = faithfulness[faithfulness["dataset"] == compare_dataset]
 fig = plot_metric_by_variant(faith[faith["pos_embed"] == reference_pos_embed], hue="attention")
-save_figure(fig, out / "faithfulness_by_attention")
-plt.show()
+publish(fig, out / "faithfulness_by_attention")
 fig = plot_metric_by_variant(faith[faith["attention"] == "softmax"], hue="pos_embed")
-save_figure(fig, out / "faithfulness_by_pos_embed")
-plt.show()
+publish(fig, out / "faithfulness_by_pos_embed")
 table = faithfulness.pivot_table(index=["dataset", "variant"], columns=["metric", "method"], values="value")
 print(table.round(3).to_string())
 
@@ -107,8 +95,7 @@ print(table.round(3).to_string())
 
 # %%
 fig = plot_metric_by_variant(localisation, hue="variant")
-save_figure(fig, out / "localisation_by_variant")
-plt.show()
+publish(fig, out / "localisation_by_variant")
 print(localisation.pivot_table(index="variant", columns=["metric", "method"], values="value").round(3).to_string())
 
 # %% [markdown]

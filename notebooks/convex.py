@@ -73,7 +73,6 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import Markdown, display
-from matplotlib import pyplot as plt
 
 from lib.config import fingerprint, load_params
 from lib.convex.compare import HeadSpec, ordering_markdown, run_comparison, select_on_validation, summarize
@@ -85,7 +84,7 @@ from lib.convex.interpret import (clustering_agreement, cluster_tokens, kernel_e
                                   patch_labels)
 from lib.data import load_split
 from lib.evaluate import file_md5, load_trained_model
-from lib.plots import save_figure, set_style
+from lib.plots import publish, set_style
 
 started = time.perf_counter()
 # one intra-op thread: every step below is a chain of small tensor operations, and on a small machine
@@ -199,11 +198,9 @@ objectives
 # %%
 set_style()
 fig = plot_accuracy_vs_regularization(runs)
-save_figure(fig, out / "accuracy_vs_regularization")
-plt.show()
+publish(fig, out / "accuracy_vs_regularization")
 fig = plot_rank_vs_beta(runs)
-save_figure(fig, out / "rank_vs_beta")
-plt.show()
+publish(fig, out / "rank_vs_beta")
 
 # %% [markdown]
 # ## Which tokens do the heads group?
@@ -241,8 +238,7 @@ with torch.no_grad():
 maps = ({} if objects is None else {"objects": objects[:shown]}) | {f"{k} groups": g[:shown] for k, g in groups.items()}
 maps |= {f"head {j + 1} weight": weights_per_head[:, j] for j in range(min(3, weights_per_head.shape[1]))}
 fig = plot_token_maps(data["test"].images[:shown], grid_hw, maps, categorical={k for k in maps if "weight" not in k})
-save_figure(fig, out / "token_groups")
-plt.show()
+publish(fig, out / "token_groups")
 
 # %% [markdown]
 # ## The MLP-Mixer head's token templates
@@ -252,6 +248,5 @@ plt.show()
 # %%
 templates, sigma = mixer_templates(chosen("convex mixer"), grid_hw, 6)
 fig = plot_templates(templates, sigma)
-save_figure(fig, out / "mixer_templates")
-plt.show()
+publish(fig, out / "mixer_templates")
 print(f"total runtime {time.perf_counter() - started:.0f} s")

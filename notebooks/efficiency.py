@@ -30,12 +30,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from matplotlib import pyplot as plt
 
 from lib.benchmark import (compare_with_timm, crossover_tokens, loglog_slope, matmul_peak_gflops,
                            measure_in_subprocess)
 from lib.config import load_params
-from lib.plots import plot_cost_vs_tokens, save_figure, set_style
+from lib.plots import plot_cost_vs_tokens, publish, set_style
 
 params = load_params(params_file)
 cfg = params.efficiency
@@ -63,8 +62,7 @@ table.round(3)
 # %%
 set_style()
 fig = plot_cost_vs_tokens(table)
-save_figure(fig, out / "cost_vs_tokens")
-plt.show()
+publish(fig, out / "cost_vs_tokens")
 
 # %% [markdown]
 # ## Scaling exponents and crossovers with softmax

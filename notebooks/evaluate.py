@@ -31,11 +31,10 @@ out_dir = "results/resolution"
 from pathlib import Path
 
 import pandas as pd
-from matplotlib import pyplot as plt
 
 from lib.config import load_params
 from lib.evaluate import evaluate_runs
-from lib.plots import plot_accuracy_vs_resolution, save_figure, set_style
+from lib.plots import plot_accuracy_vs_resolution, publish, set_style
 from lib.report import resolution_markdown
 
 params = load_params(params_file)
@@ -53,8 +52,7 @@ print(markdown)
 # %%
 set_style()
 fig = plot_accuracy_vs_resolution(table[table["attention"] == "softmax"], hue="pos_embed")
-save_figure(fig, out / "accuracy_vs_resolution")
-plt.show()
+publish(fig, out / "accuracy_vs_resolution")
 
 # %% [markdown]
 # ## Attention variants (RoPE-Mixed)
@@ -62,5 +60,4 @@ plt.show()
 # %%
 attention = table[(table["pos_embed"] == "rope_mixed")]
 fig = plot_accuracy_vs_resolution(attention[attention["dataset"].isin(params.zoo.datasets)], hue="attention")
-save_figure(fig, out / "attention_vs_resolution")
-plt.show()
+publish(fig, out / "attention_vs_resolution")

@@ -49,15 +49,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from matplotlib import pyplot as plt
 
 from lib.config import load_params
 from lib.data import dataset_info, load_split
 from lib.evaluate import load_trained_model
-from lib.plots import save_figure, set_style
-from lib.safety.corruptions import FAMILY_OF, corrupt
+from lib.plots import publish, set_style
 from lib.safety.calibration import fit_temperature
-from lib.safety.evaluate import bins_frame, confidence_and_correct, curve_frame, map_rows, prediction_row
+from lib.safety.evaluate import confidence_and_correct, evaluate_shifts, prediction_row
 from lib.safety.maps import run_model
 from lib.safety.plots import (
     plot_accuracy_vs_severity,
@@ -114,58 +112,16 @@ print(f"T = {temperature:.3f}; thresholds {thresholds}; validation coverage at t
 # the clean maps of the same images (at another resolution both are resampled to the coarser grid).
 
 # %%
-shift_rows, map_table, bins, curves = [], [], [], []
-examples_images, examples_maps = {}, {}
-masks = test.masks if has_masks else None
-
-
-def record(condition: dict, outputs, labels, reference, condition_masks) -> None:
-    shift_rows.append({**condition, **prediction_row(outputs.logits, labels, temperature, thresholds)})
-    map_table.extend({**condition, **row} for row in map_rows(outputs.maps, reference, condition_masks, settings.top_fraction))
-
-
-clean = run_model(model, test.images, batch_size)
-base = {"dataset": dataset, "variant": variant, "resolution": train_resolution}
-record({**base, "shift": "clean", "family": "clean", "severity": 0}, clean, test.labels, None, masks)
-pooled = {0: [clean.logits]}
-examples_images["clean"] = test.images[:settings.num_examples]
-examples_maps["clean"] = clean.maps["rollout"][:settings.num_examples]
-
-for corruption in settings.corruptions:
-    for severity in settings.severities:
-        images = corrupt(test.images, corruption, severity, seed)
-        outputs = run_model(model, images, batch_size)
-        condition = {**base, "shift": corruption, "family": FAMILY_OF[corruption], "severity": severity}
-        record(condition, outputs, test.labels, clean.maps, masks)
-        pooled.setdefault(severity, []).append(outputs.logits)
-        if corruption in settings.example_corruptions and severity == settings.example_severity:
-            examples_images[corruption] = images[:settings.num_examples]
-            examples_maps[corruption] = outputs.maps["rollout"][:settings.num_examples]
-    print(f"{corruption}: accuracy by severity "
-          f"{[round(r['accuracy'], 3) for r in shift_rows if r['shift'] == corruption]}")
-
-for resolution in resolutions:
-    shifted = load_split(root, dataset, "test", resolution).subset(range(len(test)))
-    outputs = run_model(model, shifted.images, batch_size)
-    condition = {**base, "shift": "resolution", "family": "resolution", "severity": float("nan"), "resolution": resolution}
-    record(condition, outputs, shifted.labels, clean.maps, shifted.masks if has_masks else None)
-
-for other in other_seed_weights:
-    other_model = load_trained_model(params, dataset, variant, Path(other))
-    outputs = run_model(other_model, test.images, batch_size)
-    map_table.extend({**base, "shift": "seed", "family": "seed", "severity": 0, "other_weights": other, **row}
-                     for row in map_rows(outputs.maps, clean.maps, None, settings.top_fraction))
-
-for severity, logits in pooled.items():
-    labels = test.labels.repeat(len(logits))
-    condition = "clean" if severity == 0 else f"severity {severity}"
-    bins.append(bins_frame(torch.cat(logits), labels, temperature).assign(condition=condition))
-    curves.append(curve_frame(torch.cat(logits), labels).assign(condition=condition))
-
-shifts = pd.DataFrame(shift_rows)
-maps_long = pd.DataFrame(map_table)
-bins = pd.concat(bins, ignore_index=True).assign(dataset=dataset, variant=variant)
-curves = pd.concat(curves, ignore_index=True).assign(dataset=dataset, variant=variant)
+resolution_sets = {resolution: load_split(root, dataset, "test", resolution).subset(range(len(test)))
+                   for resolution in resolutions}
+other_models = {other: load_trained_model(params, dataset, variant, Path(other)) for other in other_seed_weights}
+results = evaluate_shifts(
+    model, test, {"dataset": dataset, "variant": variant, "resolution": train_resolution}, temperature, thresholds,
+    settings.corruptions, settings.severities, seed, settings.top_fraction, resolution_sets, other_models,
+    settings.example_corruptions, settings.example_severity, settings.num_examples, batch_size)
+shifts, maps_long = results.shifts, results.maps
+bins = results.bins.assign(dataset=dataset, variant=variant)
+curves = results.curves.assign(dataset=dataset, variant=variant)
 shifts.to_csv(out / "shift_metrics.csv", index=False)
 maps_long.to_csv(out / "map_metrics.csv", index=False)
 bins.to_csv(out / "reliability_bins.csv", index=False)
@@ -201,35 +157,29 @@ set_style()
 name = f"{dataset} · {variant}"
 corrupted = shifts[shifts["family"] != "resolution"]
 fig = plot_accuracy_vs_severity(corrupted, name)
-save_figure(fig, out / "accuracy_vs_severity")
-plt.show()
+publish(fig, out / "accuracy_vs_severity")
 
 # %%
 fig = plot_reliability(bins[bins["condition"].isin(["clean", "severity 1", "severity 3", "severity 5"])],
                        f"{name}: reliability, clean and all corruptions pooled per severity")
-save_figure(fig, out / "reliability")
-plt.show()
+publish(fig, out / "reliability")
 
 # %%
 fig = plot_risk_coverage(curves, settings.target_risk, f"{name}: risk-coverage")
-save_figure(fig, out / "risk_coverage")
-plt.show()
+publish(fig, out / "risk_coverage")
 
 # %%
 corrupted_maps = maps_long[maps_long["family"].isin(["noise", "blur", "weather", "digital", "occlusion"])]
 for metric in ("spearman", "topk_iou"):
     fig = plot_map_similarity(corrupted_maps, metric, f"{name}: map similarity to the clean map")
-    save_figure(fig, out / f"map_{metric}")
-    plt.show()
+    publish(fig, out / f"map_{metric}")
 if has_masks:
     fig = plot_map_similarity(corrupted_maps, "relevance_mass", f"{name}: relevance mass inside the objects")
-    save_figure(fig, out / "map_relevance_mass")
-    plt.show()
+    publish(fig, out / "map_relevance_mass")
 
 # %%
-fig = plot_example_maps(examples_images, examples_maps, f"{name}: rollout, clean and severity {settings.example_severity}")
-save_figure(fig, out / "example_maps")
-plt.show()
+fig = plot_example_maps(results.example_images, results.example_maps, f"{name}: rollout, clean and severity {settings.example_severity}")
+publish(fig, out / "example_maps")
 
 # %% [markdown]
 # ## Summary

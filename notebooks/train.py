@@ -34,11 +34,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from matplotlib import pyplot as plt
 
 from lib.checkpoint import save_atomic
 from lib.config import load_params
-from lib.plots import plot_training_curves, save_figure
+from lib.plots import plot_training_curves, publish
 from lib.study import run_name
 from lib.train import run_config, train
 
@@ -59,5 +58,4 @@ history.round(4)
 
 # %%
 fig = plot_training_curves(history, run)
-save_figure(fig, out / "curves")
-plt.show()
+publish(fig, out / "curves")

@@ -137,3 +137,18 @@ def test_dataset_train_overrides_merge_nested_keys(tmp_path):
 def test_variant_overrides_apply(tmp_path):
     loaded = load_params(write(tmp_path, edited("variants.ape.model", {"depth": 2})))
     assert loaded.model_for("ape").depth == 2 and loaded.model_for("rope_axial").depth == loaded.model.depth
+
+
+def test_run_folders_name_every_missing_table(tmp_path):
+    from lib.config import StudyParams
+    from lib.study import run_folders
+
+    runs = StudyParams(datasets=["shapes"], variants=["ape", "rope_mixed"])
+    (tmp_path / "shapes-ape").mkdir()
+    (tmp_path / "shapes-ape" / "layer_head.csv").write_text("x\n")
+    with pytest.raises(FileNotFoundError, match="shapes-rope_mixed/layer_head.csv") as info:
+        run_folders(tmp_path, runs, "layer_head.csv", "analysis")
+    assert "shapes-ape" not in str(info.value)
+    (tmp_path / "shapes-rope_mixed").mkdir()
+    (tmp_path / "shapes-rope_mixed" / "layer_head.csv").write_text("x\n")
+    assert [p.name for p in run_folders(tmp_path, runs, "layer_head.csv", "analysis")] == ["shapes-ape", "shapes-rope_mixed"]

@@ -383,3 +383,26 @@ def test_signs_module_contract():
     assert len(signs.CLASSES) >= 6 and signs.IN_CHANS == 3 and signs.NATIVE_RESOLUTION == (32, 32)
     assert set(signs.STYLES) == set(signs.CLASSES) and signs.HAS_MASKS
     assert len({signs.STYLES[c][:3] + signs.STYLES[c][4:] for c in signs.CLASSES}) == len(signs.CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# across models: the trust decision
+
+
+def _summary_row(variant: str, clean_risk: float, shift_risk: float, shift_coverage: float) -> dict:
+    return {"run": f"signs-{variant}", "dataset": "signs", "variant": variant, "target_risk": 0.05,
+            "temperature": 1.2, "threshold": 0.9, "clean_accuracy": 0.9, "corrupted_accuracy": 0.7,
+            "clean_ece_ts": 0.02, "shift_ece_ts": 0.05, "clean_coverage": 0.8, "clean_risk": clean_risk,
+            "shift_coverage": shift_coverage, "shift_risk": shift_risk, "worst_shift_risk": shift_risk,
+            "shift_eaurc": 0.01}
+
+
+def test_recommendation_trusts_the_variant_that_answers_most_within_the_risk():
+    from lib.safety.summary import recommendation
+
+    rows = pd.DataFrame([_summary_row("ape", 0.01, 0.04, 0.5), _summary_row("rope_mixed", 0.02, 0.03, 0.6),
+                         _summary_row("rope_axial", 0.01, 0.09, 0.9)])  # answers most, but too risky under shift
+    text = recommendation(rows, moderate_severity=3)
+    assert "trust **rope_mixed**" in text and "2 of 3 variants meet the rule" in text and "ape (50.0%)" in text
+    none = recommendation(rows.assign(shift_risk=0.2), moderate_severity=3)
+    assert none.startswith("**signs**: no variant keeps its realized selective risk at or below 5.0%")

@@ -26,6 +26,8 @@ pixel noise is drawn per resolution (seeded from the scene's own noise seed).
 import numpy as np
 from einops import rearrange
 
+from lib.data.scenes import build_splits as build_scene_splits, render_scenes
+
 CLASSES: tuple[str, ...] = (
     "circle_left_of_square",
     "circle_right_of_square",
@@ -76,13 +78,11 @@ CIRCLE_HUES = (-0.05, 0.15)  # hue turns: red, orange, yellow
 SQUARE_HUES = (0.48, 0.78)  # cyan, blue, violet
 MIN_CONTRAST = 0.35  # an object colour differs from the background colour by this much in some channel
 
-
 def hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> np.ndarray:
     """(N, 3) RGB in [0, 1] from hue in turns [0, 1), saturation and value in [0, 1] (the hexcone model)."""
     sector = hue * 6.0
     k = (np.array([5.0, 3.0, 1.0]) + sector[:, None]) % 6.0
     return value[:, None] - value[:, None] * saturation[:, None] * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
-
 
 def scene_labels(scenes: np.ndarray) -> np.ndarray:
     """Class index of each scene from its circle and square centres (int64, (N,)).
@@ -94,7 +94,6 @@ def scene_labels(scenes: np.ndarray) -> np.ndarray:
     horizontal = np.where(dx < 0, CLASSES.index("circle_left_of_square"), CLASSES.index("circle_right_of_square"))
     vertical = np.where(dy < 0, CLASSES.index("circle_above_square"), CLASSES.index("circle_below_square"))
     return np.where(np.abs(dx) > np.abs(dy), horizontal, vertical).astype(np.int64)
-
 
 def _sample_candidates(rng: np.random.Generator, n: int) -> np.ndarray:
     """n independent random scenes (N, K); they may still violate the constraints in `_is_valid`."""
@@ -137,7 +136,6 @@ def _sample_candidates(rng: np.random.Generator, n: int) -> np.ndarray:
     scenes[:, COLUMN["noise_seed"]] = rng.integers(0, 2**31, n)
     return scenes
 
-
 def _is_valid(scenes: np.ndarray) -> np.ndarray:
     """Which scenes have an unambiguous label, non-overlapping objects and visible colours (bool, (N,))."""
     dx = scenes[:, COLUMN["circle_x"]] - scenes[:, COLUMN["square_x"]]
@@ -152,7 +150,6 @@ def _is_valid(scenes: np.ndarray) -> np.ndarray:
         for obj in OBJECTS
     ]
     return unambiguous & apart & visible[0] & visible[1]
-
 
 def generate_scenes(num_scenes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sample `num_scenes` valid scenes with exactly balanced classes; returns (scenes (N, K), labels (N,)).
@@ -178,7 +175,6 @@ def generate_scenes(num_scenes: int, seed: int) -> tuple[np.ndarray, np.ndarray]
         scenes[labels == c] = np.concatenate(pool)[:per_class]
     return scenes, labels
 
-
 def _coverage(inside: np.ndarray) -> np.ndarray:
     """Fraction of each pixel's supersamples that are inside a shape: (N, H*S, W*S) bool -> (N, H, W).
 
@@ -188,7 +184,6 @@ def _coverage(inside: np.ndarray) -> np.ndarray:
     per_row_segment = sum(counts[:, :, k::SUPERSAMPLES] for k in range(SUPERSAMPLES))
     per_pixel = sum(per_row_segment[:, k::SUPERSAMPLES] for k in range(SUPERSAMPLES))
     return per_pixel.astype(np.float32) / SUPERSAMPLES**2
-
 
 def _render_chunk(scenes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Render a few scenes; see `render`. Returns float64 images (N, H, W, 3) and bool masks (N, 2, H, W).
@@ -252,7 +247,6 @@ def _render_chunk(scenes: np.ndarray, height: int, width: int) -> tuple[np.ndarr
     masks = np.stack([circle, square], axis=1) >= 0.5
     return image, masks
 
-
 def render(scenes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Render scene vectors at any (height, width).
 
@@ -261,27 +255,9 @@ def render(scenes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.
     at least half of it is covered by the object (so a very small object can have an empty mask
     at a very low resolution). Deterministic: the pixel noise is seeded by each scene's noise_seed.
     """
-    if scenes.ndim != 2 or scenes.shape[1] != len(SCENE_COLUMNS):
-        raise ValueError(f"scenes must have shape (N, {len(SCENE_COLUMNS)}) (see SCENE_COLUMNS), got {scenes.shape}")
-    if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
-        raise ValueError(f"height and width must be positive ints, got height={height!r}, width={width!r}")
-    # bound the memory of the supersample grids to about 4M samples per chunk
-    chunk = max(1, 2**22 // (height * width * SUPERSAMPLES**2))
-    starts = range(0, max(len(scenes), 1), chunk)  # max(): an empty input still yields one (empty) chunk
-    rendered = [_render_chunk(scenes[start : start + chunk], height, width) for start in starts]
-    image = np.concatenate([image for image, _ in rendered])
-    mask = np.concatenate([mask for _, mask in rendered])
-    for i, scene in enumerate(scenes):
-        noise_rng = np.random.default_rng(int(scene[COLUMN["noise_seed"]]))
-        image[i] += scene[COLUMN["noise_std"]] * noise_rng.standard_normal((height, width, 3))
-    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), mask
-
+    return render_scenes(scenes, height, width, _render_chunk, len(SCENE_COLUMNS), COLUMN["noise_seed"],
+                         COLUMN["noise_std"], samples_per_chunk=2**22 // SUPERSAMPLES**2)  # about 4M supersamples per chunk
 
 def build_splits() -> dict[str, dict[str, np.ndarray]]:
     """{split: {"images", "labels", "masks", "scenes"}} for the stored data set, rendered at NATIVE_RESOLUTION."""
-    splits = {}
-    for split, size in SPLIT_SIZES.items():
-        scenes, labels = generate_scenes(size, SEEDS[split])
-        images, masks = render(scenes, *NATIVE_RESOLUTION)
-        splits[split] = {"images": images, "labels": labels, "masks": masks, "scenes": scenes}
-    return splits
+    return build_scene_splits(generate_scenes, render, SPLIT_SIZES, SEEDS, NATIVE_RESOLUTION)

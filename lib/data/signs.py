@@ -39,6 +39,8 @@ code path numpy picks.
 import numpy as np
 from einops import rearrange
 
+from lib.data.scenes import build_splits as build_scene_splits, render_scenes
+
 from lib.data.shapes import hsv_to_rgb
 
 CLASSES: tuple[str, ...] = (
@@ -113,10 +115,8 @@ SCENE_COLUMNS: tuple[str, ...] = (
 )
 COLUMN: dict[str, int] = {name: i for i, name in enumerate(SCENE_COLUMNS)}
 
-
 # ---------------------------------------------------------------------------------------------------------
 # scene sampling
-
 
 def generate_scenes(num_scenes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """`num_scenes` random scenes (N, K) and their labels (N,); classes balanced to within one scene (exactly
@@ -191,15 +191,12 @@ def generate_scenes(num_scenes: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     fill("noise_seed", rng.integers(0, 2**31, n))
     return scenes, labels
 
-
 def scene_labels(scenes: np.ndarray) -> np.ndarray:
     """Class index of each scene (int64, (N,)), stored in its sign_class column."""
     return scenes[:, COLUMN["sign_class"]].astype(np.int64)
 
-
 # ---------------------------------------------------------------------------------------------------------
 # geometry: inside tests in a shape's own frame (u to the right, v down, in units of the sign radius)
-
 
 def inside_shape(shape: str, u: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
     """Points inside `shape` with circumradius `scale`, centred at the origin.
@@ -217,7 +214,6 @@ def inside_shape(shape: str, u: np.ndarray, v: np.ndarray, scale: float) -> np.n
         w = v if shape == "triangle_up" else -v
         return (w <= scale / 2) & (np.sqrt(3) * np.abs(u) - w <= scale)
     raise ValueError(f"unknown sign shape {shape!r}")
-
 
 def inside_symbol(symbol: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Points inside a symbol drawn in the sign's frame (units of the sign radius)."""
@@ -239,7 +235,6 @@ def inside_symbol(symbol: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return np.abs(u + v) / np.sqrt(2) <= 0.13
     raise ValueError(f"unknown sign symbol {symbol!r}")
 
-
 def inside_rotated_rect(x: np.ndarray, y: np.ndarray, cx: np.ndarray, cy: np.ndarray, half_u: np.ndarray,
                         half_v: np.ndarray, angle: np.ndarray, ellipse: np.ndarray | None = None) -> np.ndarray:
     """Supersample points (1, 1, W') x and (1, H', 1) y inside a rectangle (or, where `ellipse`, the inscribed
@@ -257,7 +252,6 @@ def inside_rotated_rect(x: np.ndarray, y: np.ndarray, cx: np.ndarray, cy: np.nda
         return box
     return np.where(ellipse[:, None, None], u**2 + v**2 <= 1, box)
 
-
 def _coverage(inside: np.ndarray) -> np.ndarray:
     """Share of each pixel's supersamples inside: (N, H*S, W*S) bool -> (N, H, W) float32 (strided sums,
     as in lib/data/shapes.py)."""
@@ -266,10 +260,8 @@ def _coverage(inside: np.ndarray) -> np.ndarray:
     per_pixel = sum(per_row_segment[:, k::SUPERSAMPLES] for k in range(SUPERSAMPLES))
     return per_pixel.astype(np.float32) / SUPERSAMPLES**2
 
-
 # ---------------------------------------------------------------------------------------------------------
 # rendering
-
 
 def _background(scenes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Sky and ground gradients split by an anti-aliased horizon, plus texture waves: (N, H, W, 3) float64."""
@@ -297,11 +289,9 @@ def _background(scenes: np.ndarray, height: int, width: int) -> np.ndarray:
     )
     return np.broadcast_to(image, (len(scenes), height, width, 3)) + texture[..., None]
 
-
 def _paint(image: np.ndarray, coverage: np.ndarray, colour: np.ndarray) -> None:
     """image += coverage * (colour - image) in place: coverage (N, H, W), colour (N, 3)."""
     image += coverage[..., None] * (colour[:, None, None, :] - image)
-
 
 def _render_chunk(scenes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Render a few scenes; see `render`. Returns float64 images (N, H, W, 3) and bool masks (N, 1, H, W)."""
@@ -365,31 +355,13 @@ def _render_chunk(scenes: np.ndarray, height: int, width: int) -> tuple[np.ndarr
     masks = _coverage(outline & ~occluder) >= 0.5
     return image, masks[:, None]
 
-
 def render(scenes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Render scene vectors at any (height, width): uint8 images (N, H, W, 3) and bool masks (N, 1, H, W) of
     the visible sign (a pixel is set when at least half of it is covered). Deterministic: the pixel noise
     is seeded by each scene's noise_seed."""
-    if scenes.ndim != 2 or scenes.shape[1] != len(SCENE_COLUMNS):
-        raise ValueError(f"scenes must have shape (N, {len(SCENE_COLUMNS)}) (see SCENE_COLUMNS), got {scenes.shape}")
-    if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
-        raise ValueError(f"height and width must be positive ints, got height={height!r}, width={width!r}")
-    chunk = max(1, 2**21 // (height * width * SUPERSAMPLES**2))  # about 2M supersamples per chunk
-    rendered = [_render_chunk(scenes[start : start + chunk], height, width)
-                for start in range(0, max(len(scenes), 1), chunk)]
-    image = np.concatenate([image for image, _ in rendered])
-    masks = np.concatenate([mask for _, mask in rendered])
-    for i, scene in enumerate(scenes):
-        noise_rng = np.random.default_rng(int(scene[COLUMN["noise_seed"]]))
-        image[i] += scene[COLUMN["noise_std"]] * noise_rng.standard_normal((height, width, 3))
-    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8), masks
-
+    return render_scenes(scenes, height, width, _render_chunk, len(SCENE_COLUMNS), COLUMN["noise_seed"],
+                         COLUMN["noise_std"], samples_per_chunk=2**21 // SUPERSAMPLES**2)  # about 2M supersamples per chunk
 
 def build_splits() -> dict[str, dict[str, np.ndarray]]:
-    """{split: {"images", "labels", "masks", "scenes"}} rendered at NATIVE_RESOLUTION (as shapes.build_splits)."""
-    splits = {}
-    for split, size in SPLIT_SIZES.items():
-        scenes, labels = generate_scenes(size, SEEDS[split])
-        images, masks = render(scenes, *NATIVE_RESOLUTION)
-        splits[split] = {"images": images, "labels": labels, "masks": masks, "scenes": scenes}
-    return splits
+    """{split: {"images", "labels", "masks", "scenes"}} for the stored data set, rendered at NATIVE_RESOLUTION."""
+    return build_scene_splits(generate_scenes, render, SPLIT_SIZES, SEEDS, NATIVE_RESOLUTION)

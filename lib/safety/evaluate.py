@@ -8,14 +8,19 @@ on the object masks, mean and standard error over images, NaNs left out).
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
+from lib.data import ImageSet
 from lib.evaluate import wilson_interval
 from lib.safety.calibration import calibration_metrics, probabilities, reliability_bins
-from lib.safety.reliability import localisation, map_similarity, resolution_stability
+from lib.safety.corruptions import FAMILY_OF, corrupt
+from lib.safety.maps import run_model
+from lib.safety.reliability import localisation, resolution_stability
 from lib.safety.selective import aurc, excess_aurc, risk_coverage_curve, selective_metrics
 
 
@@ -83,3 +88,72 @@ def curve_frame(logits: torch.Tensor, labels: torch.Tensor, points: int = 101) -
     curve = risk_coverage_curve(confidence, correct)
     ranks = np.maximum(np.ceil(np.linspace(0, 1, points) * len(labels)).astype(int), 1) - 1
     return pd.DataFrame({"coverage": curve.coverage.numpy()[ranks], "risk": curve.risk.numpy()[ranks]})
+
+
+class ShiftResults(NamedTuple):
+    """Every condition of one model: `shifts` (one prediction_row per condition), `maps` (map_rows, long
+    format), reliability `bins` and risk-coverage `curves` (clean and every severity, corruptions pooled),
+    and example images / rollout maps (name -> first images) for the figures."""
+
+    shifts: pd.DataFrame
+    maps: pd.DataFrame
+    bins: pd.DataFrame
+    curves: pd.DataFrame
+    example_images: dict[str, torch.Tensor]
+    example_maps: dict[str, torch.Tensor]
+
+
+def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: float, thresholds: dict[str, float],
+                    corruptions: list[str], severities: list[int], seed: int, top_fraction: float,
+                    resolution_sets: dict[int, ImageSet] | None = None, other_models: dict[str, nn.Module] | None = None,
+                    example_corruptions: tuple[str, ...] = (), example_severity: int = 3, num_examples: int = 4,
+                    batch_size: int = 500, log=print) -> ShiftResults:
+    """The model on clean `test`, on each corruption at each severity (seeded), on each re-rendered test set
+    of `resolution_sets` (resolution -> the same images at another size) and, for map stability only, each
+    model of `other_models` (name -> another training seed). Maps of a shifted condition are compared with
+    the clean maps of the same images; `base` (dataset, variant, resolution) is added to every row."""
+    shift_rows, map_table, pooled = [], [], {}
+    example_images, example_maps = {}, {}
+
+    def record(condition: dict, outputs, labels, reference, masks) -> None:
+        shift_rows.append({**condition, **prediction_row(outputs.logits, labels, temperature, thresholds)})
+        map_table.extend({**condition, **row} for row in map_rows(outputs.maps, reference, masks, top_fraction))
+
+    def keep_examples(name: str, images: torch.Tensor, outputs) -> None:
+        example_images[name], example_maps[name] = images[:num_examples], outputs.maps["rollout"][:num_examples]
+
+    clean = run_model(model, test.images, batch_size)
+    record({**base, "shift": "clean", "family": "clean", "severity": 0}, clean, test.labels, None, test.masks)
+    pooled[0] = [clean.logits]
+    keep_examples("clean", test.images, clean)
+
+    for corruption in corruptions:
+        for severity in severities:
+            images = corrupt(test.images, corruption, severity, seed)
+            outputs = run_model(model, images, batch_size)
+            condition = {**base, "shift": corruption, "family": FAMILY_OF[corruption], "severity": severity}
+            record(condition, outputs, test.labels, clean.maps, test.masks)
+            pooled.setdefault(severity, []).append(outputs.logits)
+            if corruption in example_corruptions and severity == example_severity:
+                keep_examples(corruption, images, outputs)
+        log(f"{corruption}: accuracy by severity {[round(r['accuracy'], 3) for r in shift_rows if r['shift'] == corruption]}")
+
+    for resolution, shifted in (resolution_sets or {}).items():
+        outputs = run_model(model, shifted.images, batch_size)
+        condition = {**base, "shift": "resolution", "family": "resolution", "severity": float("nan"),
+                     "resolution": resolution}
+        record(condition, outputs, shifted.labels, clean.maps, shifted.masks)
+
+    for name, other in (other_models or {}).items():
+        outputs = run_model(other, test.images, batch_size)
+        map_table.extend({**base, "shift": "seed", "family": "seed", "severity": 0, "other_weights": name, **row}
+                         for row in map_rows(outputs.maps, clean.maps, None, top_fraction))
+
+    bins, curves = [], []
+    for severity, logits in pooled.items():
+        labels = test.labels.repeat(len(logits))
+        condition = "clean" if severity == 0 else f"severity {severity}"
+        bins.append(bins_frame(torch.cat(logits), labels, temperature).assign(condition=condition))
+        curves.append(curve_frame(torch.cat(logits), labels).assign(condition=condition))
+    return ShiftResults(pd.DataFrame(shift_rows), pd.DataFrame(map_table), pd.concat(bins, ignore_index=True),
+                        pd.concat(curves, ignore_index=True), example_images, example_maps)
