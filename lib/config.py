@@ -164,7 +164,7 @@ class EfficiencyParams(Strict):
 class AnalysisParams(Strict):
     """The attention analysis (notebooks/analysis.py) of every run in `runs`, then across runs."""
 
-    runs: StudyParams                      # which trained runs to analyse (each must be trained by study or zoo)
+    runs: StudyParams                      # which trained runs to analyse (each must be trained by a matrix)
     split: Literal["train", "val", "test"] = "test"
     num_images: PositiveInt = 500          # explanations, faithfulness and localisation on the first N images
     ig_steps: PositiveInt = 16             # Integrated Gradients: Gauss-Legendre nodes along the path
@@ -182,7 +182,7 @@ class AnalysisParams(Strict):
 class SafetyParams(Strict):
     """Robustness, calibration, selective prediction and attention reliability (notebooks/safety.py)."""
 
-    runs: StudyParams                      # which trained runs to evaluate (each must be trained by study or zoo)
+    runs: StudyParams                      # which trained runs to evaluate (each must be trained by a matrix)
     corruptions: Annotated[list[str], Field(min_length=1)]
     severities: Annotated[list[Annotated[int, Field(ge=1, le=5)]], Field(min_length=1), Increasing] = [1, 2, 3, 4, 5]
     resolution_shift: bool = True          # also test at the dataset's other eval_resolutions
@@ -228,6 +228,10 @@ class ConvexParams(Strict):
     num_clusters: PositiveInt = 3
 
 
+# The DVC matrices that train runs (dvc.yaml: train, train-zoo, train-case-study); no run in two of them.
+TRAINING_MATRICES = ("study", "zoo", "case_study")
+
+
 class Params(Strict):
     seed: Annotated[int, Field(ge=0)] = 0
     data_root: str = "data"
@@ -238,6 +242,7 @@ class Params(Strict):
     variants: dict[str, VariantParams]
     study: StudyParams
     zoo: StudyParams
+    case_study: StudyParams
     efficiency: EfficiencyParams
     analysis: AnalysisParams
     safety: SafetyParams
@@ -247,23 +252,25 @@ class Params(Strict):
     def _references_resolve(self):
         for name in self.datasets:
             _known(name, DATASETS, "dataset", key=f"datasets.{name}")
-        for group in ("study", "zoo"):
+        for group in TRAINING_MATRICES:
             for name in getattr(self, group).datasets:
                 _known(name, self.datasets, "dataset defined under 'datasets'", key=f"{group}.datasets")
             for name in getattr(self, group).variants:
                 _known(name, self.variants, "variant defined under 'variants'", key=f"{group}.variants")
         for name in self.efficiency.variants:
             _known(name, self.variants, "variant defined under 'variants'", key="efficiency.variants")
-        shared = sorted(set(self.study.variants) & set(self.zoo.variants))
-        if shared:
-            raise ValueError(f"zoo.variants: {shared} already in study.variants (each run must belong to one matrix)")
-        trained = set(self.runs())
+        trained = set()
+        for group in TRAINING_MATRICES:
+            twice = sorted(f"{d}-{v}" for d, v in set(getattr(self, group).pairs()) & trained)
+            if twice:
+                raise ValueError(f"{group}: {twice} already trained by another matrix (each run must belong to one)")
+            trained |= set(getattr(self, group).pairs())
         for group in ("analysis", "safety"):
             for dataset, variant in getattr(self, group).runs.pairs():
                 if (dataset, variant) not in trained:
-                    raise ValueError(f"{group}.runs: {dataset}-{variant} is not trained by the study or zoo matrix")
+                    raise ValueError(f"{group}.runs: {dataset}-{variant} is not trained by any of {TRAINING_MATRICES}")
         if (self.convex.dataset, self.convex.variant) not in trained:
-            raise ValueError(f"convex: {self.convex.dataset}-{self.convex.variant} is not trained by the study or zoo matrix")
+            raise ValueError(f"convex: {self.convex.dataset}-{self.convex.variant} is not trained by any of {TRAINING_MATRICES}")
         if self.convex.layer > self.model_for(self.convex.variant).depth:
             raise ValueError(f"convex.layer: {self.convex.layer} exceeds the model depth")
         _known(self.analysis.reference_pos_embed, POSITION_ENCODINGS, "position encoding", key="analysis.reference_pos_embed")
@@ -282,8 +289,8 @@ class Params(Strict):
         return self
 
     def runs(self) -> list[tuple[str, str]]:
-        """Every (dataset, variant) that `dvc repro` trains: the study matrix, then the zoo matrix."""
-        return self.study.pairs() + self.zoo.pairs()
+        """Every (dataset, variant) that `dvc repro` trains, matrix by matrix (TRAINING_MATRICES order)."""
+        return [pair for group in TRAINING_MATRICES for pair in getattr(self, group).pairs()]
 
     def model_for(self, variant: str) -> ModelParams:
         """The architecture of `variant`: `model` with the variant's `model` overrides applied."""
@@ -383,8 +390,9 @@ def main(argv: list[str]) -> int:
     except ParamsError as err:
         print(err, file=sys.stderr)
         return 2
-    print(f"{path}: OK ({len(params.runs())} runs: study {params.study.datasets} x {params.study.variants}, "
-          f"zoo {params.zoo.datasets} x {params.zoo.variants})")
+    matrices = ", ".join(f"{group} {getattr(params, group).datasets} x {getattr(params, group).variants}"
+                         for group in TRAINING_MATRICES)
+    print(f"{path}: OK ({len(params.runs())} runs: {matrices})")
     return 0
 
 

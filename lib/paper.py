@@ -561,15 +561,18 @@ def rq5_lines(convex: pd.DataFrame) -> list[str]:
     return lines
 
 
-def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFrame], figures: dict[str, str]) -> str:
+def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFrame], figures: dict[str, str],
+                 link_prefix: str = "") -> str:
     """The results README: per research question, the answer's numbers (from the tables), the main table
-    in Markdown, and links to the figure and the table files. `figures` maps a name to its PNG's relative path."""
+    in Markdown, and links to the figure and the table files. `figures` maps a name to its PNG's path relative
+    to the paper folder; `link_prefix` is the paper folder seen from where the README is written ("" inside it)."""
     def fig(name: str, caption: str) -> str:
-        return (f"- Figure: [{caption}]({figures[name]}) ([PDF]({Path(figures[name]).with_suffix('.pdf').as_posix()}))"
-                if name in figures else "")
+        png = f"{link_prefix}{figures[name]}" if name in figures else ""
+        return f"- Figure: [{caption}]({png}) ([PDF]({Path(png).with_suffix('.pdf').as_posix()}))" if png else ""
 
     def tab(name: str) -> str:
-        return f"- Table: [`tables/{name}.md`](tables/{name}.md), LaTeX [`tables/{name}.tex`](tables/{name}.tex)"
+        stem = f"{link_prefix}tables/{name}"
+        return f"- Table: [`{stem}.md`]({stem}.md), LaTeX [`{stem}.tex`]({stem}.tex)"
 
     t, p = tables, products
     sections = [
@@ -600,8 +603,12 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
 
 # --------------------------------------------------------------------------------------------- all
 
-def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False) -> dict:
-    """Read every table, write every figure, table and the README under `out_dir`; return what was written."""
+def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
+              results_readme: Path | str | None = None, paper_folder: str = "paper") -> dict:
+    """Read every table, write every figure, table and the README under `out_dir`; return what was written.
+
+    `results_readme` (for example results/README.md) gets the same README with its links pointing into
+    `paper_folder`, the name `out_dir` has once published (the pipeline writes into a staging folder first)."""
     out = Path(out_dir)
     tables = load_tables(results_dir)
     products = {
@@ -653,4 +660,7 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False) 
     readme = out / "README.md"
     readme.write_text(build_readme(tables, products, links))
     written.append(readme)
+    if results_readme is not None:
+        Path(results_readme).write_text(build_readme(tables, products, links, link_prefix=f"{paper_folder}/"))
+        written.append(Path(results_readme))
     return {"tables": products, "figures": links, "written": written, "readme": readme}

@@ -1,23 +1,5 @@
 """Aggregating per-run results into the study's tables."""
-from pathlib import Path
-
 import pandas as pd
-
-from lib.config import Params
-from lib.study import run_name
-
-
-def collect_resolution_tables(params: Params, eval_dir: Path) -> pd.DataFrame:
-    """Concatenate `eval_dir/<run>/resolution.csv` for every run of the study, in study order."""
-    tables = []
-    for dataset in params.study.datasets:
-        for variant in params.study.variants:
-            path = Path(eval_dir) / run_name(dataset, variant) / "resolution.csv"
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: missing evaluation of run {run_name(dataset, variant)} "
-                                        f"(expected the output of stage evaluate@{run_name(dataset, variant)})")
-            tables.append(pd.read_csv(path))
-    return pd.concat(tables, ignore_index=True)
 
 
 def resolution_summary(table: pd.DataFrame, dataset: str) -> pd.DataFrame:

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (attention-rope-study)
 #     language: python
@@ -24,7 +26,8 @@
 #   variant, convex heads' accuracy;
 # - `tables/*.md` and `tables/*.tex`: every table in Markdown and LaTeX, numbers as `value [95% CI]`;
 # - `README.md`: each research question (RQ1-RQ5), the numbers that answer it (with CIs, all read from the
-#   tables) and links to the figure and tables to look at.
+#   tables) and links to the figure and tables to look at; the same README goes to `results_readme`
+#   (`results/README.md`, the page a reader opens first), its links pointing into `results/paper/`.
 #
 # A missing table stops the notebook with a FileNotFoundError that names it and the stage that writes it.
 
@@ -32,6 +35,7 @@
 params_file = "params.yaml"
 results_dir = "results"
 out_dir = "results/paper"
+results_readme = "results/README.md"
 
 # %%
 from pathlib import Path
@@ -42,7 +46,7 @@ from lib.config import load_params
 from lib.paper import build_all
 
 load_params(params_file)  # validated, as in every stage (the paper reads only result tables)
-built = build_all(results_dir, out_dir)
+built = build_all(results_dir, out_dir, results_readme=results_readme)
 print(f"{len(built['written'])} files written under {out_dir}")
 
 # %% [markdown]

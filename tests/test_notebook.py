@@ -1,11 +1,12 @@
 """The notebook runner: parameters reach the notebook, outputs land only when it succeeds."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lib.config import ParamsError
 from lib.notebook import NotebookFailed, run_notebook
 from tests.conftest import REPO
 
@@ -50,13 +51,37 @@ def test_failed_notebook_leaves_previous_results(workspace):
     assert Path("results/a/result.json").read_bytes() == before
 
 
-def test_bad_params_file_stops_before_running(workspace):
+def test_bad_params_file_stops_the_notebook_in_its_first_cell(workspace):
+    """As every study notebook does, the first cell validates params.yaml: the step stops naming the key."""
+    Path("validating.py").write_text(NOTEBOOK.replace("# %%\nimport json", "# %%\nfrom lib.config import load_params\n"
+                                                      "load_params(params_file)\n\n# %%\nimport json"))
+    run_notebook(Path("validating.py"), Path("results/a"), {"value": 7}, log_output=False)
+    before = Path("results/a/result.json").read_bytes()
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["trian"] = params.pop("train")
     Path("params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ParamsError, match="trian: unknown key"):
-        run_notebook(Path("nb.py"), Path("results/a"), {"value": 7}, log_output=False)
-    assert not Path("results").exists()
+    with pytest.raises(NotebookFailed, match="ParamsError: .*trian: unknown key"):
+        run_notebook(Path("validating.py"), Path("results/a"), {"value": 8}, log_output=False)
+    assert Path("results/a/result.json").read_bytes() == before
+    assert not Path("results/a.partial/result.json").exists()  # stopped before the work
+
+
+def test_every_study_notebook_validates_params_before_any_work():
+    import jupytext
+
+    for source in sorted((REPO / "notebooks").glob("*.py")):
+        code = [c.source for c in jupytext.read(source).cells if c.cell_type == "code"]
+        first_after_parameters = code[1]
+        assert "load_params(params_file)" in first_after_parameters, f"{source}: first cell must validate params"
+
+
+def test_runner_starts_without_importing_torch():
+    """dvc.yaml runs the runner as a script: it must not pay for torch, which the kernel imports anyway."""
+    probe = "import runpy, sys; runpy.run_path('lib/notebook.py', run_name='probe'); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-P", "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+    assert "python -P lib/notebook.py" in (REPO / "dvc.yaml").read_text()
+    assert "python -m lib.notebook" not in (REPO / "dvc.yaml").read_text()
 
 
 def test_missing_notebook_source(workspace):

@@ -1,4 +1,5 @@
 """lib/paper.py on small synthetic result tables written in the real column layout."""
+import re
 from pathlib import Path
 
 import matplotlib
@@ -177,7 +178,7 @@ def test_tables_carry_cis_and_are_written_as_markdown_and_latex(results, tmp_pat
 
 def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(results, tmp_path):
     out = tmp_path / "paper"
-    built = paper.build_all(results, out)
+    built = paper.build_all(results, out, results_readme=tmp_path / "README.md")
     for name in ("accuracy_vs_resolution", "cost_vs_tokens", "attention_distance", "faithfulness", "safety",
                  "convex_heads"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 0
@@ -198,6 +199,12 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
     # links to figures and tables that exist
     for link in ("figures/accuracy_vs_resolution.png", "figures/safety.png", "tables/convex.md", "tables/convex.tex"):
         assert f"]({link})" in readme and (out / link).is_file()
+    # the results README: the same text, every link resolved from its own folder into paper/
+    results_readme = (tmp_path / "README.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", results_readme)
+    assert len(links) == len(re.findall(r"\]\(([^)]+)\)", readme)) > 10
+    assert all(link.startswith("paper/") and (tmp_path / link).is_file() for link in links), links
+    assert re.sub(r"(\]\(|`)paper/", r"\1", results_readme) == readme
 
 
 def test_missing_table_is_named(results):

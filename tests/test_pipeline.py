@@ -6,6 +6,7 @@ altered data file stops the run with a clear error and leaves existing results u
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def study(tmp_path_factory) -> Path:
     return root
 
 
-RUNS = ["mnist-ape", "mnist-rope_mixed", "shapes-ape", "shapes-rope_mixed", "shapes-linear"]  # study + zoo
+RUNS = ["mnist-ape", "mnist-rope_mixed", "shapes-ape", "shapes-rope_mixed", "shapes-linear", "signs-ape"]  # study, zoo, case study
 
 
 def test_repro_writes_metrics_tables_and_figures(study):
@@ -138,6 +139,22 @@ def test_convex_stage_certifies_every_convex_solve(study):
     convex = runs[runs["family"] == "convex"]
     assert convex["converged"].all() and (convex["relative_gap"] <= 1e-3).all()  # the tiny params' gap_tol
     assert (study / "results" / "convex" / "rank_vs_beta.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_paper_figures_stage_writes_figures_tables_and_the_results_readme(study):
+    paper = study / "results" / "paper"
+    for name in ("accuracy_vs_resolution", "cost_vs_tokens", "attention_distance", "safety", "convex_heads"):
+        assert (paper / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (paper / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert (paper / "tables" / "resolution.tex").read_text().lstrip().startswith("\\begin{table}")
+    readme = (study / "results" / "README.md").read_text()
+    assert all(f"## RQ{i}." in readme for i in range(1, 6))
+    links = re.findall(r"\]\(([^)]+)\)", readme)
+    assert links and all((study / "results" / link).is_file() for link in links), links
+    # the numbers come from the run's own tables: the RQ1 table holds its MNIST accuracies
+    resolution = pd.read_csv(study / "results" / "resolution" / "resolution.csv")
+    mnist_ape = resolution.query("run == 'mnist-ape' and resolution == 28")["accuracy"].item()
+    assert f"{100 * mnist_ape:.1f}" in readme
 
 
 def test_metrics_and_plots_show(study):

@@ -406,3 +406,6 @@ def test_recommendation_trusts_the_variant_that_answers_most_within_the_risk():
     assert "trust **rope_mixed**" in text and "2 of 3 variants meet the rule" in text and "ape (50.0%)" in text
     none = recommendation(rows.assign(shift_risk=0.2), moderate_severity=3)
     assert none.startswith("**signs**: no variant keeps its realized selective risk at or below 5.0%")
+    unreachable = recommendation(rows.assign(threshold=np.inf), moderate_severity=3)
+    assert unreachable.startswith("**signs**: no variant reaches a selective risk of 5.0% at any confidence threshold")
+    assert "nan" not in unreachable and "inf" not in unreachable

@@ -8,6 +8,7 @@ severities <= `moderate_severity`) both stay at or below the target risk. Among 
 recommendation is the one answering most often under those shifts (highest mean coverage); ties go to the lower
 E-AURC under shift.
 """
+import numpy as np
 import pandas as pd
 
 from lib.safety.corruptions import IMAGENET_C
@@ -73,8 +74,15 @@ def recommendation(rows: pd.DataFrame, moderate_severity: int) -> str:
     target = rows["target_risk"].iloc[0]
     trusted = rows[(rows["clean_risk"] <= target) & (rows["shift_risk"] <= target)]
     dataset = rows["dataset"].iloc[0]
+    reachable = rows[np.isfinite(rows["threshold"])]
+    if reachable.empty:
+        ranking = ", ".join(f"{r['variant']} {r['shift_eaurc']:.3f}" for _, r in rows.sort_values("shift_eaurc").iterrows())
+        return (f"**{dataset}**: no variant reaches a selective risk of {target:.1%} at any confidence threshold on "
+                f"the validation split (each would have to abstain on every image), so none can be trusted at "
+                f"this risk: raise `safety.target_risk` or train better models. Excess AURC under moderate shift "
+                f"(severity <= {moderate_severity}; lower is better) ranks them: {ranking}.")
     if trusted.empty:
-        safest = rows.sort_values(["shift_risk", "shift_eaurc"]).iloc[0]
+        safest = reachable.sort_values(["shift_risk", "shift_eaurc"]).iloc[0]
         return (f"**{dataset}**: no variant keeps its realized selective risk at or below {target:.1%} both clean and "
                 f"under moderate shift (severity <= {moderate_severity}) at its validation threshold. The lowest "
                 f"risk under shift is {safest['variant']}'s: {safest['shift_risk']:.2%} at coverage "
