@@ -141,6 +141,13 @@ class StudyParams(Strict):
         return [(d, v) for d in self.datasets for v in self.variants]
 
 
+class SeedsParams(Strict):
+    """Extra training seeds of chosen runs (DVC matrix `train-seeds`), so results carry CIs over seeds."""
+
+    runs: StudyParams                      # which runs to repeat (each must be trained by a matrix)
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Increasing] = []  # besides `seed`; [] trains none
+
+
 class EfficiencyParams(Strict):
     """The efficiency benchmark: cost versus token count per attention variant, and lib versus timm."""
 
@@ -243,6 +250,7 @@ class Params(Strict):
     study: StudyParams
     zoo: StudyParams
     case_study: StudyParams
+    seeds: SeedsParams
     efficiency: EfficiencyParams
     analysis: AnalysisParams
     safety: SafetyParams
@@ -265,12 +273,14 @@ class Params(Strict):
             if twice:
                 raise ValueError(f"{group}: {twice} already trained by another matrix (each run must belong to one)")
             trained |= set(getattr(self, group).pairs())
-        for group in ("analysis", "safety"):
+        for group in ("analysis", "safety", "seeds"):
             for dataset, variant in getattr(self, group).runs.pairs():
                 if (dataset, variant) not in trained:
                     raise ValueError(f"{group}.runs: {dataset}-{variant} is not trained by any of {TRAINING_MATRICES}")
         if (self.convex.dataset, self.convex.variant) not in trained:
             raise ValueError(f"convex: {self.convex.dataset}-{self.convex.variant} is not trained by any of {TRAINING_MATRICES}")
+        if self.seed in self.seeds.seeds:
+            raise ValueError(f"seeds.seeds: {self.seed} is the study's own `seed` (its runs are trained already)")
         if self.convex.layer > self.model_for(self.convex.variant).depth:
             raise ValueError(f"convex.layer: {self.convex.layer} exceeds the model depth")
         _known(self.analysis.reference_pos_embed, POSITION_ENCODINGS, "position encoding", key="analysis.reference_pos_embed")
@@ -291,6 +301,10 @@ class Params(Strict):
     def runs(self) -> list[tuple[str, str]]:
         """Every (dataset, variant) that `dvc repro` trains, matrix by matrix (TRAINING_MATRICES order)."""
         return [pair for group in TRAINING_MATRICES for pair in getattr(self, group).pairs()]
+
+    def seed_runs(self) -> list[tuple[str, str, int]]:
+        """Every (dataset, variant, seed) of the `train-seeds` matrix (the extra seeds only)."""
+        return [(d, v, seed) for d, v in self.seeds.runs.pairs() for seed in self.seeds.seeds]
 
     def model_for(self, variant: str) -> ModelParams:
         """The architecture of `variant`: `model` with the variant's `model` overrides applied."""

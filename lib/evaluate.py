@@ -91,17 +91,23 @@ def file_md5(path: Path) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None = None, log=print) -> pd.DataFrame:
-    """`accuracy_vs_resolution` for every run of the study (study and zoo matrices), one tidy table.
+def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None = None, log=print,
+                  runs: list[tuple[str, str, int | None]] | None = None) -> pd.DataFrame:
+    """`accuracy_vs_resolution` for every run of `runs`, one tidy table with `run` and `seed` columns.
 
+    runs: (dataset, variant, seed) triples, seed None for the study's own `seed`; default every run of
+    the training matrices (`params.runs()`); `params.seed_runs()` are the extra seeds.
     Rows of `previous` (an earlier output of this function) are reused for a run whose weights
     (md5 of model.pt) and evaluation settings are unchanged, so retraining one variant re-evaluates
     only that variant.
     """
     tables, test_sets = [], {}
     code = code_fingerprint(EVALUATION_CODE)
-    for dataset, variant in params.runs():
-        run = run_name(dataset, variant)
+    runs = [(d, v, None) for d, v in params.runs()] if runs is None else runs
+    if not runs:
+        return pd.DataFrame()
+    for dataset, variant, seed in runs:
+        run = run_name(dataset, variant, seed)
         weights = Path(runs_dir) / run / "model.pt"
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: missing weights of run {run} (expected the output of its train stage)")
@@ -116,10 +122,10 @@ def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None 
         cached = None if previous is None or "eval_key" not in previous else previous[previous["eval_key"] == key]
         if cached is not None and len(cached):
             log(f"{run}: unchanged, reusing its evaluation")
-            tables.append(cached)
+            tables.append(cached.assign(seed=params.seed if seed is None else seed))
             continue
         log(f"{run}: evaluating at {len(params.datasets[dataset].eval_resolutions)} resolutions")
         model = load_trained_model(params, dataset, variant, weights)
         table = accuracy_vs_resolution(model, params, dataset, variant, test_sets=test_sets)
-        tables.append(table.assign(run=run, eval_key=key))
+        tables.append(table.assign(run=run, seed=params.seed if seed is None else seed, eval_key=key))
     return pd.concat(tables, ignore_index=True)

@@ -23,6 +23,7 @@ import pandas as pd
 from matplotlib import pyplot as plt
 
 from lib.plots import PALETTE, plot_accuracy_vs_resolution, plot_cost_vs_tokens, save_figure, set_style
+from lib.report import t_interval
 
 # Display names; a name not listed is shown as it is in the tables.
 LABELS = {
@@ -58,6 +59,7 @@ class Table:
 
 TABLES = {
     "resolution": Table("resolution/resolution.csv", "evaluate"),
+    "seeds": Table("resolution/seeds_summary.csv", "evaluate"),
     "cost": Table("efficiency/cost_vs_tokens.csv", "efficiency"),
     "scaling": Table("efficiency/scaling.csv", "efficiency"),
     "layer_head": Table("analysis_summary/layer_head.csv", "analysis-summary", "analysis/*/layer_head.csv"),
@@ -119,21 +121,6 @@ def format_ci(value: float, low: float, high: float, scale: float = 100.0, digit
     if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
         return fmt(value)
     return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
-
-
-def t_interval(values) -> tuple[float, float, float]:
-    """Mean and two-sided 95% Student-t interval of independent values (NaN bounds for fewer than 2)."""
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
-    return mean, mean - half, mean + half
 
 
 def _ci_row(row: pd.Series, value: str = "accuracy", scale: float = 100.0, digits: int = 1) -> str:
@@ -482,6 +469,14 @@ def rq1_lines(resolution: pd.DataFrame) -> list[str]:
     return lines
 
 
+def seed_lines(seeds: pd.DataFrame) -> list[str]:
+    """RQ1 over training seeds (the evaluate stage's seeds_summary.csv): accuracy at the training
+    resolution, mean [95% t-CI]; nothing when no configuration was trained with more than one seed."""
+    repeated = seeds[(seeds["seeds"] >= 2) & (seeds["resolution"] == seeds["train_resolution"])]
+    return [f"- over {int(row['seeds'])} training seeds, {row['dataset']} {label(row['variant'])} at "
+            f"{int(row['resolution'])} px: {_ci_row(row)}% (mean [95% t-CI])" for _, row in repeated.iterrows()]
+
+
 def rq2_lines(cost: pd.DataFrame, scaling: pd.DataFrame) -> list[str]:
     lines = []
     softmax = set(cost.loc[cost["attention"] == "softmax", "variant"])
@@ -582,7 +577,7 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
         "below is read from them, none is typed by hand. Accuracies are in %, as value [95% confidence interval].",
     ]
     parts = [
-        ("RQ1", rq1_lines(t["resolution"]), "resolution",
+        ("RQ1", rq1_lines(t["resolution"]) + seed_lines(t["seeds"]), "resolution",
          [fig("accuracy_vs_resolution", "accuracy vs resolution, position encodings"),
           fig("accuracy_vs_resolution_attention", "accuracy vs resolution, attention variants"),
           tab("resolution"), tab("resolution_full")]),

@@ -1,5 +1,9 @@
 """Aggregating per-run results into the study's tables."""
+import math
+
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 
 def resolution_summary(table: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -20,3 +24,30 @@ def resolution_markdown(table: pd.DataFrame) -> str:
         sections.append(f"### {dataset} (test accuracy %, n = {n}; columns: test resolution in pixels, * = training)\n\n"
                         + resolution_summary(table, dataset).to_markdown(index=False))
     return "\n\n".join(sections) + "\n"
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """Mean and two-sided 95% Student-t interval of independent values (NaN bounds for fewer than 2)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def seed_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy over training seeds: per (dataset, variant, resolution), the number of seeds, the mean
+    and its 95% Student-t interval (`per_seed`: evaluation rows with a `seed` column, one run per seed)."""
+    columns = ["dataset", "variant", "resolution", "train_resolution", "seeds", "accuracy", "ci_low", "ci_high", "std"]
+    rows = []
+    for (dataset, variant, resolution), group in per_seed.groupby(["dataset", "variant", "resolution"], sort=False):
+        mean, low, high = t_interval(group["accuracy"])
+        rows.append({"dataset": dataset, "variant": variant, "resolution": resolution,
+                     "train_resolution": group["train_resolution"].iloc[0], "seeds": group["seed"].nunique(),
+                     "accuracy": mean, "ci_low": low, "ci_high": high,
+                     "std": group["accuracy"].std(ddof=1) if len(group) > 1 else math.nan})
+    return pd.DataFrame(rows, columns=columns)

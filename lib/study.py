@@ -14,9 +14,10 @@ from lib.models import VisionTransformer
 INPUT_MEAN, INPUT_STD = 0.5, 0.5
 
 
-def run_name(dataset: str, variant: str) -> str:
-    """Folder name of one trained configuration, e.g. 'mnist-rope_mixed' (the DVC matrix key)."""
-    return f"{dataset}-{variant}"
+def run_name(dataset: str, variant: str, seed: int | None = None) -> str:
+    """Folder name of one trained configuration, e.g. 'mnist-rope_mixed' (the DVC matrix key), or
+    'mnist-rope_mixed-seed1' for an extra seed of it (the `train-seeds` matrix)."""
+    return f"{dataset}-{variant}" if seed is None else f"{dataset}-{variant}-seed{seed}"
 
 
 def run_folders(root: Path, runs: StudyParams, table: str, stage: str) -> list[Path]:

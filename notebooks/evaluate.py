@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (attention-rope-study)
 #     language: python
@@ -19,12 +21,14 @@
 # Accuracies come with 95% Wilson intervals. The figures follow Heo et al. 2024, Fig. 4
 # (ImageNet ViT-S: APE, RoPE-Axial, RoPE-Mixed equal at the training resolution, RoPE-Mixed's lead
 # growing with resolution). A run whose weights did not change since the last evaluation is not
-# evaluated again.
+# evaluated again. Runs trained with extra seeds (`seeds` in params.yaml, DVC matrix `train-seeds`) are
+# evaluated too and summarized over seeds: mean and 95% Student-t interval (`seeds_summary.csv`).
 
 # %% tags=["parameters"]
 params_file = "params.yaml"
 runs_dir = "results/runs"
 previous_table = "results/resolution/resolution.csv"
+previous_seeds_table = "results/resolution/resolution_seeds.csv"
 out_dir = "results/resolution"
 
 # %%
@@ -35,7 +39,8 @@ import pandas as pd
 from lib.config import load_params
 from lib.evaluate import evaluate_runs
 from lib.plots import plot_accuracy_vs_resolution, publish, set_style
-from lib.report import resolution_markdown
+from lib.report import resolution_markdown, seed_summary
+from lib.study import run_name
 
 params = load_params(params_file)
 out = Path(out_dir)
@@ -45,6 +50,22 @@ table.to_csv(out / "resolution.csv", index=False)
 markdown = resolution_markdown(table)
 (out / "resolution.md").write_text(markdown)
 print(markdown)
+
+# %% [markdown]
+# ## Accuracy over training seeds
+
+# %%
+previous_seeds = pd.read_csv(previous_seeds_table) if Path(previous_seeds_table).is_file() else None
+extra_seeds = evaluate_runs(params, Path(runs_dir), previous_seeds, runs=params.seed_runs())
+primary = table[table["run"].isin([run_name(d, v) for d, v in params.seeds.runs.pairs()])]
+per_seed = pd.concat([primary, extra_seeds], ignore_index=True)
+per_seed.to_csv(out / "resolution_seeds.csv", index=False)
+seeds = seed_summary(per_seed)
+seeds.to_csv(out / "seeds_summary.csv", index=False)
+if params.seeds.seeds:
+    print(seeds.round(4).to_markdown(index=False))
+else:
+    print("no extra seeds (seeds.seeds is empty): seeds_summary.csv holds the study's single seed, CIs undefined")
 
 # %% [markdown]
 # ## Position encodings (softmax attention)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (attention-rope-study)
 #     language: python
@@ -19,7 +21,8 @@
 # after each epoch to `checkpoint_dir` and an interrupted run resumes from it. Metrics go to
 # dvclive (`out_dir/live`), the weights to `out_dir/model.pt`.
 #
-# Run by DVC through `python -m lib.notebook` (see `dvc.yaml`); the parameters below are overridden.
+# Run by DVC through `lib/notebook.py` (see `dvc.yaml`); the parameters below are overridden. `seed`
+# (None: params.yaml's `seed`) trains an extra seed of the configuration (the `train-seeds` matrix).
 
 # %% tags=["parameters"]
 dataset = "mnist"
@@ -28,6 +31,7 @@ params_file = "params.yaml"
 out_dir = "results/runs/mnist-rope_mixed"
 checkpoint_dir = "checkpoints"
 progress = True
+seed = None
 
 # %%
 import json
@@ -42,8 +46,10 @@ from lib.study import run_name
 from lib.train import run_config, train
 
 params = load_params(params_file)
+if seed is not None:
+    params = params.model_copy(update={"seed": seed})
 out = Path(out_dir)
-run = run_name(dataset, variant)
+run = run_name(dataset, variant, seed)
 print(f"{run}: {params.variants[variant]}")
 print(params.model_for(variant))
 

@@ -41,6 +41,7 @@ def tiny_params_dict(data_root: Path | str = "data") -> dict:
     params["study"] = {"datasets": ["mnist", "shapes"], "variants": ["ape", "rope_mixed"]}
     params["zoo"] = {"datasets": ["shapes"], "variants": ["linear"]}
     params["case_study"] = {"datasets": ["signs"], "variants": ["ape"]}
+    params["seeds"] = {"runs": {"datasets": ["shapes"], "variants": ["rope_mixed"]}, "seeds": [1]}
     params["datasets"]["signs"].update(train_resolution=24, eval_resolutions=[16, 24, 32], train={})
     params["analysis"].update(runs={"datasets": ["shapes"], "variants": ["rope_mixed", "linear"]}, num_images=20,
                               ig_steps=2, perturbation_steps=2, random_orders=1, bootstrap_resamples=20, example_images=2)

@@ -11,8 +11,8 @@ import torch
 from lib.checkpoint import save_atomic
 from lib.data.pin import DataPinError, ensure_data
 from lib.evaluate import accuracy_vs_resolution, load_trained_model, wilson_interval
-from lib.report import resolution_markdown
-from lib.study import build_model
+from lib.report import resolution_markdown, seed_summary
+from lib.study import build_model, run_name
 
 
 def test_wilson_interval_known_values():
@@ -42,6 +42,24 @@ def test_weights_file_without_model_is_rejected(tiny_params, tmp_path):
     save_atomic({"something": torch.zeros(1)}, weights)
     with pytest.raises(ValueError, match="'model' state dict"):
         load_trained_model(tiny_params, "mnist", "ape", weights)
+
+
+def test_seed_summary_is_the_mean_and_student_t_interval_over_seeds():
+    rows = [{"dataset": "shapes", "variant": "ape", "resolution": r, "train_resolution": 24, "seed": seed, "accuracy": acc}
+            for r, accs in [(24, [0.90, 0.92, 0.94]), (48, [0.5, 0.5, 0.5])] for seed, acc in enumerate(accs)]
+    summary = seed_summary(pd.DataFrame(rows)).set_index("resolution")
+    assert list(summary["seeds"]) == [3, 3]
+    assert summary.loc[24, "accuracy"] == pytest.approx(0.92)
+    half = 4.302653 * 0.02 / 3 ** 0.5  # t(0.975, df=2) * sd / sqrt(n)
+    assert (summary.loc[24, "ci_low"], summary.loc[24, "ci_high"]) == pytest.approx((0.92 - half, 0.92 + half))
+    assert summary.loc[48, "ci_low"] == summary.loc[48, "ci_high"] == pytest.approx(0.5)  # no spread, no width
+    single = seed_summary(pd.DataFrame(rows[:1]))
+    assert single["seeds"].item() == 1 and single["ci_low"].isna().all()  # one seed: no interval
+
+
+def test_run_names_of_extra_seeds():
+    assert run_name("shapes", "ape") == "shapes-ape"
+    assert run_name("shapes", "ape", 2) == "shapes-ape-seed2"
 
 
 def test_resolution_markdown_marks_the_training_resolution():

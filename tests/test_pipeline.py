@@ -89,6 +89,14 @@ def test_repro_writes_metrics_tables_and_figures(study):
         assert (study / "results" / "resolution" / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (study / "results" / "resolution" / f"{figure}.pdf").read_bytes()[:5] == b"%PDF-"
     assert "| variant" in (study / "results" / "resolution" / "resolution.md").read_text()
+    # the extra seed (train-seeds matrix) is evaluated apart and summarized over seeds with a t-interval
+    per_seed = pd.read_csv(study / "results" / "resolution" / "resolution_seeds.csv")
+    assert set(per_seed["run"]) == {"shapes-rope_mixed", "shapes-rope_mixed-seed1"} and set(per_seed["seed"]) == {0, 1}
+    seeds = pd.read_csv(study / "results" / "resolution" / "seeds_summary.csv")
+    assert (seeds["seeds"] == 2).all() and len(seeds) == 3
+    assert (seeds["ci_low"] <= seeds["accuracy"]).all() and (seeds["accuracy"] <= seeds["ci_high"]).all()
+    pair = per_seed[per_seed["resolution"] == 32].sort_values("seed")["accuracy"]
+    assert seeds.loc[seeds["resolution"] == 32, "accuracy"].item() == pytest.approx(pair.mean())
 
 
 def test_efficiency_stage_measures_every_variant_and_timm(study):
@@ -180,9 +188,10 @@ def test_rerun_gives_identical_metrics(study):
     rerun = dvc("repro", "--force", "--single-item", "evaluate", cwd=study)
     assert (metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes()) == before
     # unchanged weights: the evaluation reuses every run's rows instead of evaluating again
-    assert (rerun.stdout + rerun.stderr).count("unchanged, reusing its evaluation") == len(RUNS)  # logged live
+    evaluated = len(RUNS) + 1  # and the extra seed shapes-rope_mixed-seed1
+    assert (rerun.stdout + rerun.stderr).count("unchanged, reusing its evaluation") == evaluated  # logged live
     executed = (study / "results" / "resolution" / "evaluate.ipynb").read_text()
-    assert executed.count("unchanged, reusing its evaluation") == len(RUNS)
+    assert executed.count("unchanged, reusing its evaluation") == evaluated
 
 
 def test_bad_params_stop_before_work_and_keep_results(study):
