@@ -520,7 +520,9 @@ def rq3_lines(layer_head: pd.DataFrame, faithfulness: pd.DataFrame, localisation
     return lines
 
 
-def rq4_lines(shift: pd.DataFrame) -> list[str]:
+def rq4_lines(shift: pd.DataFrame, recommendation: str = "") -> list[str]:
+    """Per variant: clean accuracy, calibration and corrupted accuracy; then the safety-summary stage's
+    trust decision (`recommendation`, its recommendation.md) when given."""
     curve = severity_curve(shift)
     lines = []
     for (dataset, variant), part in curve.groupby(["dataset", "variant"], sort=False):
@@ -534,6 +536,9 @@ def rq4_lines(shift: pd.DataFrame) -> list[str]:
         text += (f"mean accuracy over {int(worst['conditions'])} corruptions at severity {int(worst['severity'])}: "
                  f"{_ci_row(worst)}% (95% t-CI over corruptions).")
         lines.append(text)
+    if recommendation.strip():
+        lines += ["", "Which variant to trust, and at which abstention threshold (safety-summary stage):", "",
+                  recommendation.strip()]
     return lines
 
 
@@ -557,7 +562,7 @@ def rq5_lines(convex: pd.DataFrame) -> list[str]:
 
 
 def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFrame], figures: dict[str, str],
-                 link_prefix: str = "") -> str:
+                 link_prefix: str = "", recommendation: str = "") -> str:
     """The results README: per research question, the answer's numbers (from the tables), the main table
     in Markdown, and links to the figure and the table files. `figures` maps a name to its PNG's path relative
     to the paper folder; `link_prefix` is the paper folder seen from where the README is written ("" inside it)."""
@@ -586,7 +591,7 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
          [fig("attention_distance", "mean attention distance per layer"),
           fig("faithfulness", "faithfulness AUCs with 95% CIs"), fig("localisation", "localisation with 95% CIs"),
           tab("distance"), tab("faithfulness"), tab("localisation")]),
-        ("RQ4", rq4_lines(t["shift"]), "safety",
+        ("RQ4", rq4_lines(t["shift"], recommendation), "safety",
          [fig("safety", "accuracy vs severity and risk-coverage"), tab("safety")]),
         ("RQ5", rq5_lines(t["convex"]), "convex", [fig("convex_heads", "convex heads accuracy"), tab("convex")]),
     ]
@@ -653,9 +658,12 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
         else:
             plt.close(figure)
     readme = out / "README.md"
-    readme.write_text(build_readme(tables, products, links))
+    trust = Path(results_dir) / "safety_summary" / "recommendation.md"  # optional: written by safety-summary
+    recommendation = trust.read_text() if trust.is_file() else ""
+    readme.write_text(build_readme(tables, products, links, recommendation=recommendation))
     written.append(readme)
     if results_readme is not None:
-        Path(results_readme).write_text(build_readme(tables, products, links, link_prefix=f"{paper_folder}/"))
+        Path(results_readme).write_text(build_readme(tables, products, links, link_prefix=f"{paper_folder}/",
+                                                     recommendation=recommendation))
         written.append(Path(results_readme))
     return {"tables": products, "figures": links, "written": written, "readme": readme}

@@ -139,6 +139,8 @@ def results(tmp_path) -> Path:
         put(f"safety/signs-{variant}/shift_metrics.csv", _shift(variant, offset))
         put(f"safety/signs-{variant}/risk_coverage.csv", _risk_coverage(variant))
     put("convex/summary.csv", _convex())
+    (root / "safety_summary").mkdir()
+    (root / "safety_summary" / "recommendation.md").write_text("**signs**: trust **rope_mixed** with threshold 0.9\n")
     return root
 
 
@@ -204,6 +206,7 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
     assert "log-log slope 1.03" in readme and "faster than softmax from 56 tokens on" in readme  # RQ2
     assert "integrated_gradients with 0.310 [0.290, 0.340]" in readme  # RQ3: lowest deletion AUC of rope_mixed
     assert "clean accuracy 70.5 [64.5, 75.5]% (n = 200)" in readme  # RQ4
+    assert "**signs**: trust **rope_mixed** with threshold 0.9" in readme.split("## RQ4")[1].split("## RQ5")[0]
     assert "convex mixer 97.7 [95.8, 99.6]%" in readme and "linear attention (Adam) 95.5 [95.3, 95.6]%" in readme  # RQ5
     # links to figures and tables that exist
     for link in ("figures/accuracy_vs_resolution.png", "figures/safety.png", "tables/convex.md", "tables/convex.tex"):
