@@ -289,6 +289,10 @@ class Params(Strict):
             self.train_for(name)  # validates the override keys and values
         for name, variant in self.variants.items():
             model = self.model_for(name)  # validates the override keys and values
+            try:  # the layer's own argument checks (e.g. MoH's top_k <= routed heads), at the variant's width
+                ATTENTION_LAYERS[variant.attention](dim=model.embed_dim, num_heads=model.num_heads, **variant.attention_kwargs)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"variants.{name}.attention_kwargs: {err}") from None
             if POSITION_ENCODINGS[variant.pos_embed].rotary and (model.embed_dim // model.num_heads) % 4:
                 raise ValueError(f"variants.{name}: RoPE needs head_dim (embed_dim / num_heads) divisible by 4, "
                                  f"got {model.embed_dim} / {model.num_heads}")
