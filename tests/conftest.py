@@ -34,6 +34,7 @@ def tiny_params_dict(data_root: Path | str = "data") -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data_root"] = str(data_root)
     params["model"].update(embed_dim=32, depth=2, num_heads=2)
+    params["variants"]["moh"]["attention_kwargs"]["top_k"] = 1  # 2 heads, 1 shared: 1 left to route
     params["train"].update(epochs=2, batch_size=64, warmup_epochs=1, train_subset=256)
     params["evaluate"]["batch_size"] = 1000
     params["datasets"]["mnist"].update(train_resolution=28, eval_resolutions=[20, 28, 36], train={})
