@@ -269,10 +269,11 @@ class Params(Strict):
             _known(name, self.variants, "variant defined under 'variants'", key="efficiency.variants")
         trained = set()
         for group in TRAINING_MATRICES:
-            twice = sorted(f"{d}-{v}" for d, v in set(getattr(self, group).pairs()) & trained)
+            pairs = set(getattr(self, group).pairs())
+            twice = sorted(f"{d}-{v}" for d, v in pairs & trained)
             if twice:
                 raise ValueError(f"{group}: {twice} already trained by another matrix (each run must belong to one)")
-            trained |= set(getattr(self, group).pairs())
+            trained |= pairs
         for group in ("analysis", "safety", "seeds"):
             for dataset, variant in getattr(self, group).runs.pairs():
                 if (dataset, variant) not in trained:

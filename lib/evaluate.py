@@ -107,7 +107,7 @@ def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None 
     if not runs:
         return pd.DataFrame()
     for dataset, variant, seed in runs:
-        run = run_name(dataset, variant, seed)
+        run, run_seed = run_name(dataset, variant, seed), params.seed if seed is None else seed
         weights = Path(runs_dir) / run / "model.pt"
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: missing weights of run {run} (expected the output of its train stage)")
@@ -122,10 +122,24 @@ def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None 
         cached = None if previous is None or "eval_key" not in previous else previous[previous["eval_key"] == key]
         if cached is not None and len(cached):
             log(f"{run}: unchanged, reusing its evaluation")
-            tables.append(cached.assign(seed=params.seed if seed is None else seed))
+            tables.append(cached.assign(seed=run_seed))
             continue
         log(f"{run}: evaluating at {len(params.datasets[dataset].eval_resolutions)} resolutions")
         model = load_trained_model(params, dataset, variant, weights)
         table = accuracy_vs_resolution(model, params, dataset, variant, test_sets=test_sets)
-        tables.append(table.assign(run=run, seed=params.seed if seed is None else seed, eval_key=key))
+        tables.append(table.assign(run=run, seed=run_seed, eval_key=key))
     return pd.concat(tables, ignore_index=True)
+
+
+def evaluate_seeds(params: Params, runs_dir: Path, table: pd.DataFrame, previous: pd.DataFrame | None = None,
+                   log=print) -> pd.DataFrame:
+    """One row per seed and resolution for every run of `seeds.runs`: the study's own seed (its rows of
+    `table`, the output of `evaluate_runs`) and each extra seed (evaluated here; `previous` as in evaluate_runs)."""
+    extra = evaluate_runs(params, runs_dir, previous, log, runs=params.seed_runs())
+    primary = table[table["run"].isin([run_name(d, v) for d, v in params.seeds.runs.pairs()])]
+    return pd.concat([primary, extra], ignore_index=True)
+
+
+def load_previous(path: Path | str) -> pd.DataFrame | None:
+    """An earlier output table of this stage (for reuse of unchanged evaluations), None before the first run."""
+    return pd.read_csv(path) if Path(path).is_file() else None

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 from matplotlib import pyplot as plt
 
-from lib.plots import PALETTE, plot_accuracy_vs_resolution, plot_cost_vs_tokens, save_figure, set_style
+from lib.plots import (ci_error_lengths, palette_for, plot_accuracy_vs_resolution, plot_cost_vs_tokens, save_figure,
+                       set_style)
 from lib.report import t_interval
 
 # Display names; a name not listed is shown as it is in the tables.
@@ -292,13 +293,6 @@ def convex_table(convex: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------- figures
 
-def _colours(names) -> dict:
-    import seaborn as sns
-
-    names = list(dict.fromkeys(names))
-    return dict(zip(names, sns.color_palette(PALETTE, max(len(names), 1))))
-
-
 def _figure_legend(fig: plt.Figure, title: str = "") -> plt.Figure:
     """One legend for the whole figure, right of the panels, with every line of every panel once
     (panels may show different variants)."""
@@ -339,7 +333,7 @@ def figure_distance(layer_head: pd.DataFrame) -> plt.Figure:
     """RQ3: mean attention distance per layer, one line per variant (mean over heads, 95% t-CI band),
     heads as dots, the uniform-attention distance dashed."""
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    colours = _colours(layer_head["variant"])
+    colours = palette_for(layer_head["variant"])
     offsets = np.linspace(-0.12, 0.12, max(len(colours), 1))
     for offset, (variant, colour) in zip(offsets, colours.items()):
         part = layer_head[layer_head["variant"] == variant]
@@ -362,7 +356,7 @@ def figure_method_bars(table: pd.DataFrame, metrics: list[str]) -> plt.Figure:
     """RQ3: grouped bars, one panel per metric, methods on x, one bar per variant, 95% CI error bars."""
     metrics = [m for m in metrics if m in set(table["metric"])]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
-    colours = _colours(table["variant"])
+    colours = palette_for(table["variant"])
     methods = list(dict.fromkeys(table["method"]))
     width = 0.8 / max(len(colours), 1)
     for ax, metric in zip(axes[0], metrics):
@@ -370,7 +364,7 @@ def figure_method_bars(table: pd.DataFrame, metrics: list[str]) -> plt.Figure:
         for i, (variant, colour) in enumerate(colours.items()):
             rows = part[part["variant"] == variant].set_index("method").reindex(methods)
             x = np.arange(len(methods)) + (i - (len(colours) - 1) / 2) * width
-            err = np.vstack([rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]]).clip(min=0)
+            err = ci_error_lengths(rows["value"], rows["ci_low"], rows["ci_high"])
             ax.bar(x, rows["value"], width, yerr=err, color=colour, label=label(variant), capsize=2,
                    error_kw={"lw": 0.8})
         ax.set_xticks(np.arange(len(methods)), [m.replace("_", " ") for m in methods], rotation=35, ha="right")
@@ -383,13 +377,11 @@ def figure_method_bars(table: pd.DataFrame, metrics: list[str]) -> plt.Figure:
 def figure_safety(shift: pd.DataFrame, risk_coverage: pd.DataFrame) -> plt.Figure:
     """RQ4: accuracy against corruption severity per variant (clean at 0; 95% CIs), then one risk-coverage
     panel per variant, one curve per condition (clean, severity 1-5)."""
-    import seaborn as sns
-
     curve = severity_curve(shift)
     runs = list(dict.fromkeys(zip(risk_coverage["dataset"], risk_coverage["variant"])))
     fig, axes = plt.subplots(1, 1 + len(runs), figsize=(4.2 * (1 + len(runs)), 3.4), squeeze=False)
     ax = axes[0][0]
-    colours = _colours(curve["variant"])
+    colours = palette_for(curve["variant"])
     for (dataset, variant), part in curve.groupby(["dataset", "variant"], sort=False):
         part = part.sort_values("severity")
         ax.plot(part["severity"], 100 * part["accuracy"], marker="o", ms=4, color=colours[variant],
@@ -401,7 +393,7 @@ def figure_safety(shift: pd.DataFrame, risk_coverage: pd.DataFrame) -> plt.Figur
     for ax, (dataset, variant) in zip(axes[0][1:], runs):
         part = risk_coverage[(risk_coverage["dataset"] == dataset) & (risk_coverage["variant"] == variant)]
         conditions = list(dict.fromkeys(part["condition"]))
-        shades = dict(zip(conditions, sns.color_palette(PALETTE, len(conditions))))
+        shades = palette_for(conditions)
         for condition in conditions:
             rows = part[part["condition"] == condition].sort_values("coverage")
             ax.plot(100 * rows["coverage"], 100 * rows["risk"], color=shades[condition], label=condition,
@@ -416,7 +408,7 @@ def figure_safety(shift: pd.DataFrame, risk_coverage: pd.DataFrame) -> plt.Figur
 def figure_convex(convex: pd.DataFrame) -> plt.Figure:
     """RQ5: test accuracy of every head (mean over seeds, 95% t-CI), coloured by family."""
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    colours = _colours(convex["family"])
+    colours = palette_for(convex["family"])
     y = np.arange(len(convex))[::-1]
     for (_, row), yy in zip(convex.iterrows(), y):
         ax.barh(yy, 100 * row["test_accuracy"], xerr=100 * row["ci95"], color=colours[row["family"]], capsize=2,

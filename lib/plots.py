@@ -6,6 +6,7 @@ with matplotlib and is spared the import.
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 PALETTE = "colorblind"
@@ -29,6 +30,21 @@ def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
     return paths
 
 
+def palette_for(names) -> dict:
+    """One colour of the study's palette per distinct name, in first-seen order."""
+    import seaborn as sns
+
+    names = list(dict.fromkeys(names))
+    return dict(zip(names, sns.color_palette(PALETTE, max(len(names), 1))))
+
+
+def ci_error_lengths(values, low, high) -> np.ndarray:
+    """matplotlib error-bar lengths (2, N) of a CI around `values`. A percentile bootstrap interval may exclude
+    the point estimate (or miss it by float round-off) and matplotlib rejects negative lengths: clipped to 0."""
+    values = np.asarray(values, dtype=float)
+    return np.clip(np.stack([values - np.asarray(low, dtype=float), np.asarray(high, dtype=float) - values]), 0, None)
+
+
 def publish(fig: plt.Figure, stem: Path) -> list[Path]:
     """`save_figure`, then show the figure in the notebook (and close it)."""
     paths = save_figure(fig, stem)
@@ -39,18 +55,15 @@ def publish(fig: plt.Figure, stem: Path) -> list[Path]:
 def plot_accuracy_vs_resolution(table: pd.DataFrame, hue: str = "pos_embed") -> plt.Figure:
     """Heo et al.'s Fig. 4 style: test accuracy against test resolution, one line per variant,
     95% CI bands, the training resolution marked, one panel per dataset."""
-    import seaborn as sns
-
     datasets = list(dict.fromkeys(table["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
-    hues = list(dict.fromkeys(table[hue]))
-    colours = dict(zip(hues, sns.color_palette(PALETTE, len(hues))))
+    palette = palette_for(table[hue])
     for ax, dataset in zip(axes[0], datasets):
         part = table[table["dataset"] == dataset]
         for name, rows in part.groupby(hue, sort=False):
             rows = rows.sort_values("resolution")
-            ax.plot(rows["resolution"], 100 * rows["accuracy"], marker="o", ms=4, label=name, color=colours[name])
-            ax.fill_between(rows["resolution"], 100 * rows["ci_low"], 100 * rows["ci_high"], alpha=0.15, color=colours[name])
+            ax.plot(rows["resolution"], 100 * rows["accuracy"], marker="o", ms=4, label=name, color=palette[name])
+            ax.fill_between(rows["resolution"], 100 * rows["ci_low"], 100 * rows["ci_high"], alpha=0.15, color=palette[name])
         train_res = part["train_resolution"].iloc[0]
         ax.axvline(train_res, color="0.4", ls="--", lw=1)
         ax.annotate("train", (train_res, ax.get_ylim()[0]), xytext=(3, 3), textcoords="offset points", fontsize=8, color="0.3")
@@ -76,17 +89,15 @@ def plot_training_curves(history: pd.DataFrame, title: str) -> plt.Figure:
 
 def plot_cost_vs_tokens(table: pd.DataFrame) -> plt.Figure:
     """Forward and training time per image, peak memory and achieved GFLOP/s against tokens, log-log."""
-    import seaborn as sns
-
     panels = [("forward_ms_per_image", "forward ms / image"), ("train_ms_per_image", "training ms / image"),
               ("peak_mb", "peak memory (MB)"), ("train_gflops_per_s", "training GFLOP/s")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
-    variants = list(dict.fromkeys(table["variant"]))
-    colours = dict(zip(variants, sns.color_palette(PALETTE, len(variants))))
+    palette = palette_for(table["variant"])
+    variants = list(palette)
     for ax, (column, label) in zip(axes, panels):
         for name in variants:
             rows = table[table["variant"] == name].sort_values("tokens")
-            ax.plot(rows["tokens"], rows[column].clip(lower=1e-3), marker="o", ms=3, label=name, color=colours[name])
+            ax.plot(rows["tokens"], rows[column].clip(lower=1e-3), marker="o", ms=3, label=name, color=palette[name])
         ax.set(xscale="log", yscale="log", xlabel="tokens (patches)", ylabel=label)
     axes[-1].legend(frameon=False, fontsize=8, loc="best")
     fig.tight_layout()

@@ -34,18 +34,14 @@ out_dir = "results/resolution"
 # %%
 from pathlib import Path
 
-import pandas as pd
-
 from lib.config import load_params
-from lib.evaluate import evaluate_runs
+from lib.evaluate import evaluate_runs, evaluate_seeds, load_previous
 from lib.plots import plot_accuracy_vs_resolution, publish, set_style
 from lib.report import resolution_markdown, seed_summary
-from lib.study import run_name
 
 params = load_params(params_file)
 out = Path(out_dir)
-previous = pd.read_csv(previous_table) if Path(previous_table).is_file() else None
-table = evaluate_runs(params, Path(runs_dir), previous)
+table = evaluate_runs(params, Path(runs_dir), load_previous(previous_table))
 table.to_csv(out / "resolution.csv", index=False)
 markdown = resolution_markdown(table)
 (out / "resolution.md").write_text(markdown)
@@ -55,10 +51,7 @@ print(markdown)
 # ## Accuracy over training seeds
 
 # %%
-previous_seeds = pd.read_csv(previous_seeds_table) if Path(previous_seeds_table).is_file() else None
-extra_seeds = evaluate_runs(params, Path(runs_dir), previous_seeds, runs=params.seed_runs())
-primary = table[table["run"].isin([run_name(d, v) for d, v in params.seeds.runs.pairs()])]
-per_seed = pd.concat([primary, extra_seeds], ignore_index=True)
+per_seed = evaluate_seeds(params, Path(runs_dir), table, load_previous(previous_seeds_table))
 per_seed.to_csv(out / "resolution_seeds.csv", index=False)
 seeds = seed_summary(per_seed)
 seeds.to_csv(out / "seeds_summary.csv", index=False)

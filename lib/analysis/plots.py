@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lib.plots import PALETTE
+from lib.plots import PALETTE, ci_error_lengths, palette_for
 
 METRIC_TITLES = {
     "deletion_auc": "deletion AUC (lower is better)",
@@ -120,16 +120,10 @@ def plot_offset_profiles(offsets: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def _ci_errors(values: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
-    """Error-bar lengths of a CI around `values`; a percentile bootstrap interval may exclude the point
-    estimate (or miss it by float round-off), and matplotlib rejects negative lengths: clip those to 0."""
-    return np.clip(np.stack([values - rows["ci_low"].to_numpy(), rows["ci_high"].to_numpy() - values]), 0, None)
-
-
 def _bars_with_ci(ax, rows: pd.DataFrame, label_column: str, colours: dict) -> None:
     positions = np.arange(len(rows))
     values = rows["value"].to_numpy()
-    errors = _ci_errors(values, rows)
+    errors = ci_error_lengths(values, rows["ci_low"], rows["ci_high"])
     ax.barh(positions, values, xerr=errors, color=[colours[name] for name in rows[label_column]], capsize=2)
     ax.set_yticks(positions, [name.replace("_", " ") for name in rows[label_column]])
     ax.invert_yaxis()
@@ -137,11 +131,9 @@ def _bars_with_ci(ax, rows: pd.DataFrame, label_column: str, colours: dict) -> N
 
 def plot_faithfulness(table: pd.DataFrame) -> plt.Figure:
     """One panel per metric: each method's mean with its bootstrap 95% CI (random = chance reference)."""
-    import seaborn as sns
-
     metrics = list(dict.fromkeys(table["metric"]))
     methods = list(dict.fromkeys(table["method"]))
-    colours = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
+    colours = palette_for(methods)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 0.35 * len(methods) + 1.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         _bars_with_ci(ax, table[table["metric"] == metric], "method", colours)
@@ -154,10 +146,8 @@ def plot_faithfulness(table: pd.DataFrame) -> plt.Figure:
 
 def plot_perturbation_curves(curves: pd.DataFrame) -> plt.Figure:
     """Target-class probability and accuracy against the fraction of patches removed, both directions."""
-    import seaborn as sns
-
     methods = list(dict.fromkeys(curves["method"]))
-    colours = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
+    colours = palette_for(methods)
     directions = list(dict.fromkeys(curves["direction"]))
     fig, axes = plt.subplots(len(directions), 2, figsize=(7.5, 2.8 * len(directions)), squeeze=False)
     for row, direction in enumerate(directions):
@@ -191,11 +181,9 @@ def plot_pruning(pruning: pd.DataFrame) -> plt.Figure:
 def plot_distance_by_variant(layer_head: pd.DataFrame, hue: str = "pos_embed") -> plt.Figure:
     """Head-mean attention distance (pixels) against block, one line per `hue`, one panel per dataset; the
     band spans the heads' minimum to maximum."""
-    import seaborn as sns
-
     datasets = list(dict.fromkeys(layer_head["dataset"]))
     names = list(dict.fromkeys(layer_head[hue]))
-    colours = dict(zip(names, sns.color_palette(PALETTE, len(names))))
+    colours = palette_for(names)
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.3), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         part = layer_head[layer_head["dataset"] == dataset]
@@ -214,12 +202,10 @@ def plot_distance_by_variant(layer_head: pd.DataFrame, hue: str = "pos_embed") -
 def plot_metric_by_variant(table: pd.DataFrame, hue: str = "variant") -> plt.Figure:
     """Faithfulness or localisation across runs: one panel per metric, methods on the y axis, one bar
     (with its 95% CI) per `hue` value."""
-    import seaborn as sns
-
     metrics = list(dict.fromkeys(table["metric"]))
     methods = list(dict.fromkeys(table["method"]))
     names = list(dict.fromkeys(table[hue]))
-    colours = dict(zip(names, sns.color_palette(PALETTE, len(names))))
+    colours = palette_for(names)
     height = 0.8 / len(names)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 0.3 * len(methods) * len(names) ** 0.5 + 1.6),
                              squeeze=False)
@@ -229,7 +215,7 @@ def plot_metric_by_variant(table: pd.DataFrame, hue: str = "variant") -> plt.Fig
             rows = part[part[hue] == name].set_index("method").reindex(methods)
             positions = np.arange(len(methods)) + (index - (len(names) - 1) / 2) * height
             values = rows["value"].to_numpy()
-            errors = _ci_errors(values, rows)
+            errors = ci_error_lengths(values, rows["ci_low"], rows["ci_high"])
             ax.barh(positions, values, height=height, xerr=errors, color=colours[name], label=name, capsize=1.5)
         ax.set_yticks(np.arange(len(methods)), [m.replace("_", " ") for m in methods] if ax is axes[0][0] else [])
         ax.invert_yaxis()

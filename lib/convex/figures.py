@@ -5,20 +5,14 @@ import pandas as pd
 import torch
 from einops import rearrange
 
-from lib.plots import PALETTE
-
-
-def _colours(names: list[str]) -> dict:
-    import seaborn as sns
-
-    return dict(zip(names, sns.color_palette(PALETTE, len(names))))
+from lib.plots import palette_for
 
 
 def plot_accuracy_vs_regularization(runs: pd.DataFrame) -> plt.Figure:
     """Test (solid) and validation (dashed) accuracy against each head's regularization, mean +- std over
     seeds; one panel per kind of regularization (beta / beta_max, weight decay)."""
     kinds = list(dict.fromkeys(runs["regularizer"]))
-    colours = _colours(list(dict.fromkeys(runs["head"])))
+    colours = palette_for(runs["head"])
     fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.6), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         for name, rows in runs[runs["regularizer"] == kind].groupby("head", sort=False):
@@ -37,7 +31,7 @@ def plot_accuracy_vs_regularization(runs: pd.DataFrame) -> plt.Figure:
 def plot_rank_vs_beta(runs: pd.DataFrame) -> plt.Figure:
     """Total rank of the learned blocks (sum over blocks) against beta / beta_max, convex heads."""
     convex = runs[runs["family"] == "convex"]
-    colours = _colours(list(dict.fromkeys(convex["head"])))
+    colours = palette_for(convex["head"])
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     for name, rows in convex.groupby("head", sort=False):
         stats = rows.groupby("value")["rank"].agg(["mean", "min", "max"])

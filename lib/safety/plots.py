@@ -9,14 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lib.plots import PALETTE
+from lib.plots import palette_for
 from lib.safety.corruptions import FAMILIES
-
-
-def _colours(names: list[str]) -> dict[str, tuple]:
-    import seaborn as sns
-
-    return dict(zip(names, sns.color_palette(PALETTE, len(names))))
 
 
 def _families(table: pd.DataFrame) -> list[str]:
@@ -35,7 +29,7 @@ def plot_accuracy_vs_severity(shifts: pd.DataFrame, title: str) -> plt.Figure:
     fig, axes = plt.subplots(1, len(families), figsize=(3.3 * len(families), 3.2), sharey=True, squeeze=False)
     for ax, family in zip(axes[0], families):
         names = [n for n in FAMILIES[family] if n in set(shifts["shift"])]
-        colours = _colours(names)
+        colours = palette_for(names)
         for name in names:
             rows = _with_clean(shifts, name, "accuracy")
             ax.plot(rows["severity"], 100 * rows["accuracy"], marker="o", ms=3, label=name.replace("_", " "),
@@ -80,7 +74,7 @@ def plot_risk_coverage(curves: pd.DataFrame, target_risk: float, title: str) -> 
     """Selective risk against coverage (MSP ranking), one line per condition, the target risk dashed."""
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     conditions = list(dict.fromkeys(curves["condition"]))
-    colours = _colours(conditions)
+    colours = palette_for(conditions)
     for condition in conditions:
         part = curves[curves["condition"] == condition]
         ax.plot(part["coverage"], 100 * part["risk"], label=condition, color=colours[condition])
@@ -102,7 +96,7 @@ def plot_map_similarity(maps: pd.DataFrame, metric: str, title: str) -> plt.Figu
         for col, family in enumerate(families):
             ax = axes[row][col]
             names = [n for n in FAMILIES[family] if n in set(part["shift"])]
-            colours = _colours(names)
+            colours = palette_for(names)
             for name in names:
                 rows = part[(part["method"] == method) & (part["shift"] == name)].sort_values("severity")
                 ax.plot(rows["severity"], rows["mean"], marker="o", ms=3, color=colours[name], label=name.replace("_", " "))
@@ -146,7 +140,7 @@ def plot_example_maps(images: dict[str, torch.Tensor], maps: dict[str, torch.Ten
 def plot_variant_comparison(summary: pd.DataFrame, columns: dict[str, str]) -> plt.Figure:
     """One bar panel per summary column (name -> axis label), one bar per variant."""
     fig, axes = plt.subplots(1, len(columns), figsize=(3.0 * len(columns), 3.4), squeeze=False)
-    colours = _colours(list(summary["variant"]))
+    colours = palette_for(list(summary["variant"]))
     for ax, (column, label) in zip(axes[0], columns.items()):
         ax.bar(np.arange(len(summary)), summary[column], color=[colours[v] for v in summary["variant"]])
         ax.set_xticks(np.arange(len(summary)), summary["variant"], rotation=60, ha="right", fontsize=7)
