@@ -25,8 +25,8 @@ def make(name: str, **kwargs):
 
 def rope_tables(grid, x, num_prefix_tokens=1):
     torch.manual_seed(1)
-    cos, sin = RopeMixed(HEAD_DIM, HEADS, depth=1)(grid, x, num_prefix_tokens).layer(0)
-    return cos.detach().to(x.dtype), sin.detach().to(x.dtype)
+    rotation = RopeMixed(HEAD_DIM, HEADS, depth=1)(grid, x, num_prefix_tokens).rotation(0).detach()
+    return rotation.to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
 
 
 def tokens(grid, batch=2, num_prefix_tokens=1, dtype=torch.float32, seed=0):
@@ -101,13 +101,13 @@ def test_masks_are_cached_per_grid():
 
 # ---------------------------------------------------------------- linear attention
 
-def rotate_complex(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE written independently: interleaved pairs as complex numbers times exp(i angle).
+def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """RoPE written independently, in real arithmetic: pair (a, b) -> (a c - b s, b c + a s).
 
-    cos, sin: the model's full-width tables (c0, c0, c1, ...), (-s0, s0, -s1, ...)."""
-    cos, sin = cos[..., 0::2], sin[..., 1::2]
-    z = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())
-    return torch.view_as_real(z * torch.complex(cos, sin)).flatten(-2)
+    rotation: the model's per-pair e^{i angle} = c + i s."""
+    c, s = rotation.real, rotation.imag
+    a, b = x[..., 0::2], x[..., 1::2]
+    return torch.stack([a * c - b * s, b * c + a * s], dim=-1).flatten(-2)
 
 
 @pytest.mark.parametrize("with_rope", [False, True])
@@ -120,7 +120,7 @@ def test_linear_attention_equals_its_quadratic_formula(with_rope):
         out = module(x, grid, 1, rope=rope)
         q, k, v = (module.qkv(x).reshape(2, x.shape[1], 3, HEADS, HEAD_DIM).permute(2, 0, 3, 1, 4))
         phi_q, phi_k = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
-        num_q, num_k = (rotate_complex(phi_q, *rope), rotate_complex(phi_k, *rope)) if with_rope else (phi_q, phi_k)
+        num_q, num_k = (rotate_pairs(phi_q, rope), rotate_pairs(phi_k, rope)) if with_rope else (phi_q, phi_k)
         scores = torch.einsum("bhid,bhjd->bhij", num_q, num_k)
         denominator = torch.einsum("bhid,bhjd->bhij", phi_q, phi_k).sum(-1, keepdim=True) + module.eps
         heads = (scores / denominator) @ v

@@ -46,7 +46,7 @@ def token_features(
         x, grid_hw = model.embed(normalize(batch))
         tables = model.rotary_tables(x, grid_hw)
         for i, block in enumerate(model.blocks[:layer]):
-            x, _ = block(x, grid_hw, model.num_prefix_tokens, rope=None if tables is None else tables.layer(i))
+            x, _ = block(x, grid_hw, model.num_prefix_tokens, rope=None if tables is None else tables.rotation(i))
         if layer == depth:
             x = model.norm(x)
         chunks.append(x if include_cls else x[:, model.num_prefix_tokens:])

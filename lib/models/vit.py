@@ -148,7 +148,7 @@ class VisionTransformer(nn.Module):
         tables = self.rotary_tables(x, grid_hw)
         attns = []
         for i, block in enumerate(self.blocks):
-            rope = None if tables is None else tables.layer(i)
+            rope = None if tables is None else tables.rotation(i)
             x, attn = block(x, grid_hw, self.num_prefix_tokens, rope=rope, return_attn=return_attn)
             attns.append(attn)
         x = self.norm(x)

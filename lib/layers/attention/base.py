@@ -5,8 +5,9 @@ A variant is an `nn.Module` whose forward is
     forward(x, grid_hw, num_prefix_tokens, rope=None, return_attn=False) -> y  or  (y, attn)
 
 x: (B, N, C) tokens, the first `num_prefix_tokens` of them prefix tokens (CLS) and the remaining
-H * W patch tokens in row-major order of the (H, W) grid `grid_hw`. rope: optional (cos, sin) tables
-of shape (B|1, heads|1, N, head_dim) (see `lib.layers.rope.RotaryTables`). attn: (B, heads, N, N) attention
+H * W patch tokens in row-major order of the (H, W) grid `grid_hw`. rope: optional complex rotations
+e^{i phi} of shape (B|1, heads|1, N, head_dim / 2), one per channel pair (see
+`lib.layers.rope.RotaryTables.rotation`). attn: (B, heads, N, N) attention
 weights, returned only when asked for, so the fused kernels stay in use otherwise.
 
 `QKVAttention` holds what most variants share: the fused qkv and output projections (named as in
@@ -16,9 +17,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from lib.layers.rope import rotate
-
-RopeTable = tuple[torch.Tensor, torch.Tensor]
+from lib.layers.rope import rotate_complex
 
 
 class QKVAttention(nn.Module):
@@ -41,18 +40,18 @@ class QKVAttention(nn.Module):
         raise NotImplementedError
 
     def forward(self, x, grid_hw, num_prefix_tokens, rope=None, return_attn=False):
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        # chunk, not unbind: the backward joins the three gradients with one cat in qkv's own layout
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
         out, attn = self.mix(q, k, v, tuple(grid_hw), num_prefix_tokens, rope, return_attn)
         y = self.proj_drop(self.proj(rearrange(out, "b h n d -> b n (h d)")))
         return (y, attn) if return_attn else y
 
 
-def rotate_qk(q: torch.Tensor, k: torch.Tensor, rope: RopeTable | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply RoPE tables (identity on prefix tokens) to queries and keys; no-op without RoPE."""
+def rotate_qk(q: torch.Tensor, k: torch.Tensor, rope: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply RoPE rotations (identity on prefix tokens) to queries and keys; no-op without RoPE."""
     if rope is None:
         return q, k
-    cos, sin = rope
-    return rotate(q, cos, sin), rotate(k, cos, sin)
+    return rotate_complex(q, rope), rotate_complex(k, rope)
 
 
 def softmax_attention(q, k, v, scale: float, mask: torch.Tensor | None, dropout_p: float, return_attn: bool):
