@@ -146,6 +146,8 @@ class SeedsParams(Strict):
 
     runs: StudyParams                      # which runs to repeat (each must be trained by a matrix)
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Increasing] = []  # besides `seed`; [] trains none
+    map_images: PositiveInt = 200          # attention maps of each extra seed vs `seed` on the first N test images
+    top_fraction: Annotated[float, Field(gt=0, le=1)] = 0.2  # top-k IoU of those maps over this share of patches
 
 
 class EfficiencyParams(Strict):

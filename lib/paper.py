@@ -61,6 +61,7 @@ class Table:
 TABLES = {
     "resolution": Table("resolution/resolution.csv", "evaluate"),
     "seeds": Table("resolution/seeds_summary.csv", "evaluate"),
+    "seed_maps": Table("resolution/seed_map_stability.csv", "evaluate"),
     "cost": Table("efficiency/cost_vs_tokens.csv", "efficiency"),
     "scaling": Table("efficiency/scaling.csv", "efficiency"),
     "layer_head": Table("analysis_summary/layer_head.csv", "analysis-summary", "analysis/*/layer_head.csv"),
@@ -534,6 +535,22 @@ def rq4_lines(shift: pd.DataFrame, recommendation: str = "") -> list[str]:
     return lines
 
 
+def seed_map_lines(seed_maps: pd.DataFrame) -> list[str]:
+    """Attention reliability across training seeds (the evaluate stage's seed_map_stability.csv): per run,
+    each map method's similarity to the study seed's maps, averaged over the extra seeds; nothing without them."""
+    lines = []
+    for (dataset, variant), part in seed_maps.groupby(["dataset", "variant"], sort=False):
+        means = part.groupby(["method", "metric"])["mean"].mean()
+        methods = "; ".join(f"{method}: top-k IoU {means[(method, 'topk_iou')]:.2f}, Spearman "
+                            f"{means[(method, 'spearman')]:.2f}, JS divergence {means[(method, 'js_divergence')]:.3f}"
+                            for method in dict.fromkeys(part["method"]))
+        lines.append(f"- attention maps across training seeds, {label(variant)} ({dataset}, seed "
+                     f"{int(part['seed'].iloc[0])} vs {sorted(set(part['other_seed'].astype(int)))}, "
+                     f"{int(part['n'].max())} test images): {methods}; same predicted class on "
+                     f"{100 * part['prediction_agreement'].mean():.1f}% of the images.")
+    return lines
+
+
 def rq5_lines(convex: pd.DataFrame) -> list[str]:
     def acc(row: pd.Series) -> str:
         m, h = row["test_accuracy"], row["ci95"]
@@ -583,7 +600,7 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
          [fig("attention_distance", "mean attention distance per layer"),
           fig("faithfulness", "faithfulness AUCs with 95% CIs"), fig("localisation", "localisation with 95% CIs"),
           tab("distance"), tab("faithfulness"), tab("localisation")]),
-        ("RQ4", rq4_lines(t["shift"], recommendation), "safety",
+        ("RQ4", rq4_lines(t["shift"], recommendation) + seed_map_lines(t["seed_maps"]), "safety",
          [fig("safety", "accuracy vs severity and risk-coverage"), tab("safety")]),
         ("RQ5", rq5_lines(t["convex"]), "convex", [fig("convex_heads", "convex heads accuracy"), tab("convex")]),
     ]

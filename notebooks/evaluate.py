@@ -22,7 +22,8 @@
 # (ImageNet ViT-S: APE, RoPE-Axial, RoPE-Mixed equal at the training resolution, RoPE-Mixed's lead
 # growing with resolution). A run whose weights did not change since the last evaluation is not
 # evaluated again. Runs trained with extra seeds (`seeds` in params.yaml, DVC matrix `train-seeds`) are
-# evaluated too and summarized over seeds: mean and 95% Student-t interval (`seeds_summary.csv`).
+# evaluated too and summarized over seeds: mean and 95% Student-t interval (`seeds_summary.csv`), and
+# their attention maps are compared with the maps of the study's seed (`seed_map_stability.csv`).
 
 # %% tags=["parameters"]
 params_file = "params.yaml"
@@ -38,6 +39,7 @@ from lib.config import load_params
 from lib.evaluate import evaluate_runs, evaluate_seeds, load_previous
 from lib.plots import plot_accuracy_vs_resolution, publish, set_style
 from lib.report import resolution_markdown, seed_summary
+from lib.safety.evaluate import seed_map_stability
 
 params = load_params(params_file)
 out = Path(out_dir)
@@ -59,6 +61,22 @@ if params.seeds.seeds:
     print(seeds.round(4).to_markdown(index=False))
 else:
     print("no extra seeds (seeds.seeds is empty): seeds_summary.csv holds the study's single seed, CIs undefined")
+
+# %% [markdown]
+# ## Attention maps across training seeds
+# Do two models trained alike but from different seeds look at the same patches? Rollout and raw CLS
+# attention of each extra seed against the study's seed on the same clean test images: top-k IoU,
+# Spearman rank correlation and Jensen-Shannon divergence (definitions: `lib/safety/reliability.py`),
+# mean and standard error over images, with the share of images on which both predict the same class.
+
+# %%
+seed_maps = seed_map_stability(params, Path(runs_dir), params.evaluate.batch_size)
+seed_maps.to_csv(out / "seed_map_stability.csv", index=False)
+if len(seed_maps):
+    print(seed_maps.pivot_table(index=["dataset", "variant", "other_seed", "method"], columns="metric", values="mean")
+          .round(3).to_markdown())
+else:
+    print("no extra seeds (seeds.seeds is empty): no maps to compare across seeds")
 
 # %% [markdown]
 # ## Position encodings (softmax attention)

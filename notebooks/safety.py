@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (attention-rope-study)
 #     language: python
@@ -40,7 +42,6 @@ variant = "rope_mixed"
 weights = "results/runs/signs-rope_mixed/model.pt"
 out_dir = "results/safety/signs-rope_mixed"
 baseline_table = ""  # shift_metrics.csv of the baseline model for CE / mCE ("" -> raw errors; the summary has mCE)
-other_seed_weights = []  # model.pt of the same dataset and variant trained with other seeds (map stability)
 
 # %%
 import json
@@ -108,16 +109,16 @@ print(f"T = {temperature:.3f}; thresholds {thresholds}; validation coverage at t
 # ## Every condition
 #
 # Clean, each corruption at each severity, each other resolution (scenes re-rendered for procedural data
-# sets, antialiased resize for MNIST), each other seed's model. Maps of a shifted condition are compared with
-# the clean maps of the same images (at another resolution both are resampled to the coarser grid).
+# sets, antialiased resize for MNIST). Maps of a shifted condition are compared with the clean maps of the
+# same images (at another resolution both are resampled to the coarser grid). Stability of the maps across
+# training seeds is measured by the `evaluate` stage (`seed_map_stability.csv`).
 
 # %%
 resolution_sets = {resolution: load_split(root, dataset, "test", resolution).subset(range(len(test)))
                    for resolution in resolutions}
-other_models = {other: load_trained_model(params, dataset, variant, Path(other)) for other in other_seed_weights}
 results = evaluate_shifts(
     model, test, {"dataset": dataset, "variant": variant, "resolution": train_resolution}, temperature, thresholds,
-    settings.corruptions, settings.severities, seed, settings.top_fraction, resolution_sets, other_models,
+    settings.corruptions, settings.severities, seed, settings.top_fraction, resolution_sets,
     settings.example_corruptions, settings.example_severity, settings.num_examples, batch_size)
 shifts, maps_long = results.shifts, results.maps
 bins = results.bins.assign(dataset=dataset, variant=variant)

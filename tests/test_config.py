@@ -79,6 +79,8 @@ BAD = [
     ("variants.local.attention_kwargs", {"window_radius": -1}, ["variants.local.attention_kwargs", "window_radius"]),
     ("seeds.seeds", [0, 1], ["seeds.seeds: 0 is the study's own `seed`"]),
     ("seeds.seeds", [2, 1], ["seeds.seeds", "strictly increasing"]),
+    ("seeds.map_images", 0, ["seeds.map_images", "greater than 0"]),
+    ("seeds.top_fraction", 1.5, ["seeds.top_fraction", "less than or equal to 1"]),
     ("seeds.runs", {"datasets": ["mnist"], "variants": ["linear"]}, ["seeds.runs", "mnist-linear is not trained"]),
     ("safety.severities", [3, 1], ["safety.severities", "increasing"]),
     ("safety.baseline_variant", "apee", ["safety.baseline_variant", "did you mean 'ape'"]),

@@ -12,6 +12,7 @@ from lib.checkpoint import save_atomic
 from lib.data.pin import DataPinError, ensure_data
 from lib.evaluate import accuracy_vs_resolution, load_trained_model, wilson_interval
 from lib.report import resolution_markdown, seed_summary
+from lib.safety.evaluate import seed_map_stability
 from lib.study import build_model, run_name
 
 
@@ -103,3 +104,24 @@ def test_pin_materializes_missing_data_and_rejects_a_stale_pin(pinned_repo):
         ensure_data(dvc_file)
     with pytest.raises(DataPinError, match="missing"):
         ensure_data(dvc_file, create_missing=False)
+
+
+def test_seed_map_stability_of_identical_and_different_weights(tiny_params, tmp_path):
+    """A seed whose weights equal the study seed's has identical maps (IoU 1, Spearman 1, JS 0, same
+    predictions); a differently initialised model does not."""
+    params = tiny_params.model_copy(update={"seeds": tiny_params.seeds.model_copy(update={"seeds": [1, 2], "map_images": 12})})
+    torch.manual_seed(0)
+    reference = build_model(params, "shapes", "rope_mixed")
+    torch.manual_seed(5)
+    other = build_model(params, "shapes", "rope_mixed")
+    for seed, model in ((None, reference), (1, reference), (2, other)):
+        save_atomic({"model": model.state_dict()}, tmp_path / run_name("shapes", "rope_mixed", seed) / "model.pt")
+    table = seed_map_stability(params, tmp_path, log=lambda *_: None)
+    assert set(table["other_seed"]) == {1, 2} and (table["n"] == 12).all()
+    same = table[table["other_seed"] == 1].set_index(["method", "metric"])["mean"]
+    for method in ("rollout", "cls_attention"):
+        assert same[(method, "topk_iou")] == pytest.approx(1.0) and same[(method, "spearman")] == pytest.approx(1.0)
+        assert same[(method, "js_divergence")] == pytest.approx(0.0, abs=1e-6)
+    assert (table.loc[table["other_seed"] == 1, "prediction_agreement"] == 1.0).all()
+    different = table[table["other_seed"] == 2].set_index(["method", "metric"])["mean"]
+    assert different[("rollout", "topk_iou")] < 0.99

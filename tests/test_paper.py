@@ -130,6 +130,13 @@ def results(tmp_path) -> Path:
          "ci_low": 0.8, "ci_high": 0.99, "std": 0.04},
         {"dataset": "shapes", "variant": "rope_mixed", "resolution": 24, "train_resolution": 24, "seeds": 1,
          "accuracy": 0.99, "ci_low": np.nan, "ci_high": np.nan, "std": np.nan}]))
+    put("resolution/seed_map_stability.csv", pd.DataFrame([
+        {"dataset": "shapes", "variant": "rope_mixed", "pos_embed": "rope_mixed", "seed": 0, "other_seed": other,
+         "prediction_agreement": agreement, "method": method, "metric": metric, "mean": value + 0.02 * other,
+         "sem": 0.01, "n": 200}
+        for other, agreement in ((1, 0.96), (2, 0.98))
+        for method in ("cls_attention", "rollout")
+        for metric, value in (("topk_iou", 0.5), ("spearman", 0.6), ("js_divergence", 0.1))]))
     put("efficiency/cost_vs_tokens.csv", _cost())
     put("efficiency/scaling.csv", _scaling())
     put("analysis_summary/layer_head.csv", _layer_head())
@@ -206,6 +213,9 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
     assert "log-log slope 1.03" in readme and "faster than softmax from 56 tokens on" in readme  # RQ2
     assert "integrated_gradients with 0.310 [0.290, 0.340]" in readme  # RQ3: lowest deletion AUC of rope_mixed
     assert "clean accuracy 70.5 [64.5, 75.5]% (n = 200)" in readme  # RQ4
+    assert ("attention maps across training seeds, RoPE-Mixed (shapes, seed 0 vs [1, 2], 200 test images): "
+            "cls_attention: top-k IoU 0.53, Spearman 0.63, JS divergence 0.130; rollout: top-k IoU 0.53") in readme
+    assert "same predicted class on 97.0% of the images" in readme.split("## RQ4")[1]
     assert "**signs**: trust **rope_mixed** with threshold 0.9" in readme.split("## RQ4")[1].split("## RQ5")[0]
     assert "convex mixer 97.7 [95.8, 99.6]%" in readme and "linear attention (Adam) 95.5 [95.3, 95.6]%" in readme  # RQ5
     # links to figures and tables that exist

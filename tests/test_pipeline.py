@@ -97,6 +97,12 @@ def test_repro_writes_metrics_tables_and_figures(study):
     assert (seeds["ci_low"] <= seeds["accuracy"]).all() and (seeds["accuracy"] <= seeds["ci_high"]).all()
     pair = per_seed[per_seed["resolution"] == 32].sort_values("seed")["accuracy"]
     assert seeds.loc[seeds["resolution"] == 32, "accuracy"].item() == pytest.approx(pair.mean())
+    # its attention maps are compared with the study seed's, for each map method and similarity metric
+    seed_maps = pd.read_csv(study / "results" / "resolution" / "seed_map_stability.csv")
+    assert set(seed_maps["other_seed"]) == {1} and set(seed_maps["variant"]) == {"rope_mixed"}
+    assert set(seed_maps["method"]) == {"rollout", "cls_attention"}
+    assert set(seed_maps["metric"]) == {"topk_iou", "spearman", "js_divergence"}
+    assert seed_maps["prediction_agreement"].between(0, 1).all() and (seed_maps["n"] > 0).all()
 
 
 def test_efficiency_stage_measures_every_variant_and_timm(study):

@@ -1,13 +1,14 @@
 """One model under shift: the per-condition rows of the safety evaluation (notebooks/safety.py).
 
-A condition is the clean test set, one corruption at one severity, another test resolution, or another
-training seed's model. For each, `prediction_row` summarizes the logits (accuracy with its 95% Wilson
+A condition is the clean test set, one corruption at one severity, or another test resolution. For each, `prediction_row` summarizes the logits (accuracy with its 95% Wilson
 interval, calibration before and after temperature scaling, AURC, coverage and realized risk at the
 validation thresholds) and `map_rows` the explanation maps (similarity to the clean maps and localisation
-on the object masks, mean and standard error over images, NaNs left out).
+on the object masks, mean and standard error over images, NaNs left out). `seed_map_stability` compares
+the maps of models trained with different seeds on the same clean images.
 """
 
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -15,13 +16,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lib.data import ImageSet
-from lib.evaluate import wilson_interval
+from lib.config import Params
+from lib.data import ImageSet, load_split
+from lib.evaluate import load_trained_model, wilson_interval
 from lib.safety.calibration import calibration_metrics, probabilities, reliability_bins
 from lib.safety.corruptions import FAMILY_OF, corrupt
 from lib.safety.maps import run_model
 from lib.safety.reliability import localisation, resolution_stability
 from lib.safety.selective import aurc, excess_aurc, risk_coverage_curve, selective_metrics
+from lib.study import run_name
 
 
 def confidence_and_correct(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,13 +108,12 @@ class ShiftResults(NamedTuple):
 
 def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: float, thresholds: dict[str, float],
                     corruptions: list[str], severities: list[int], seed: int, top_fraction: float,
-                    resolution_sets: dict[int, ImageSet] | None = None, other_models: dict[str, nn.Module] | None = None,
+                    resolution_sets: dict[int, ImageSet] | None = None,
                     example_corruptions: tuple[str, ...] = (), example_severity: int = 3, num_examples: int = 4,
                     batch_size: int = 500, log=print) -> ShiftResults:
     """The model on clean `test`, on each corruption at each severity (seeded), on each re-rendered test set
-    of `resolution_sets` (resolution -> the same images at another size) and, for map stability only, each
-    model of `other_models` (name -> another training seed). Maps of a shifted condition are compared with
-    the clean maps of the same images; `base` (dataset, variant, resolution) is added to every row."""
+    of `resolution_sets` (resolution -> the same images at another size). Maps of a shifted condition are
+    compared with the clean maps of the same images; `base` (dataset, variant, resolution) is added to every row."""
     shift_rows, map_table, pooled = [], [], {}
     example_images, example_maps = {}, {}
 
@@ -144,11 +146,6 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
                      "resolution": resolution}
         record(condition, outputs, shifted.labels, clean.maps, shifted.masks)
 
-    for name, other in (other_models or {}).items():
-        outputs = run_model(other, test.images, batch_size)
-        map_table.extend({**base, "shift": "seed", "family": "seed", "severity": 0, "other_weights": name, **row}
-                         for row in map_rows(outputs.maps, clean.maps, None, top_fraction))
-
     bins, curves = [], []
     for severity, logits in pooled.items():
         labels = test.labels.repeat(len(logits))
@@ -157,3 +154,30 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
         curves.append(curve_frame(torch.cat(logits), labels).assign(condition=condition))
     return ShiftResults(pd.DataFrame(shift_rows), pd.DataFrame(map_table), pd.concat(bins, ignore_index=True),
                         pd.concat(curves, ignore_index=True), example_images, example_maps)
+
+
+SEED_MAP_COLUMNS = ["dataset", "variant", "pos_embed", "seed", "other_seed", "prediction_agreement", "method",
+                    "metric", "mean", "sem", "n"]
+
+
+def seed_map_stability(params: Params, runs_dir: Path, batch_size: int = 500, log=print) -> pd.DataFrame:
+    """Across training seeds: for every run of `seeds.runs` and every extra seed, the similarity of the
+    extra seed's explanation maps to the maps of the run trained with `seed`, on the first
+    `seeds.map_images` clean test images at the training resolution (`map_rows` with the `seed` model's maps
+    as reference; top-k IoU over `seeds.top_fraction` of the patches). Empty without extra seeds."""
+    rows, settings = [], params.seeds
+    for dataset, variant in settings.runs.pairs() if settings.seeds else []:
+        spec = params.datasets[dataset]
+        test = load_split(Path(params.data_root), dataset, "test", spec.train_resolution)
+        images = test.images[:settings.map_images]
+        reference = run_model(load_trained_model(params, dataset, variant, Path(runs_dir) / run_name(dataset, variant) / "model.pt"),
+                              images, batch_size)
+        for seed in settings.seeds:
+            run = run_name(dataset, variant, seed)
+            outputs = run_model(load_trained_model(params, dataset, variant, Path(runs_dir) / run / "model.pt"), images, batch_size)
+            agreement = (outputs.logits.argmax(-1) == reference.logits.argmax(-1)).double().mean().item()
+            rows += [{"dataset": dataset, "variant": variant, "pos_embed": params.variants[variant].pos_embed,
+                      "seed": params.seed, "other_seed": seed, "prediction_agreement": agreement, **row}
+                     for row in map_rows(outputs.maps, reference.maps, None, settings.top_fraction)]
+            log(f"{run}: maps compared with seed {params.seed} on {len(images)} images")
+    return pd.DataFrame(rows, columns=SEED_MAP_COLUMNS)
