@@ -464,10 +464,12 @@ def rq1_lines(resolution: pd.DataFrame) -> list[str]:
 
 def seed_lines(seeds: pd.DataFrame) -> list[str]:
     """RQ1 over training seeds (the evaluate stage's seeds_summary.csv): accuracy at the training
-    resolution, mean [95% t-CI]; nothing when no configuration was trained with more than one seed."""
+    resolution, mean [95% t-CI] and the seeds' range; nothing when no configuration was trained with more
+    than one seed."""
     repeated = seeds[(seeds["seeds"] >= 2) & (seeds["resolution"] == seeds["train_resolution"])]
     return [f"- over {int(row['seeds'])} training seeds, {row['dataset']} {label(row['variant'])} at "
-            f"{int(row['resolution'])} px: {_ci_row(row)}% (mean [95% t-CI])" for _, row in repeated.iterrows()]
+            f"{int(row['resolution'])} px: {_ci_row(row)}% (mean [95% t-CI, clipped to 0-100]; seeds from "
+            f"{100 * row['min']:.1f} to {100 * row['max']:.1f}%)" for _, row in repeated.iterrows()]
 
 
 def rq2_lines(cost: pd.DataFrame, scaling: pd.DataFrame) -> list[str]:
@@ -513,9 +515,10 @@ def rq3_lines(layer_head: pd.DataFrame, faithfulness: pd.DataFrame, localisation
     return lines
 
 
-def rq4_lines(shift: pd.DataFrame, recommendation: str = "") -> list[str]:
-    """Per variant: clean accuracy, calibration and corrupted accuracy; then the safety-summary stage's
-    trust decision (`recommendation`, its recommendation.md) when given."""
+def rq4_lines(shift: pd.DataFrame, recommendation: str = "", seed_maps: pd.DataFrame | None = None) -> list[str]:
+    """Per variant: clean accuracy, calibration and corrupted accuracy; attention maps across training seeds
+    (`seed_map_lines`) when given; then the safety-summary stage's trust decision (`recommendation`, its
+    recommendation.md) when given."""
     curve = severity_curve(shift)
     lines = []
     for (dataset, variant), part in curve.groupby(["dataset", "variant"], sort=False):
@@ -529,6 +532,7 @@ def rq4_lines(shift: pd.DataFrame, recommendation: str = "") -> list[str]:
         text += (f"mean accuracy over {int(worst['conditions'])} corruptions at severity {int(worst['severity'])}: "
                  f"{_ci_row(worst)}% (95% t-CI over corruptions).")
         lines.append(text)
+    lines += seed_map_lines(seed_maps) if seed_maps is not None else []
     if recommendation.strip():
         lines += ["", "Which variant to trust, and at which abstention threshold (safety-summary stage):", "",
                   recommendation.strip()]
@@ -600,7 +604,7 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
          [fig("attention_distance", "mean attention distance per layer"),
           fig("faithfulness", "faithfulness AUCs with 95% CIs"), fig("localisation", "localisation with 95% CIs"),
           tab("distance"), tab("faithfulness"), tab("localisation")]),
-        ("RQ4", rq4_lines(t["shift"], recommendation) + seed_map_lines(t["seed_maps"]), "safety",
+        ("RQ4", rq4_lines(t["shift"], recommendation, t["seed_maps"]), "safety",
          [fig("safety", "accuracy vs severity and risk-coverage"), tab("safety")]),
         ("RQ5", rq5_lines(t["convex"]), "convex", [fig("convex_heads", "convex heads accuracy"), tab("convex")]),
     ]

@@ -41,13 +41,18 @@ def t_interval(values) -> tuple[float, float, float]:
 
 def seed_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
     """Accuracy over training seeds: per (dataset, variant, resolution), the number of seeds, the mean
-    and its 95% Student-t interval (`per_seed`: evaluation rows with a `seed` column, one run per seed)."""
-    columns = ["dataset", "variant", "resolution", "train_resolution", "seeds", "accuracy", "ci_low", "ci_high", "std"]
+    and its 95% Student-t interval, clipped to [0, 1] (an accuracy's range; with few, spread seeds the
+    t-interval is wider than that), the standard deviation, and the lowest and highest seed's accuracy
+    (`per_seed`: evaluation rows with a `seed` column, one run per seed)."""
+    columns = ["dataset", "variant", "resolution", "train_resolution", "seeds", "accuracy", "ci_low", "ci_high", "std",
+               "min", "max"]
     rows = []
     for (dataset, variant, resolution), group in per_seed.groupby(["dataset", "variant", "resolution"], sort=False):
         mean, low, high = t_interval(group["accuracy"])
         rows.append({"dataset": dataset, "variant": variant, "resolution": resolution,
                      "train_resolution": group["train_resolution"].iloc[0], "seeds": group["seed"].nunique(),
-                     "accuracy": mean, "ci_low": low, "ci_high": high,
-                     "std": group["accuracy"].std(ddof=1) if len(group) > 1 else math.nan})
+                     "accuracy": mean, "ci_low": max(low, 0.0) if np.isfinite(low) else low,
+                     "ci_high": min(high, 1.0) if np.isfinite(high) else high,
+                     "std": group["accuracy"].std(ddof=1) if len(group) > 1 else math.nan,
+                     "min": group["accuracy"].min(), "max": group["accuracy"].max()})
     return pd.DataFrame(rows, columns=columns)

@@ -2,7 +2,6 @@
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -54,6 +53,9 @@ def test_seed_summary_is_the_mean_and_student_t_interval_over_seeds():
     half = 4.302653 * 0.02 / 3 ** 0.5  # t(0.975, df=2) * sd / sqrt(n)
     assert (summary.loc[24, "ci_low"], summary.loc[24, "ci_high"]) == pytest.approx((0.92 - half, 0.92 + half))
     assert summary.loc[48, "ci_low"] == summary.loc[48, "ci_high"] == pytest.approx(0.5)  # no spread, no width
+    assert (summary.loc[24, "min"], summary.loc[24, "max"]) == pytest.approx((0.90, 0.94))
+    spread = seed_summary(pd.DataFrame([{**rows[0], "seed": 0, "accuracy": 0.95}, {**rows[0], "seed": 1, "accuracy": 0.63}]))
+    assert (spread["ci_low"].item(), spread["ci_high"].item()) == (0.0, 1.0)  # t-interval (-1.24, 2.82) clipped
     single = seed_summary(pd.DataFrame(rows[:1]))
     assert single["seeds"].item() == 1 and single["ci_low"].isna().all()  # one seed: no interval
 

@@ -125,11 +125,11 @@ def results(tmp_path) -> Path:
     put("resolution/resolution.csv", _resolution())
     put("resolution/seeds_summary.csv", pd.DataFrame([
         {"dataset": "shapes", "variant": "ape", "resolution": 24, "train_resolution": 24, "seeds": 3, "accuracy": 0.95,
-         "ci_low": 0.93, "ci_high": 0.97, "std": 0.01},
+         "ci_low": 0.93, "ci_high": 0.97, "std": 0.01, "min": 0.94, "max": 0.96},
         {"dataset": "shapes", "variant": "ape", "resolution": 48, "train_resolution": 24, "seeds": 3, "accuracy": 0.9,
-         "ci_low": 0.8, "ci_high": 0.99, "std": 0.04},
+         "ci_low": 0.8, "ci_high": 0.99, "std": 0.04, "min": 0.86, "max": 0.94},
         {"dataset": "shapes", "variant": "rope_mixed", "resolution": 24, "train_resolution": 24, "seeds": 1,
-         "accuracy": 0.99, "ci_low": np.nan, "ci_high": np.nan, "std": np.nan}]))
+         "accuracy": 0.99, "ci_low": np.nan, "ci_high": np.nan, "std": np.nan, "min": 0.99, "max": 0.99}]))
     put("resolution/seed_map_stability.csv", pd.DataFrame([
         {"dataset": "shapes", "variant": "rope_mixed", "pos_embed": "rope_mixed", "seed": 0, "other_seed": other,
          "prediction_agreement": agreement, "method": method, "metric": metric, "mean": value + 0.02 * other,
@@ -208,7 +208,8 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
         assert f"## {rq}." in readme
     # numbers from the tables, with their CIs
     assert "the best is APE with 95.1 [93.6, 96.3]%" in readme  # RQ1: mnist at 28 px
-    assert "over 3 training seeds, shapes APE at 24 px: 95.0 [93.0, 97.0]% (mean [95% t-CI])" in readme
+    assert ("over 3 training seeds, shapes APE at 24 px: 95.0 [93.0, 97.0]% (mean [95% t-CI, clipped to 0-100]; "
+            "seeds from 94.0 to 96.0%)") in readme
     assert "over 1 training seeds" not in readme  # a single seed has no interval to report
     assert "log-log slope 1.03" in readme and "faster than softmax from 56 tokens on" in readme  # RQ2
     assert "integrated_gradients with 0.310 [0.290, 0.340]" in readme  # RQ3: lowest deletion AUC of rope_mixed
