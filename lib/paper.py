@@ -44,6 +44,10 @@ METRIC_LABELS = {
 }
 
 
+FAITHFULNESS_METRICS = ["deletion_auc", "insertion_auc", "positive_perturbation_auc", "negative_perturbation_auc"]
+LOCALISATION_METRICS = ["pointing_game", "relevance_mass"]
+
+
 def label(name: str) -> str:
     return LABELS.get(name, name)
 
@@ -242,6 +246,35 @@ def localisation_table(localisation: pd.DataFrame) -> pd.DataFrame:
     return _method_metric_table(localisation, 3)
 
 
+def _method_cell(row: pd.Series, scale: float = 1.0, digits: int = 3) -> str:
+    return f"{row['method']} {format_ci(row['value'], row['ci_low'], row['ci_high'], scale, digits)}"
+
+
+def analysis_summary_table(layer_head: pd.DataFrame, faithfulness: pd.DataFrame,
+                           localisation: pd.DataFrame) -> pd.DataFrame:
+    """RQ3 at a glance, one row per analysed variant: mean attention distance in the first and last layer
+    (mean over heads), attention rollout's deletion AUC, the most faithful method by deletion AUC, and the
+    best pointing game (shapes' object masks), each with its 95% CI."""
+    rows = []
+    for variant, part in layer_head.groupby("variant", sort=False):
+        first, last = part["layer"].min(), part["layer"].max()
+        faith = faithfulness[(faithfulness["variant"] == variant) & (faithfulness["metric"] == "deletion_auc")]
+        rollout = faith[faith["method"] == "rollout"]
+        point = localisation[(localisation["variant"] == variant) & (localisation["metric"] == "pointing_game")]
+        rows.append({
+            "variant": label(variant), "attention": label(part["attention"].iloc[0]),
+            "position": label(part["pos_embed"].iloc[0]),
+            "distance first layer (px)": format_ci(*t_interval(part.loc[part["layer"] == first, "mean_distance_pixels"]),
+                                                   1, 2),
+            "distance last layer (px)": format_ci(*t_interval(part.loc[part["layer"] == last, "mean_distance_pixels"]),
+                                                  1, 2),
+            "rollout deletion AUC": _ci_row(rollout.iloc[0], "value", 1, 3) if len(rollout) else "n/a",
+            "lowest deletion AUC": _method_cell(_best(faith, "value", lowest=True)) if len(faith) else "n/a",
+            "best pointing game (%)": _method_cell(_best(point, "value"), 100, 1) if len(point) else "n/a",
+        })
+    return pd.DataFrame(rows)
+
+
 def _is_corruption(shift: pd.DataFrame) -> pd.Series:
     return ~shift["family"].isin(["clean", "resolution"])
 
@@ -330,9 +363,25 @@ def figure_cost(cost: pd.DataFrame) -> plt.Figure:
     return plot_cost_vs_tokens(cost.assign(variant=cost["variant"].map(label)))
 
 
-def figure_distance(layer_head: pd.DataFrame) -> plt.Figure:
+def position_encodings(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the position-encoding comparison: every variant with softmax attention."""
+    return table[table["attention"] == "softmax"]
+
+
+def attention_variants(table: pd.DataFrame) -> pd.DataFrame | None:
+    """The rows of the attention comparison: every non-softmax variant and softmax attention with the
+    position encoding they share (the most common one among them); None when all attention is softmax."""
+    others = table[table["attention"] != "softmax"]
+    if others.empty:
+        return None
+    return table[table["pos_embed"] == others["pos_embed"].mode().iloc[0]]
+
+
+def figure_distance(layer_head: pd.DataFrame | None, title: str = "") -> plt.Figure | None:
     """RQ3: mean attention distance per layer, one line per variant (mean over heads, 95% t-CI band),
     heads as dots, the uniform-attention distance dashed."""
+    if layer_head is None or layer_head.empty:
+        return None
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
     colours = palette_for(layer_head["variant"])
     offsets = np.linspace(-0.12, 0.12, max(len(colours), 1))
@@ -348,13 +397,14 @@ def figure_distance(layer_head: pd.DataFrame) -> plt.Figure:
     ax.annotate("uniform attention", (layer_head["layer"].min(), uniform), xytext=(2, 3), textcoords="offset points",
                 fontsize=8, color="0.3")
     ax.set(xlabel="layer", ylabel="mean attention distance (px)", xticks=sorted(layer_head["layer"].unique()))
-    ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
-    return fig
+    return _figure_legend(fig, title)
 
 
-def figure_method_bars(table: pd.DataFrame, metrics: list[str]) -> plt.Figure:
+def figure_method_bars(table: pd.DataFrame | None, metrics: list[str], title: str = "") -> plt.Figure | None:
     """RQ3: grouped bars, one panel per metric, methods on x, one bar per variant, 95% CI error bars."""
+    if table is None or table.empty:
+        return None
     metrics = [m for m in metrics if m in set(table["metric"])]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     colours = palette_for(table["variant"])
@@ -370,9 +420,8 @@ def figure_method_bars(table: pd.DataFrame, metrics: list[str]) -> plt.Figure:
                    error_kw={"lw": 0.8})
         ax.set_xticks(np.arange(len(methods)), [m.replace("_", " ") for m in methods], rotation=35, ha="right")
         ax.set(title=METRIC_LABELS.get(metric, metric), ylabel="value [95% CI]")
-    axes[0][-1].legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    return fig
+    return _figure_legend(fig, title)
 
 
 def figure_safety(shift: pd.DataFrame, risk_coverage: pd.DataFrame) -> plt.Figure:
@@ -490,28 +539,38 @@ def rq2_lines(cost: pd.DataFrame, scaling: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _count_best(table: pd.DataFrame, metric: str, lowest: bool) -> str:
+    """'integrated_gradients in 9 of 16 variants, rollout in 4, ...': which method is best per variant."""
+    part = table[table["metric"] == metric]
+    winners = pd.Series([_best(rows, "value", lowest)["method"] for _, rows in part.groupby("variant", sort=False)])
+    counts = winners.value_counts()
+    return ", ".join(f"{method} in {n}" + (f" of {len(winners)} variants" if i == 0 else "")
+                     for i, (method, n) in enumerate(counts.items()))
+
+
 def rq3_lines(layer_head: pd.DataFrame, faithfulness: pd.DataFrame, localisation: pd.DataFrame) -> list[str]:
-    lines = []
-    for variant, part in layer_head.groupby("variant", sort=False):
-        first, last = part["layer"].min(), part["layer"].max()
-        a = format_ci(*t_interval(part.loc[part["layer"] == first, "mean_distance_pixels"]), 1, 2)
-        b = format_ci(*t_interval(part.loc[part["layer"] == last, "mean_distance_pixels"]), 1, 2)
-        lines.append(f"- {label(variant)}: mean attention distance {a} px in layer {int(first)} and {b} px in layer "
-                     f"{int(last)} (mean over heads [95% CI]; uniform attention: "
-                     f"{part['uniform_distance_pixels'].iloc[0]:.2f} px).")
-    for variant, part in faithfulness.groupby("variant", sort=False):
-        deletion = _best(part[part["metric"] == "deletion_auc"], "value", lowest=True)
-        insertion = _best(part[part["metric"] == "insertion_auc"], "value")
-        loc = localisation[(localisation["variant"] == variant) & (localisation["metric"] == "pointing_game")]
-        text = (f"- {label(variant)}: most faithful by deletion AUC (lower better) is {deletion['method']} with "
-                f"{format_ci(deletion['value'], deletion['ci_low'], deletion['ci_high'], 1, 3)}; by insertion AUC "
-                f"(higher better) {insertion['method']} with "
-                f"{format_ci(insertion['value'], insertion['ci_low'], insertion['ci_high'], 1, 3)}")
-        if len(loc):
-            point = _best(loc, "value")
-            text += (f"; best pointing game {point['method']} with "
-                     f"{format_ci(point['value'], point['ci_low'], point['ci_high'])}%")
-        lines.append(text + f" (n = {int(deletion['n'])} images, 95% bootstrap CIs).")
+    """RQ3 across the analysed variants: the range of last-layer attention distances, which explanation
+    method is most faithful / best localised how often, and where attention rollout beats random maps."""
+    last = layer_head[layer_head["layer"] == layer_head["layer"].max()]
+    distance = last.groupby("variant", sort=False)["mean_distance_pixels"].mean()
+    lines = [f"- mean attention distance in the last layer (layer {int(last['layer'].iloc[0])}, mean over heads) "
+             f"runs from {distance.min():.2f} px ({label(distance.idxmin())}) to {distance.max():.2f} px "
+             f"({label(distance.idxmax())}) over {len(distance)} variants; uniform attention gives "
+             f"{last['uniform_distance_pixels'].iloc[0]:.2f} px."]
+    n = int(faithfulness["n"].iloc[0])
+    lines.append(f"- most faithful method by deletion AUC (lower better): {_count_best(faithfulness, 'deletion_auc', True)}"
+                 f"; by insertion AUC (higher better): {_count_best(faithfulness, 'insertion_auc', False)} "
+                 f"(n = {n} test images per variant).")
+    deletion = faithfulness[faithfulness["metric"] == "deletion_auc"].set_index(["variant", "method"])
+    variants = list(dict.fromkeys(faithfulness["variant"]))
+    if {"rollout", "random"} <= set(faithfulness["method"]):
+        beats = [v for v in variants if deletion.loc[(v, "rollout"), "ci_high"] < deletion.loc[(v, "random"), "ci_low"]]
+        lines.append(f"- attention rollout deletes the prediction faster than random patch orders (deletion AUC, "
+                     f"95% bootstrap CIs apart) in {len(beats)} of {len(variants)} variants"
+                     + (f"; not in: {', '.join(label(v) for v in variants if v not in beats)}." if len(beats) < len(variants)
+                        else "."))
+    if len(localisation):
+        lines.append(f"- best pointing game (object masks): {_count_best(localisation, 'pointing_game', False)}.")
     return lines
 
 
@@ -600,10 +659,14 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
           fig("accuracy_vs_resolution_attention", "accuracy vs resolution, attention variants"),
           tab("resolution"), tab("resolution_full")]),
         ("RQ2", rq2_lines(t["cost"], t["scaling"]), "cost", [fig("cost_vs_tokens", "cost vs tokens"), tab("cost")]),
-        ("RQ3", rq3_lines(t["layer_head"], t["faithfulness"], t["localisation"]), "distance",
-         [fig("attention_distance", "mean attention distance per layer"),
-          fig("faithfulness", "faithfulness AUCs with 95% CIs"), fig("localisation", "localisation with 95% CIs"),
-          tab("distance"), tab("faithfulness"), tab("localisation")]),
+        ("RQ3", rq3_lines(t["layer_head"], t["faithfulness"], t["localisation"]), "analysis",
+         [fig("attention_distance", "mean attention distance per layer, position encodings"),
+          fig("attention_distance_attention", "mean attention distance per layer, attention variants"),
+          fig("faithfulness", "faithfulness AUCs with 95% CIs, position encodings"),
+          fig("faithfulness_attention", "faithfulness AUCs with 95% CIs, attention variants"),
+          fig("localisation", "localisation with 95% CIs, position encodings"),
+          fig("localisation_attention", "localisation with 95% CIs, attention variants"),
+          tab("analysis"), tab("distance"), tab("faithfulness"), tab("localisation")]),
         ("RQ4", rq4_lines(t["shift"], recommendation, t["seed_maps"]), "safety",
          [fig("safety", "accuracy vs severity and risk-coverage"), tab("safety")]),
         ("RQ5", rq5_lines(t["convex"]), "convex", [fig("convex_heads", "convex heads accuracy"), tab("convex")]),
@@ -628,6 +691,7 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
         "resolution": resolution_table(tables["resolution"]),
         "resolution_full": resolution_full_table(tables["resolution"]),
         "cost": cost_table(tables["cost"], tables["scaling"]),
+        "analysis": analysis_summary_table(tables["layer_head"], tables["faithfulness"], tables["localisation"]),
         "distance": distance_table(tables["layer_head"]),
         "faithfulness": faithfulness_table(tables["faithfulness"]),
         "localisation": localisation_table(tables["localisation"]),
@@ -638,6 +702,8 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
         "resolution": "RQ1: test accuracy (%) [95% CI] at the training, lowest and highest test resolution.",
         "resolution_full": "RQ1: test accuracy (%) [95% CI] at every test resolution.",
         "cost": "RQ2: cost of each attention variant against tokens (medians of timed steps; log-log slopes).",
+        "analysis": "RQ3: per variant, mean attention distance (px, mean over heads [95% t-CI]), deletion AUCs "
+                    "and pointing game [95% bootstrap CI].",
         "distance": "RQ3: mean attention distance per layer, mean over heads [95% t-CI over heads].",
         "faithfulness": "RQ3: faithfulness AUCs of each explanation method, value [95% bootstrap CI].",
         "localisation": "RQ3: localisation of each explanation method, value [95% CI].",
@@ -653,10 +719,16 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
         "accuracy_vs_resolution": figure_resolution(tables["resolution"]),
         "accuracy_vs_resolution_attention": figure_resolution_attention(tables["resolution"]),
         "cost_vs_tokens": figure_cost(tables["cost"]),
-        "attention_distance": figure_distance(tables["layer_head"]),
-        "faithfulness": figure_method_bars(tables["faithfulness"], [
-            "deletion_auc", "insertion_auc", "positive_perturbation_auc", "negative_perturbation_auc"]),
-        "localisation": figure_method_bars(tables["localisation"], ["pointing_game", "relevance_mass"]),
+        "attention_distance": figure_distance(position_encodings(tables["layer_head"]), "position encoding"),
+        "attention_distance_attention": figure_distance(attention_variants(tables["layer_head"]), "attention"),
+        "faithfulness": figure_method_bars(position_encodings(tables["faithfulness"]), FAITHFULNESS_METRICS,
+                                           "position encoding"),
+        "faithfulness_attention": figure_method_bars(attention_variants(tables["faithfulness"]), FAITHFULNESS_METRICS,
+                                                     "attention"),
+        "localisation": figure_method_bars(position_encodings(tables["localisation"]), LOCALISATION_METRICS,
+                                           "position encoding"),
+        "localisation_attention": figure_method_bars(attention_variants(tables["localisation"]), LOCALISATION_METRICS,
+                                                     "attention"),
         "safety": figure_safety(tables["shift"], tables["risk_coverage"]),
         "convex_heads": figure_convex(tables["convex"]),
     }

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 PALETTE = "colorblind"
+PNG_DPI = 150  # the PDF is the print version; the PNG is for screens (README, JupyterLab)
 
 
 def set_style() -> None:
@@ -25,7 +26,7 @@ def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=200, metadata={"Software": None})
+    fig.savefig(paths[0], dpi=PNG_DPI, metadata={"Software": None})
     fig.savefig(paths[1], metadata={"CreationDate": None, "Creator": None, "Producer": None})
     return paths
 
@@ -46,9 +47,13 @@ def ci_error_lengths(values, low, high) -> np.ndarray:
 
 
 def publish(fig: plt.Figure, stem: Path) -> list[Path]:
-    """`save_figure`, then show the figure in the notebook (and close it)."""
+    """`save_figure`, close the figure and show the saved PNG in the notebook (drawing the figure once more
+    for the notebook would take as long as saving it)."""
+    from IPython.display import Image, display
+
     paths = save_figure(fig, stem)
-    plt.show()
+    plt.close(fig)
+    display(Image(filename=str(paths[0])))
     return paths
 
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (attention-rope-study)
 #     language: python
@@ -91,11 +93,13 @@ table = faithfulness.pivot_table(index=["dataset", "variant"], columns=["metric"
 print(table.round(3).to_string())
 
 # %% [markdown]
-# ## Localisation of the two objects (shapes) by variant
+# ## Localisation of the two objects (shapes) by attention variant and by position encoding
 
 # %%
-fig = plot_metric_by_variant(localisation, hue="variant")
-publish(fig, out / "localisation_by_variant")
+fig = plot_metric_by_variant(localisation[localisation["pos_embed"] == reference_pos_embed], hue="attention")
+publish(fig, out / "localisation_by_attention")
+fig = plot_metric_by_variant(localisation[localisation["attention"] == "softmax"], hue="pos_embed")
+publish(fig, out / "localisation_by_pos_embed")
 print(localisation.pivot_table(index="variant", columns=["metric", "method"], values="value").round(3).to_string())
 
 # %% [markdown]

@@ -17,7 +17,7 @@ from lib.analysis.faithfulness import (
 )
 from lib.analysis.metrics import (
     attention_entropy, cls_distribution, gini, head_importance, high_norm_tokens, mean_attention_distance,
-    offset_profile, patch_distribution, top_mass,
+    offset_profile, patch_distribution, pruning_curve, top_mass,
 )
 from lib.analysis.tables import faithfulness_tables
 from lib.layers.attention import ATTENTION_LAYERS
@@ -197,6 +197,29 @@ def test_head_importance_is_the_gradient_of_the_loss_at_the_gate():
         with torch.no_grad():
             loss.append(nn.functional.cross_entropy(forward_with_head_mask(model, inputs, mask), labels))
     assert importance[1, 0] == pytest.approx(abs(loss[0] - loss[1]).item() / (2 * step), rel=1e-4)
+
+
+@pytest.mark.parametrize("attention, pos_embed", [("softmax", "rope_mixed"), ("moh", "rope_mixed"),
+                                                   ("linear", "ape"), ("softmax", "rope_adaptive_content")])
+def test_pruning_curve_equals_full_forwards_with_the_head_mask(attention, pos_embed):
+    """The curve reuses block inputs across steps; it must equal a full masked forward at every step."""
+    model, inputs = tiny_vit(attention, pos_embed), images(64)
+    with torch.no_grad():
+        for weight in (p for p in model.parameters() if p.dim() >= 2):  # large weights: every head moves the logits
+            weight.normal_(0.0, 0.3)
+        labels = model(inputs).argmax(-1)
+    labels[::2] = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(1))
+    order = torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]])  # layers out of order: later, earlier, later again
+    expected, mask = [], torch.ones(2, 2)
+    for removed in range(len(order) + 1):
+        if removed:
+            mask[tuple(order[removed - 1])] = 0.0
+        with torch.no_grad():
+            expected.append((forward_with_head_mask(model, inputs, mask).argmax(-1) == labels).float().mean().item())
+    curve = pruning_curve(model, inputs, labels, order, batch_size=24)
+    assert curve.tolist() == pytest.approx(expected, abs=1e-12)
+    assert len(set(expected)) > 1  # the heads matter: a constant curve would not test the reuse
+    assert hook_count(model) == 0
 
 
 # ----------------------------------------------------------------------------------------- metrics

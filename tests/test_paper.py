@@ -47,9 +47,12 @@ def _scaling() -> pd.DataFrame:
                          "train_crossover_tokens": [np.inf, 66.9], "peak_mb_at_max_grid": [169.3, 182.2]})
 
 
+VARIANTS = [("ape", "softmax", "ape"), ("rope_mixed", "softmax", "rope_mixed"), ("linear", "linear", "rope_mixed")]
+
+
 def _layer_head() -> pd.DataFrame:
     rows = []
-    for k, variant in enumerate(["ape", "rope_mixed"]):
+    for k, (variant, attention, pos_embed) in enumerate(VARIANTS):
         for layer in range(2):
             for head in range(3):
                 rows.append({"layer": layer, "head": head, "mean_distance_patches": 3.0,
@@ -57,21 +60,23 @@ def _layer_head() -> pd.DataFrame:
                              "entropy_nats": 2.0, "entropy_normalized": 0.5 + 0.01 * head, "cls_top_mass": 0.8,
                              "cls_gini": 0.8, "uniform_distance_pixels": 12.32, "grid_h": 6, "grid_w": 6,
                              "patch_size": 4, "top_fraction": 0.1, "run": f"shapes-{variant}", "dataset": "shapes",
-                             "variant": variant, "attention": "softmax", "pos_embed": variant})
+                             "variant": variant, "attention": attention, "pos_embed": pos_embed})
     return pd.DataFrame(rows)
 
 
 def _method_table(metrics: dict[str, str | float], n: int = 200) -> pd.DataFrame:
+    """Per variant: random 0.5, rollout 0.4 and integrated gradients 0.3 (+ 0.01 per variant), CIs -0.02 / +0.03;
+    linear attention's rollout equals its random maps."""
     rows = []
-    for k, variant in enumerate(["ape", "rope_mixed"]):
+    for k, (variant, attention, pos_embed) in enumerate(VARIANTS):
         for i, method in enumerate(["random", "rollout", "integrated_gradients"]):
             for metric, extra in metrics.items():
-                value = 0.5 - 0.1 * i + 0.01 * k
+                value = 0.5 - 0.1 * (0 if (variant, method) == ("linear", "rollout") else i) + 0.01 * k
                 rows.append({"method": method, "metric": metric, "value": value, "ci_low": value - 0.02,
                              "ci_high": value + 0.03, "n": n, **({"better": extra} if isinstance(extra, str) else
                                                                   {"mask_area_share": extra}),
                              "run": f"shapes-{variant}", "dataset": "shapes", "variant": variant,
-                             "attention": "softmax", "pos_embed": variant})
+                             "attention": attention, "pos_embed": pos_embed})
     return pd.DataFrame(rows)
 
 
@@ -195,11 +200,12 @@ def test_tables_carry_cis_and_are_written_as_markdown_and_latex(results, tmp_pat
 def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(results, tmp_path):
     out = tmp_path / "paper"
     built = paper.build_all(results, out, results_readme=tmp_path / "README.md")
-    for name in ("accuracy_vs_resolution", "cost_vs_tokens", "attention_distance", "faithfulness", "safety",
+    for name in ("accuracy_vs_resolution", "cost_vs_tokens", "attention_distance", "attention_distance_attention",
+                 "faithfulness", "faithfulness_attention", "localisation", "localisation_attention", "safety",
                  "convex_heads"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 0
         assert (out / "figures" / f"{name}.pdf").stat().st_size > 0
-    for name in ("resolution", "cost", "distance", "faithfulness", "localisation", "safety", "convex"):
+    for name in ("resolution", "cost", "analysis", "distance", "faithfulness", "localisation", "safety", "convex"):
         assert (out / "tables" / f"{name}.md").is_file() and (out / "tables" / f"{name}.tex").is_file()
 
     readme = (out / "README.md").read_text()
@@ -212,7 +218,14 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
             "seeds from 94.0 to 96.0%)") in readme
     assert "over 1 training seeds" not in readme  # a single seed has no interval to report
     assert "log-log slope 1.03" in readme and "faster than softmax from 56 tokens on" in readme  # RQ2
-    assert "integrated_gradients with 0.310 [0.290, 0.340]" in readme  # RQ3: lowest deletion AUC of rope_mixed
+    # RQ3: across variants, then one row per variant (rope_mixed: lowest deletion AUC, its rollout's)
+    assert "most faithful method by deletion AUC (lower better): integrated_gradients in 3 of 3 variants;" in readme
+    assert "by insertion AUC (higher better): random in 3 of 3 variants" in readme
+    assert "random patch orders (deletion AUC, 95% bootstrap CIs apart) in 2 of 3 variants; not in: linear." in readme
+    assert "last layer (layer 1, mean over heads) runs from 13.10 px (APE) to 15.10 px (linear) over 3" in readme
+    rq3 = readme.split("## RQ3")[1].split("## RQ4")[0]
+    rope_row = next(line for line in rq3.splitlines() if line.startswith("| RoPE-Mixed "))
+    assert "integrated_gradients 0.310 [0.290, 0.340]" in rope_row and "| 0.410 [0.390, 0.440] " in rope_row
     assert "clean accuracy 70.5 [64.5, 75.5]% (n = 200)" in readme  # RQ4
     assert ("attention maps across training seeds, RoPE-Mixed (shapes, seed 0 vs [1, 2], 200 test images): "
             "cls_attention: top-k IoU 0.53, Spearman 0.63, JS divergence 0.130; rollout: top-k IoU 0.53") in readme
@@ -228,6 +241,14 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
     assert len(links) == len(re.findall(r"\]\(([^)]+)\)", readme)) > 10
     assert all(link.startswith("paper/") and (tmp_path / link).is_file() for link in links), links
     assert re.sub(r"(\]\(|`)paper/", r"\1", results_readme) == readme
+
+
+def test_comparison_groups_split_position_encodings_from_attention_variants():
+    table = _layer_head()
+    assert set(paper.position_encodings(table)["variant"]) == {"ape", "rope_mixed"}
+    assert set(paper.attention_variants(table)["variant"]) == {"rope_mixed", "linear"}  # softmax with their encoding
+    assert paper.attention_variants(table[table["attention"] == "softmax"]) is None
+    assert paper.figure_distance(None) is None and paper.figure_method_bars(None, ["deletion_auc"]) is None
 
 
 def test_missing_table_is_named(results):

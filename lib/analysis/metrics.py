@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lib.analysis.extract import forward_with_head_mask, masked_heads
+from lib.analysis.extract import masked_heads
 
 MAD_TO_SIGMA = 1.4826  # median absolute deviation of a normal distribution, in standard deviations
 
@@ -149,21 +149,32 @@ def pruning_order(importance: torch.Tensor, normalize_by_layer: bool = True) -> 
 
 def pruning_curve(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
                   batch_size: int = 500) -> torch.Tensor:
-    """Accuracy with the first k heads of `order` (K, 2) removed, k = 0..K: -> (K + 1,). Range [0, 1]."""
+    """Accuracy with the first k heads of `order` (K, 2) removed, k = 0..K: -> (K + 1,). Range [0, 1].
+
+    Removing a head of layer l leaves blocks 0..l-1 as they were, so each step reruns the blocks from l on,
+    starting from the stored input of block l (at depth 4 about 40% fewer block evaluations than full
+    forward passes; the logits are those of `forward_with_head_mask`, tested).
+    """
     depth, heads = len(model.blocks), model.blocks[0].attn.num_heads
-    mask = torch.ones(depth, heads)
-    accuracies = []
-    for removed in range(len(order) + 1):
-        if removed:
-            layer, head = order[removed - 1]
-            mask[layer, head] = 0.0
-        correct = 0
-        with torch.no_grad():
-            for start in range(0, len(inputs), batch_size):
-                logits = forward_with_head_mask(model, inputs[start:start + batch_size], mask)
-                correct += (logits.argmax(-1) == labels[start:start + batch_size]).sum().item()
-        accuracies.append(correct / len(inputs))
-    return torch.tensor(accuracies)
+    correct = torch.zeros(len(order) + 1, dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch_size):
+            images, truth = inputs[start:start + batch_size], labels[start:start + batch_size]
+            mask = torch.ones(depth, heads)
+            tokens, grid_hw = model.embed(images)
+            tables = model.rotary_tables(tokens, grid_hw)
+            block_inputs = [tokens] + [None] * depth  # [l]: input of block l under the current mask; [depth]: output
+            first_changed = 0
+            for removed in range(len(order) + 1):
+                if removed:
+                    first_changed, head = order[removed - 1].tolist()
+                    mask[first_changed, head] = 0.0
+                with masked_heads(model, mask):
+                    for layer in range(first_changed, depth):
+                        block_inputs[layer + 1], _ = model.forward_block(layer, block_inputs[layer], grid_hw, tables)
+                logits = model.forward_head(model.norm(block_inputs[depth]))
+                correct[removed] += (logits.argmax(-1) == truth).sum()
+    return correct / len(inputs)
 
 
 class HighNormTokens(NamedTuple):

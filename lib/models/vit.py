@@ -147,12 +147,17 @@ class VisionTransformer(nn.Module):
         x, grid_hw = self.embed(images)
         tables = self.rotary_tables(x, grid_hw)
         attns = []
-        for i, block in enumerate(self.blocks):
-            rope = None if tables is None else tables.rotation(i)
-            x, attn = block(x, grid_hw, self.num_prefix_tokens, rope=rope, return_attn=return_attn)
+        for index in range(len(self.blocks)):
+            x, attn = self.forward_block(index, x, grid_hw, tables, return_attn=return_attn)
             attns.append(attn)
         x = self.norm(x)
         return (x, attns) if return_attn else x
+
+    def forward_block(self, index: int, x: torch.Tensor, grid_hw: tuple[int, int], tables: RotaryTables | None,
+                      return_attn: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Block `index` on tokens `x`; `tables` come from `rotary_tables`, once per forward for all blocks."""
+        rope = None if tables is None else tables.rotation(index)
+        return self.blocks[index](x, grid_hw, self.num_prefix_tokens, rope=rope, return_attn=return_attn)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         pooled = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)
