@@ -24,7 +24,7 @@ from matplotlib import pyplot as plt
 
 from lib.plots import (ci_error_lengths, palette_for, plot_accuracy_vs_resolution, plot_cost_vs_tokens, save_figure,
                        set_style)
-from lib.report import t_interval
+from lib.report import attention_variants, position_encodings, t_interval
 
 # Display names; a name not listed is shown as it is in the tables.
 LABELS = {
@@ -213,14 +213,18 @@ def cost_table(cost: pd.DataFrame, scaling: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _distance_cell(rows: pd.DataFrame) -> str:
+    """Mean attention distance (px) of some heads: mean [95% t-CI over the heads]."""
+    return format_ci(*t_interval(rows["mean_distance_pixels"]), 1, 2)
+
+
 def distance_table(layer_head: pd.DataFrame) -> pd.DataFrame:
     """RQ3: mean attention distance (pixels) per variant and layer: mean over heads [95% t-CI over heads]."""
     rows = []
     for (variant, layer), part in layer_head.groupby(["variant", "layer"], sort=False):
-        mean, low, high = t_interval(part["mean_distance_pixels"])
         ent, ent_low, ent_high = t_interval(part["entropy_normalized"])
         rows.append({"variant": label(variant), "layer": int(layer), "heads": len(part),
-                     "mean distance (px) [95% CI over heads]": format_ci(mean, low, high, 1, 2),
+                     "mean distance (px) [95% CI over heads]": _distance_cell(part),
                      "uniform distance (px)": round(float(part["uniform_distance_pixels"].iloc[0]), 2),
                      "normalized entropy [95% CI]": format_ci(ent, ent_low, ent_high, 1, 3)})
     return pd.DataFrame(rows)
@@ -264,10 +268,8 @@ def analysis_summary_table(layer_head: pd.DataFrame, faithfulness: pd.DataFrame,
         rows.append({
             "variant": label(variant), "attention": label(part["attention"].iloc[0]),
             "position": label(part["pos_embed"].iloc[0]),
-            "distance first layer (px)": format_ci(*t_interval(part.loc[part["layer"] == first, "mean_distance_pixels"]),
-                                                   1, 2),
-            "distance last layer (px)": format_ci(*t_interval(part.loc[part["layer"] == last, "mean_distance_pixels"]),
-                                                  1, 2),
+            "distance first layer (px)": _distance_cell(part[part["layer"] == first]),
+            "distance last layer (px)": _distance_cell(part[part["layer"] == last]),
             "rollout deletion AUC": _ci_row(rollout.iloc[0], "value", 1, 3) if len(rollout) else "n/a",
             "lowest deletion AUC": _method_cell(_best(faith, "value", lowest=True)) if len(faith) else "n/a",
             "best pointing game (%)": _method_cell(_best(point, "value"), 100, 1) if len(point) else "n/a",
@@ -349,32 +351,17 @@ def figure_resolution(resolution: pd.DataFrame) -> plt.Figure:
 
 def figure_resolution_attention(resolution: pd.DataFrame) -> plt.Figure | None:
     """RQ1/RQ2: the attention variants (all with RoPE-Mixed) against softmax RoPE-Mixed, where trained."""
-    variants = set(resolution.loc[resolution["attention"] != "softmax", "variant"])
-    if not variants:
+    part = attention_variants(resolution)
+    if part is None:
         return None
-    datasets = set(resolution.loc[resolution["variant"].isin(variants), "dataset"])
-    keep = resolution["dataset"].isin(datasets) & resolution["variant"].isin(variants | {"rope_mixed"})
-    part = resolution[keep].assign(variant=lambda t: t["variant"].map(label))
+    part = part[part["dataset"].isin(set(resolution.loc[resolution["attention"] != "softmax", "dataset"]))]
+    part = part.assign(variant=lambda t: t["variant"].map(label))
     return _figure_legend(plot_accuracy_vs_resolution(part, hue="variant"), "attention")
 
 
 def figure_cost(cost: pd.DataFrame) -> plt.Figure:
     """RQ2: time, memory and throughput against tokens, log-log."""
     return plot_cost_vs_tokens(cost.assign(variant=cost["variant"].map(label)))
-
-
-def position_encodings(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the position-encoding comparison: every variant with softmax attention."""
-    return table[table["attention"] == "softmax"]
-
-
-def attention_variants(table: pd.DataFrame) -> pd.DataFrame | None:
-    """The rows of the attention comparison: every non-softmax variant and softmax attention with the
-    position encoding they share (the most common one among them); None when all attention is softmax."""
-    others = table[table["attention"] != "softmax"]
-    if others.empty:
-        return None
-    return table[table["pos_embed"] == others["pos_embed"].mode().iloc[0]]
 
 
 def figure_distance(layer_head: pd.DataFrame | None, title: str = "") -> plt.Figure | None:
@@ -557,18 +544,18 @@ def rq3_lines(layer_head: pd.DataFrame, faithfulness: pd.DataFrame, localisation
              f"runs from {distance.min():.2f} px ({label(distance.idxmin())}) to {distance.max():.2f} px "
              f"({label(distance.idxmax())}) over {len(distance)} variants; uniform attention gives "
              f"{last['uniform_distance_pixels'].iloc[0]:.2f} px."]
-    n = int(faithfulness["n"].iloc[0])
-    lines.append(f"- most faithful method by deletion AUC (lower better): {_count_best(faithfulness, 'deletion_auc', True)}"
-                 f"; by insertion AUC (higher better): {_count_best(faithfulness, 'insertion_auc', False)} "
-                 f"(n = {n} test images per variant).")
+    deletion_winners = _count_best(faithfulness, "deletion_auc", lowest=True)
+    insertion_winners = _count_best(faithfulness, "insertion_auc", lowest=False)
+    lines.append(f"- most faithful method by deletion AUC (lower better): {deletion_winners}; by insertion AUC "
+                 f"(higher better): {insertion_winners} (n = {int(faithfulness['n'].iloc[0])} test images per variant).")
     deletion = faithfulness[faithfulness["metric"] == "deletion_auc"].set_index(["variant", "method"])
     variants = list(dict.fromkeys(faithfulness["variant"]))
     if {"rollout", "random"} <= set(faithfulness["method"]):
         beats = [v for v in variants if deletion.loc[(v, "rollout"), "ci_high"] < deletion.loc[(v, "random"), "ci_low"]]
+        missed = [label(v) for v in variants if v not in beats]
         lines.append(f"- attention rollout deletes the prediction faster than random patch orders (deletion AUC, "
                      f"95% bootstrap CIs apart) in {len(beats)} of {len(variants)} variants"
-                     + (f"; not in: {', '.join(label(v) for v in variants if v not in beats)}." if len(beats) < len(variants)
-                        else "."))
+                     + (f"; not in: {', '.join(missed)}." if missed else "."))
     if len(localisation):
         lines.append(f"- best pointing game (object masks): {_count_best(localisation, 'pointing_game', False)}.")
     return lines

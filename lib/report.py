@@ -6,6 +6,23 @@ import pandas as pd
 from scipy import stats
 
 
+def position_encodings(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the position-encoding comparison: every variant with softmax attention."""
+    return table[table["attention"] == "softmax"]
+
+
+def attention_variants(table: pd.DataFrame, reference: str | None = None) -> pd.DataFrame | None:
+    """The rows of the attention comparison: every variant with the position encoding `reference`, softmax
+    attention included. `reference` None: the encoding the non-softmax variants share most (None when every
+    variant is softmax attention)."""
+    if reference is None:
+        others = table[table["attention"] != "softmax"]
+        if others.empty:
+            return None
+        reference = others["pos_embed"].mode().iloc[0]
+    return table[table["pos_embed"] == reference]
+
+
 def resolution_summary(table: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Wide table for one dataset: a row per variant, test accuracy (%) per resolution; '*' marks training."""
     part = table[table["dataset"] == dataset]

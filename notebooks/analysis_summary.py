@@ -37,6 +37,7 @@ from lib.analysis.plots import (
 )
 from lib.config import load_params
 from lib.plots import publish, set_style
+from lib.report import attention_variants, position_encodings
 from lib.study import run_folders
 
 params = load_params(params_file)
@@ -56,7 +57,6 @@ def gather(name: str) -> pd.DataFrame:
 
 layer_head, offsets, faithfulness = gather("layer_head"), gather("offset_profile"), gather("faithfulness")
 localisation, high_norm, pruning = gather("localisation"), gather("high_norm"), gather("pruning")
-softmax = layer_head["attention"] == "softmax"
 compare_dataset = layer_head["dataset"].value_counts().idxmax()  # the dataset with the most analysed variants
 set_style()
 
@@ -64,9 +64,9 @@ set_style()
 # ## Mean attention distance by position encoding (softmax attention) and by attention variant
 
 # %%
-fig = plot_distance_by_variant(layer_head[softmax], hue="pos_embed")
+fig = plot_distance_by_variant(position_encodings(layer_head), hue="pos_embed")
 publish(fig, out / "distance_by_pos_embed")
-variants = layer_head[(layer_head["pos_embed"] == reference_pos_embed) & (layer_head["dataset"] == compare_dataset)]
+variants = attention_variants(layer_head[layer_head["dataset"] == compare_dataset], reference_pos_embed)
 fig = plot_distance_by_variant(variants, hue="attention")
 publish(fig, out / "distance_by_attention")
 
@@ -75,9 +75,9 @@ publish(fig, out / "distance_by_attention")
 
 # %%
 on_dataset = offsets[offsets["dataset"] == compare_dataset]
-fig = plot_offset_profiles_by_variant(on_dataset[on_dataset["attention"] == "softmax"], column="pos_embed")
+fig = plot_offset_profiles_by_variant(position_encodings(on_dataset), column="pos_embed")
 publish(fig, out / "offset_profiles_by_pos_embed")
-fig = plot_offset_profiles_by_variant(on_dataset[on_dataset["pos_embed"] == reference_pos_embed], column="attention")
+fig = plot_offset_profiles_by_variant(attention_variants(on_dataset, reference_pos_embed), column="attention")
 publish(fig, out / "offset_profiles_by_attention")
 
 # %% [markdown]
@@ -85,9 +85,9 @@ publish(fig, out / "offset_profiles_by_attention")
 
 # %%
 faith = faithfulness[faithfulness["dataset"] == compare_dataset]
-fig = plot_metric_by_variant(faith[faith["pos_embed"] == reference_pos_embed], hue="attention")
+fig = plot_metric_by_variant(attention_variants(faith, reference_pos_embed), hue="attention")
 publish(fig, out / "faithfulness_by_attention")
-fig = plot_metric_by_variant(faith[faith["attention"] == "softmax"], hue="pos_embed")
+fig = plot_metric_by_variant(position_encodings(faith), hue="pos_embed")
 publish(fig, out / "faithfulness_by_pos_embed")
 table = faithfulness.pivot_table(index=["dataset", "variant"], columns=["metric", "method"], values="value")
 print(table.round(3).to_string())
@@ -96,9 +96,9 @@ print(table.round(3).to_string())
 # ## Localisation of the two objects (shapes) by attention variant and by position encoding
 
 # %%
-fig = plot_metric_by_variant(localisation[localisation["pos_embed"] == reference_pos_embed], hue="attention")
+fig = plot_metric_by_variant(attention_variants(localisation, reference_pos_embed), hue="attention")
 publish(fig, out / "localisation_by_attention")
-fig = plot_metric_by_variant(localisation[localisation["attention"] == "softmax"], hue="pos_embed")
+fig = plot_metric_by_variant(position_encodings(localisation), hue="pos_embed")
 publish(fig, out / "localisation_by_pos_embed")
 print(localisation.pivot_table(index="variant", columns=["metric", "method"], values="value").round(3).to_string())
 

@@ -194,7 +194,8 @@ def plot_distance_by_variant(layer_head: pd.DataFrame, hue: str = "pos_embed") -
         ax.axhline(part["uniform_distance_pixels"].iloc[0], color="0.4", ls="--", lw=1)
         ax.set(title=dataset, xlabel="block", ylabel="mean attention distance (pixels)")
         ax.set_ylim(bottom=0)
-    axes[0][-1].legend(title=hue.replace("_", " "), frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    axes[0][-1].legend(title=hue.replace("_", " "), frameon=False, fontsize=7,
+                       loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     return fig
 
@@ -220,7 +221,8 @@ def plot_metric_by_variant(table: pd.DataFrame, hue: str = "variant") -> plt.Fig
         ax.set_yticks(np.arange(len(methods)), [m.replace("_", " ") for m in methods] if ax is axes[0][0] else [])
         ax.invert_yaxis()
         ax.set_title(METRIC_TITLES.get(metric, metric), fontsize=8)
-    axes[0][-1].legend(title=hue.replace("_", " "), frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    axes[0][-1].legend(title=hue.replace("_", " "), frameon=False, fontsize=7,
+                       loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     return fig
 

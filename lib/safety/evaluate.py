@@ -1,8 +1,8 @@
 """One model under shift: the per-condition rows of the safety evaluation (notebooks/safety.py).
 
-A condition is the clean test set, one corruption at one severity, or another test resolution. For each, `prediction_row` summarizes the logits (accuracy with its 95% Wilson
-interval, calibration before and after temperature scaling, AURC, coverage and realized risk at the
-validation thresholds) and `map_rows` the explanation maps (similarity to the clean maps and localisation
+A condition is the clean test set, one corruption at one severity, or another test resolution. For each,
+`prediction_row` summarizes the logits (accuracy with its 95% Wilson interval, calibration before and
+after temperature scaling, AURC, coverage and realized risk at the validation thresholds) and `map_rows` the explanation maps (similarity to the clean maps and localisation
 on the object masks, mean and standard error over images, NaNs left out). `seed_map_stability` compares
 the maps of models trained with different seeds on the same clean images.
 """
@@ -170,11 +170,15 @@ def seed_map_stability(params: Params, runs_dir: Path, batch_size: int = 500, lo
         spec = params.datasets[dataset]
         test = load_split(Path(params.data_root), dataset, "test", spec.train_resolution)
         images = test.images[:settings.map_images]
-        reference = run_model(load_trained_model(params, dataset, variant, Path(runs_dir) / run_name(dataset, variant) / "model.pt"),
-                              images, batch_size)
+
+        def maps_of(run: str):
+            model = load_trained_model(params, dataset, variant, Path(runs_dir) / run / "model.pt")
+            return run_model(model, images, batch_size)
+
+        reference = maps_of(run_name(dataset, variant))
         for seed in settings.seeds:
             run = run_name(dataset, variant, seed)
-            outputs = run_model(load_trained_model(params, dataset, variant, Path(runs_dir) / run / "model.pt"), images, batch_size)
+            outputs = maps_of(run)
             agreement = (outputs.logits.argmax(-1) == reference.logits.argmax(-1)).double().mean().item()
             rows += [{"dataset": dataset, "variant": variant, "pos_embed": params.variants[variant].pos_embed,
                       "seed": params.seed, "other_seed": seed, "prediction_agreement": agreement, **row}
