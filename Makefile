@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # dvc.yaml's commands call `python`: make it the venv's for everything make runs
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup data check-params repro test test-fast lab clean-venv
+.PHONY: setup profile data check-params repro test test-fast lab clean-venv
 
 setup: $(STAMP)
 
@@ -21,12 +21,18 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))" >/dev/null
 	touch $(STAMP)
 
-# data/ from the data sets shipped inside packages; must match the bytes data.dvc pins.
+# `make profile PROFILE=paper` (or `make repro PROFILE=paper`): write a profile of params.yaml into its keys;
+# without PROFILE, the profile that `profile:` names (a hand-edited `profile:` is applied here).
+profile: setup
+	$(BIN)/python -m lib.profiles $(PROFILE)
+
+# data/ from the data sets shipped inside packages; must match the bytes data.dvc pins. User-provided data
+# sets that params.yaml trains on (CIFAR, ImageNet-style folders) must be in place under data/.
 data: setup
-	$(BIN)/python -m lib.data.pin --dvc-file data.dvc
+	$(BIN)/python -m lib.data.pin --dvc-file data.dvc --params params.yaml
 	$(BIN)/dvc commit --force --quiet data.dvc
 
-check-params: setup
+check-params: setup profile
 	$(BIN)/python -m lib.config params.yaml
 
 repro: check-params data

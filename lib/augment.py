@@ -1,8 +1,9 @@
-"""Light, label-preserving batch augmentation: random translation and isotropic scaling.
+"""Light, label-preserving batch augmentation: random translation and isotropic scaling, and optional
+horizontal flips.
 
-No flips or rotations: the procedural `shapes` labels are spatial relations (left of, above), which a
-flip would change. Everything runs on whole batches with an explicit generator, so a run is
-reproducible from (seed, epoch) alone.
+Flips are off by default: the procedural `shapes` labels are spatial relations (left of, above), which a
+flip would change; natural images (CIFAR, ImageNet) keep their label. Everything runs on whole batches with
+an explicit generator, so a run is reproducible from (seed, epoch) alone.
 """
 import torch
 import torch.nn.functional as F
@@ -34,3 +35,11 @@ def random_affine(
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_hflip(images: torch.Tensor, generator: torch.Generator, batch: int | None = None,
+                 rows: slice = slice(None)) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2 (`batch`, `rows` as in `random_affine`)."""
+    b = images.shape[0] if batch is None else batch
+    flip = (torch.rand(b, generator=generator)[rows] < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)

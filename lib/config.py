@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lib.data import DATASETS
+from lib.data import DATASETS, EXTERNAL_DATASETS
 from lib.layers.attention import ATTENTION_LAYERS
 from lib.layers.position import POSITION_ENCODINGS
 
@@ -67,6 +67,7 @@ class AugmentParams(Strict):
 
     translate: Annotated[float, Field(ge=0, le=0.5)] = 0.1
     scale: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    hflip: bool = False                    # mirror half the images (never for shapes: its labels are left/right)
 
 
 class TrainParams(Strict):
@@ -80,6 +81,7 @@ class TrainParams(Strict):
     grad_clip: Annotated[float, Field(gt=0)] | None = 1.0
     augment: AugmentParams = AugmentParams()
     train_subset: PositiveInt | None = None
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward pass (GPU profiles)
 
     @model_validator(mode="after")
     def _warmup_fits(self):
@@ -95,11 +97,13 @@ class EvaluateParams(Strict):
 
 
 class DatasetParams(Strict):
-    """A dataset's resolutions, and `train` keys that differ for it (e.g. fewer epochs)."""
+    """A dataset's resolutions, and `train` and `model` keys that differ for it (e.g. fewer epochs, a larger
+    patch for ImageNet's 224 px)."""
 
     train_resolution: Resolution
     eval_resolutions: Annotated[list[Resolution], Field(min_length=1), Increasing]
     train: dict[str, Any] = {}
+    model: dict[str, Any] = {}
 
 
 class VariantParams(Strict):
@@ -175,6 +179,7 @@ class AnalysisParams(Strict):
 
     runs: StudyParams                      # which trained runs to analyse (each must be trained by a matrix)
     split: Literal["train", "val", "test"] = "test"
+    max_images: PositiveInt | None = None  # attention statistics and head importance on the first N images (null: all)
     num_images: PositiveInt = 500          # explanations, faithfulness and localisation on the first N images
     ig_steps: PositiveInt = 16             # Integrated Gradients: Gauss-Legendre nodes along the path
     perturbation_steps: PositiveInt = 10   # removal fractions 0, 1/steps, ..., 1 of the patches
@@ -196,6 +201,7 @@ class SafetyParams(Strict):
     severities: Annotated[list[Annotated[int, Field(ge=1, le=5)]], Field(min_length=1), Increasing] = [1, 2, 3, 4, 5]
     resolution_shift: bool = True          # also test at the dataset's other eval_resolutions
     num_test_images: PositiveInt = 500     # the first N test images (the stored order is already shuffled)
+    num_val_images: PositiveInt | None = None  # temperature and thresholds from the first N val images (null: all)
     target_risk: Annotated[float, Field(gt=0, lt=1)] = 0.01
     top_fraction: Annotated[float, Field(gt=0, le=1)] = 0.2
     example_corruptions: list[str] = []
@@ -242,8 +248,11 @@ TRAINING_MATRICES = ("study", "zoo", "case_study")
 
 
 class Params(Strict):
+    profile: str = "default"               # the profile whose values the file holds (lib/profiles.py)
     seed: Annotated[int, Field(ge=0)] = 0
     data_root: str = "data"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # where training and evaluation run (auto: CUDA if present)
+    data_workers: Annotated[int, Field(ge=0)] = 0   # DataLoader processes that decode image folders (0: in-process)
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
@@ -257,11 +266,12 @@ class Params(Strict):
     analysis: AnalysisParams
     safety: SafetyParams
     convex: ConvexParams = ConvexParams()
+    profiles: dict[str, dict[str, Any]] = {}  # name -> the keys that profile sets (checked by lib/profiles.py)
 
     @model_validator(mode="after")
     def _references_resolve(self):
         for name in self.datasets:
-            _known(name, DATASETS, "dataset", key=f"datasets.{name}")
+            _known(name, DATASETS + EXTERNAL_DATASETS, "dataset", key=f"datasets.{name}")
         for group in TRAINING_MATRICES:
             for name in getattr(self, group).datasets:
                 _known(name, self.datasets, "dataset defined under 'datasets'", key=f"{group}.datasets")
@@ -284,7 +294,7 @@ class Params(Strict):
             raise ValueError(f"convex: {self.convex.dataset}-{self.convex.variant} is not trained by any of {TRAINING_MATRICES}")
         if self.seed in self.seeds.seeds:
             raise ValueError(f"seeds.seeds: {self.seed} is the study's own `seed` (its runs are trained already)")
-        if self.convex.layer > self.model_for(self.convex.variant).depth:
+        if self.convex.layer > self.model_for(self.convex.variant, self.convex.dataset).depth:
             raise ValueError(f"convex.layer: {self.convex.layer} exceeds the model depth")
         _known(self.analysis.reference_pos_embed, POSITION_ENCODINGS, "position encoding", key="analysis.reference_pos_embed")
         _known(self.safety.baseline_variant, self.variants, "variant defined under 'variants'", key="safety.baseline_variant")
@@ -299,10 +309,18 @@ class Params(Strict):
             if POSITION_ENCODINGS[variant.pos_embed].rotary and (model.embed_dim // model.num_heads) % 4:
                 raise ValueError(f"variants.{name}: RoPE needs head_dim (embed_dim / num_heads) divisible by 4, "
                                  f"got {model.embed_dim} / {model.num_heads}")
-        for name, dataset in self.datasets.items():
-            for key, res in [("train_resolution", dataset.train_resolution)] + [("eval_resolutions", r) for r in dataset.eval_resolutions]:
-                if res % self.model.patch_size:
-                    raise ValueError(f"datasets.{name}.{key}: {res} is not a multiple of model.patch_size={self.model.patch_size}")
+        for dataset, variant in [(d, None) for d in self.datasets] + sorted(trained):
+            patch = self.model_for(variant, dataset).patch_size  # validates the dataset's model overrides too
+            if variant is not None and "patch_size" in self.variants[variant].model:
+                source = f"variants.{variant}.model.patch_size"
+            elif "patch_size" in self.datasets[dataset].model:
+                source = f"datasets.{dataset}.model.patch_size"
+            else:
+                source = "model.patch_size"
+            spec = self.datasets[dataset]
+            for key, res in [("train_resolution", spec.train_resolution)] + [("eval_resolutions", r) for r in spec.eval_resolutions]:
+                if res % patch:
+                    raise ValueError(f"datasets.{dataset}.{key}: {res} is not a multiple of {source}={patch}")
         return self
 
     def runs(self) -> list[tuple[str, str]]:
@@ -313,9 +331,15 @@ class Params(Strict):
         """Every (dataset, variant, seed) of the `train-seeds` matrix (the extra seeds only)."""
         return [(d, v, seed) for d, v in self.seeds.runs.pairs() for seed in self.seeds.seeds]
 
-    def model_for(self, variant: str) -> ModelParams:
-        """The architecture of `variant`: `model` with the variant's `model` overrides applied."""
-        return _override(ModelParams, self.model, self.variants[variant].model, f"variants.{variant}.model")
+    def model_for(self, variant: str | None, dataset: str | None = None) -> ModelParams:
+        """The architecture of `variant` on `dataset`: `model`, then the dataset's `model` overrides, then the
+        variant's (either may be None: no overrides of its own)."""
+        arch = self.model
+        if dataset is not None:
+            arch = _override(ModelParams, arch, self.datasets[dataset].model, f"datasets.{dataset}.model")
+        if variant is not None:
+            arch = _override(ModelParams, arch, self.variants[variant].model, f"variants.{variant}.model")
+        return arch
 
     def train_for(self, dataset: str) -> "TrainParams":
         """Training settings for `dataset`: `train` with the dataset's `train` overrides applied."""
@@ -391,11 +415,21 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    from lib.profiles import check  # it validates each profile with this module's schema
+
+    problems = describe_errors(Params, raw) or check(raw)
+    if problems:
+        raise ParamsError("\n".join(f"{path}: {line}" for line in problems))
+    return Params.model_validate(raw)
+
+
+def describe_errors(schema: type[BaseModel], raw: dict) -> list[str]:
+    """One line per problem of `raw` against `schema` (see `_describe`); [] when it is valid."""
     try:
-        return Params.model_validate(raw)
+        schema.model_validate(raw)
     except ValidationError as err:
-        lines = [f"{path}: {_describe(e)}" for e in err.errors()]
-        raise ParamsError("\n".join(lines)) from None
+        return [_describe(e, schema) for e in err.errors()]
+    return []
 
 
 def fingerprint(data: Any) -> str:

@@ -19,21 +19,32 @@ def launched() -> bool:
     return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
-def setup() -> torch.device:
+def local_device(choice: str = "cpu") -> torch.device:
+    """The device `choice` (params.yaml `device`) names for this process: "cpu"; "cuda" (an error without a
+    GPU); "auto" (CUDA where available). Under torchrun a GPU is this process's cuda:LOCAL_RANK."""
+    if choice not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"device: expected cpu, cuda or auto, got {choice!r}")
+    cuda = torch.cuda.is_available()
+    if choice == "cuda" and not cuda:
+        raise RuntimeError("device: cuda, but torch sees no CUDA device (set `device: cpu` or `auto` in params.yaml)")
+    if choice == "cpu" or not cuda:
+        return torch.device("cpu")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # torch.use_deterministic_algorithms needs it
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def setup(choice: str = "cpu") -> torch.device:
     """Join the process group if launched by torchrun (once; later calls only return the device).
 
-    Returns the device to train on: this process's GPU (cuda:LOCAL_RANK) under torchrun on a machine with
-    CUDA, else the CPU. A single process not started by torchrun stays on the CPU, as before.
+    Returns the device to train on (`local_device(choice)`): under torchrun, this process's GPU with NCCL or
+    the CPU with gloo; a single process not started by torchrun joins nothing.
     """
-    if not launched():
-        return torch.device("cpu")
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
-    if cuda:
+    device = local_device(choice)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # torch.use_deterministic_algorithms needs it
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    if launched() and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
     return device
 
 

@@ -1,8 +1,9 @@
 """Resolution extrapolation: accuracy of a trained model at its training resolution and others.
 
 A model trained at one image size is tested on the same test images at other sizes, patch size
-fixed, so the patch grid shrinks or grows (Heo et al. 2024, Fig. 4). MNIST test images are resized;
-the procedural `shapes` scenes are re-rendered at each size, so larger images carry real detail.
+fixed, so the patch grid shrinks or grows (Heo et al. 2024, Fig. 4). MNIST and CIFAR test images are
+resized, image folders decoded at each size; the procedural `shapes` scenes are re-rendered at each size,
+so larger images carry real detail.
 """
 import hashlib
 import math
@@ -14,6 +15,7 @@ import torch
 from lib.checkpoint import load_checkpoint
 from lib.config import Params, fingerprint
 from lib.data import load_split
+from lib.distributed import local_device
 from lib.study import build_model, run_name
 from lib.train import code_fingerprint, evaluate_accuracy
 
@@ -58,7 +60,7 @@ def accuracy_vs_resolution(
     test_sets: a dict that keeps the loaded (re-rendered) test sets for reuse by later calls.
     """
     spec = params.datasets[dataset]
-    patch = params.model_for(variant).patch_size
+    patch = params.model_for(variant, dataset).patch_size
     test_sets = {} if test_sets is None else test_sets
     rows = []
     for resolution in sorted({spec.train_resolution, *spec.eval_resolutions}):
@@ -66,7 +68,8 @@ def accuracy_vs_resolution(
         if key not in test_sets:
             test_sets[key] = load_split(Path(params.data_root), dataset, split, resolution)
         data = test_sets[key]
-        metrics = evaluate_accuracy(model, data, params.evaluate.batch_size)
+        metrics = evaluate_accuracy(model, data, params.evaluate.batch_size, workers=params.data_workers,
+                                    precision=params.train_for(dataset).precision)
         correct = round(metrics["acc"] * len(data))
         low, high = wilson_interval(correct, len(data))
         rows.append({
@@ -114,9 +117,10 @@ def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None 
         key = fingerprint({
             "model_md5": file_md5(weights),
             "dataset": params.datasets[dataset].model_dump(exclude={"train"}),
-            "model": params.model_for(variant).model_dump(),
+            "model": params.model_for(variant, dataset).model_dump(),
             "variant": params.variants[variant].model_dump(),
             "evaluate": params.evaluate.model_dump(),
+            "precision": params.train_for(dataset).precision,
             "code": code,
         })
         cached = None if previous is None or "eval_key" not in previous else previous[previous["eval_key"] == key]
@@ -125,7 +129,7 @@ def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None 
             tables.append(cached.assign(seed=run_seed))
             continue
         log(f"{run}: evaluating at {len(params.datasets[dataset].eval_resolutions)} resolutions")
-        model = load_trained_model(params, dataset, variant, weights)
+        model = load_trained_model(params, dataset, variant, weights).to(local_device(params.device))
         table = accuracy_vs_resolution(model, params, dataset, variant, test_sets=test_sets)
         tables.append(table.assign(run=run, seed=run_seed, eval_key=key))
     return pd.concat(tables, ignore_index=True)

@@ -36,8 +36,8 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 def build_model(params: Params, dataset: str, variant: str) -> VisionTransformer:
     """The ViT for `variant` on `dataset`, with the architecture from params (plus variant overrides)."""
-    info = dataset_info(dataset)
-    arch = params.model_for(variant)
+    info = dataset_info(dataset, Path(params.data_root))
+    arch = params.model_for(variant, dataset)
     spec = params.variants[variant]
     return VisionTransformer(
         img_size=params.datasets[dataset].train_resolution,
@@ -58,12 +58,13 @@ def build_model(params: Params, dataset: str, variant: str) -> VisionTransformer
     )
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, and make torch pick deterministic kernels."""
+def seed_everything(seed: int, device: torch.device = torch.device("cpu")) -> None:
+    """Seed Python, NumPy and torch, and make torch pick deterministic kernels (on a GPU, where it has them:
+    a CUDA op without a deterministic kernel warns instead of stopping the run)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from dvclive import Live
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lib import distributed as dist
-from lib.augment import random_affine
+from lib.augment import random_affine, random_hflip
 from lib.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from lib.config import Params, fingerprint
-from lib.data import ImageSet, collate, load_split
+from lib.data import collate, load_split, take
 from lib.data.pin import check_pinned
 from lib.study import build_model, epoch_seed, normalize, seed_everything
 
@@ -60,7 +60,7 @@ def run_config(params: Params, dataset: str, variant: str) -> dict:
         "dataset": dataset,
         "dataset_params": params.datasets[dataset].model_dump(),
         "variant": params.variants[variant].model_dump(),
-        "model": params.model_for(variant).model_dump(),
+        "model": params.model_for(variant, dataset).model_dump(),
         "train": params.train_for(dataset).model_dump(),
     }
 
@@ -73,19 +73,28 @@ def code_fingerprint(parts: tuple[str, ...] = ()) -> str:
     return fingerprint({str(p.relative_to(root)): p.read_text() for p in sources})
 
 
+def autocast(device: torch.device, precision: str):
+    """The forward pass's precision: fp32 as it is, or bf16 autocast (matrix products in bfloat16)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @torch.no_grad()
-def evaluate_accuracy(model: torch.nn.Module, data: ImageSet, batch_size: int, label_smoothing: float = 0.0) -> dict:
-    """Mean loss and accuracy of `model` on `data` (eval mode, no augmentation).
+def evaluate_accuracy(model: torch.nn.Module, data: Dataset, batch_size: int, label_smoothing: float = 0.0,
+                      workers: int = 0, precision: str = "fp32") -> dict:
+    """Mean loss and accuracy of `model` on `data` (eval mode, no augmentation), on the model's device.
 
     Under torchrun every process must call it: each evaluates its shard of `data`, the sums are added up
     across processes and every process gets the result for the whole of `data`.
+    workers: DataLoader processes that decode a lazy data set (an image folder).
     """
     model.eval()
     device = next(model.parameters()).device
     loss_sum, correct = 0.0, 0
-    for images, labels in DataLoader(dist.shard(data), batch_size=batch_size, collate_fn=collate):
-        images, labels = images.to(device), labels.to(device)
-        logits = model(normalize(images))
+    for images, labels in DataLoader(dist.shard(data), batch_size=batch_size, collate_fn=collate,
+                                     num_workers=workers, pin_memory=device.type == "cuda"):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model(normalize(images)).float()
         loss_sum += F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum").item()
         correct += (logits.argmax(-1) == labels).sum().item()
     loss_sum, correct = dist.all_reduce_sum(loss_sum, correct)
@@ -106,19 +115,19 @@ def train(
     Under torchrun every process calls this (it joins the process group) and gets the same result; only
     rank 0 writes the checkpoint and the logs, and prints.
     """
-    device = dist.setup()  # this process's GPU under torchrun on CUDA machines, else the CPU
+    device = dist.setup(params.device)  # params' device; under torchrun this process's GPU (or CPU share)
     world = dist.world_size()
     cfg = params.train_for(dataset)
     config = run_config(params, dataset, variant)
     config_id = fingerprint(config)
-    seed_everything(params.seed)
+    seed_everything(params.seed, device)
 
     data_root = Path(params.data_root)
     check_pinned(data_root)  # never train on data that differs from what data.dvc pins
     resolution = params.datasets[dataset].train_resolution
-    train_set = load_split(data_root, dataset, "train", resolution)
+    train_set = load_split(data_root, dataset, "train", resolution)  # image folders: decoded lazily
     if cfg.train_subset:
-        train_set = train_set.subset(range(min(cfg.train_subset, len(train_set))))
+        train_set = take(train_set, range(min(cfg.train_subset, len(train_set))))
     val_set = load_split(data_root, dataset, "val", resolution)
     if cfg.batch_size % world or 0 < len(train_set) % cfg.batch_size < world:
         raise ValueError(
@@ -147,19 +156,23 @@ def train(
         order = torch.randperm(len(train_set), generator=generator)
         batches = order.split(cfg.batch_size)
         shares = [batch[dist.share()].tolist() for batch in batches]  # each process trains on its share of each batch
-        loader = DataLoader(train_set, batch_sampler=shares, collate_fn=collate)
+        loader = DataLoader(train_set, batch_sampler=shares, collate_fn=collate, num_workers=params.data_workers,
+                            pin_memory=device.type == "cuda")
         parallel.train()
         loss_sum, correct, seen = 0.0, 0, 0
         show = progress and dist.is_main()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False)
         for step, (images, labels) in enumerate(bar):
             scheduler.step_update(epoch * steps_per_epoch + step)
-            images, labels = images.to(device), labels.to(device)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             whole = len(batches[step])  # images in the whole batch, of which this process holds len(labels)
             images = random_affine(images, cfg.augment.translate, cfg.augment.scale, generator,
                                    batch=whole, rows=dist.share())  # the whole batch's draws, this share's rows
-            logits = parallel(normalize(images))
-            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing) + auxiliary_loss(model)
+            if cfg.augment.hflip:
+                images = random_hflip(images, generator, batch=whole, rows=dist.share())
+            with autocast(device, cfg.precision):
+                logits = parallel(normalize(images))
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing) + auxiliary_loss(model)
             if not dist.all_true(bool(torch.isfinite(loss))):  # every process stops, or none
                 raise NonFiniteLossError(
                     f"loss became non-finite ({loss.item()} on this process) at epoch {epoch + 1}, step {step + 1}; "
@@ -176,7 +189,8 @@ def train(
             seen += len(labels)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
 
-        val = evaluate_accuracy(model, val_set, params.evaluate.batch_size, cfg.label_smoothing)
+        val = evaluate_accuracy(model, val_set, params.evaluate.batch_size, cfg.label_smoothing,
+                                workers=params.data_workers, precision=cfg.precision)
         loss_sum, correct, seen = dist.all_reduce_sum(loss_sum, correct, seen)  # over the whole training set
         record = {
             "epoch": epoch + 1,

@@ -1,6 +1,6 @@
 """Train one configuration from the command line: the entry point for several GPUs or machines.
 
-    torchrun --nproc_per_node 4 -m lib.train_cli --dataset shapes --variant rope_mixed
+    torchrun --nproc_per_node 4 -m lib.train_cli --dataset shapes --variant rope_mixed --device cuda
     python -m lib.train_cli --dataset shapes --variant rope_mixed      # one process, as the DVC stage trains
 
 Writes what the DVC stage (notebooks/train.py) writes for a run: `<out>/live` (dvclive metrics),
@@ -26,9 +26,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="run folder (default: results/runs/<dataset>-<variant>)")
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"), help="default: checkpoints")
     parser.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override params.yaml's `device`")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
+    if args.device:
+        params = params.model_copy(update={"device": args.device})
     run = run_name(args.dataset, args.variant)
     out = args.out or Path("results/runs") / run
     try:

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (attention-rope-study)
 #     language: python
@@ -64,7 +66,8 @@ spec = params.variants[variant]
 run = {"run": run_name(dataset, variant), "dataset": dataset, "variant": variant,
        "attention": spec.attention, "pos_embed": spec.pos_embed}
 model = load_trained_model(params, dataset, variant, Path(weights))
-data = load_split(Path(params.data_root), dataset, settings.split, params.datasets[dataset].train_resolution)
+data = load_split(Path(params.data_root), dataset, settings.split, params.datasets[dataset].train_resolution,
+                  limit=settings.max_images, workers=params.data_workers)  # in memory: the first max_images
 inputs = normalize(data.images)
 # the perturbation and Integrated-Gradients baseline: the split's mean colour, a constant image
 baseline = normalize(data.images.mean(dim=(0, 2, 3), keepdim=True).expand(1, -1, *data.images.shape[-2:]))
@@ -81,7 +84,7 @@ print(f"{run['run']}: {len(data)} {settings.split} images {tuple(data.images.sha
       f"pos_embed={spec.pos_embed}")
 
 # %% [markdown]
-# ## Attention statistics (all test images)
+# ## Attention statistics (all analysed images)
 
 # %%
 start = time.perf_counter()

@@ -48,9 +48,9 @@ print(f"{len(runs)} analysed runs: {', '.join(path.name for path in runs)}")
 
 
 def gather(name: str) -> pd.DataFrame:
-    """One table of every run's `name`.csv (runs without rows, e.g. localisation on mnist, drop out)."""
+    """One table of every run's `name`.csv (runs without rows, e.g. localisation without masks, drop out)."""
     tables = [pd.read_csv(path / f"{name}.csv") for path in runs]
-    table = pd.concat([t for t in tables if len(t)], ignore_index=True)
+    table = pd.concat([t for t in tables if len(t)] or tables[:1], ignore_index=True)
     table.to_csv(out / f"{name}.csv", index=False)
     return table
 
@@ -93,14 +93,17 @@ table = faithfulness.pivot_table(index=["dataset", "variant"], columns=["metric"
 print(table.round(3).to_string())
 
 # %% [markdown]
-# ## Localisation of the two objects (shapes) by attention variant and by position encoding
+# ## Localisation of the objects (data sets with object masks: shapes) by attention variant and by position encoding
 
 # %%
-fig = plot_metric_by_variant(attention_variants(localisation, reference_pos_embed), hue="attention")
-publish(fig, out / "localisation_by_attention")
-fig = plot_metric_by_variant(position_encodings(localisation), hue="pos_embed")
-publish(fig, out / "localisation_by_pos_embed")
-print(localisation.pivot_table(index="variant", columns=["metric", "method"], values="value").round(3).to_string())
+if len(localisation):
+    fig = plot_metric_by_variant(attention_variants(localisation, reference_pos_embed), hue="attention")
+    publish(fig, out / "localisation_by_attention")
+    fig = plot_metric_by_variant(position_encodings(localisation), hue="pos_embed")
+    publish(fig, out / "localisation_by_pos_embed")
+    print(localisation.pivot_table(index="variant", columns=["metric", "method"], values="value").round(3).to_string())
+else:
+    print("no analysed data set has object masks: no localisation")
 
 # %% [markdown]
 # ## High-norm tokens and head pruning

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (attention-rope-study)
 #     language: python
@@ -82,7 +84,7 @@ from lib.convex.heads import (ConvexAttentionHead, ConvexFNOHead, ConvexMixerHea
                               MLPHead, SoftmaxAttentionHead, attention_network_from_convex)
 from lib.convex.interpret import (clustering_agreement, cluster_tokens, kernel_embedding, mixer_templates,
                                   patch_labels)
-from lib.data import load_split
+from lib.data import load_split, to_image_set
 from lib.evaluate import file_md5, load_trained_model
 from lib.plots import publish, set_style
 
@@ -94,7 +96,8 @@ params = load_params(params_file)
 out = Path(out_dir)
 weights_path = Path(weights or f"results/runs/{dataset}-{variant}/model.pt")
 resolution = params.datasets[dataset].train_resolution
-data = {split: load_split(Path(params.data_root), dataset, split, resolution) for split in ("train", "val", "test")}
+data = {split: to_image_set(load_split(Path(params.data_root), dataset, split, resolution), workers=params.data_workers)
+        for split in ("train", "val", "test")}  # whole splits, in memory
 seeds = list(range(seed, seed + num_seeds))
 {split: len(d) for split, d in data.items()}
 

@@ -79,10 +79,9 @@ train_resolution = params.datasets[dataset].train_resolution
 resolutions = [r for r in params.datasets[dataset].eval_resolutions if r != train_resolution]
 resolutions = resolutions if settings.resolution_shift else []
 model = load_trained_model(params, dataset, variant, Path(weights))
-has_masks = dataset_info(dataset)["has_masks"]
-val = load_split(root, dataset, "val", train_resolution)
-test = load_split(root, dataset, "test", train_resolution)
-test = test.subset(range(min(settings.num_test_images, len(test))))
+has_masks = dataset_info(dataset, root)["has_masks"]
+val = load_split(root, dataset, "val", train_resolution, limit=settings.num_val_images, workers=params.data_workers)
+test = load_split(root, dataset, "test", train_resolution, limit=settings.num_test_images, workers=params.data_workers)
 print(f"{dataset}-{variant}: {len(val)} validation, {len(test)} test images at {train_resolution} px; "
       f"{len(settings.corruptions)} corruptions x {len(settings.severities)} severities, resolutions {resolutions}")
 
@@ -114,7 +113,7 @@ print(f"T = {temperature:.3f}; thresholds {thresholds}; validation coverage at t
 # training seeds is measured by the `evaluate` stage (`seed_map_stability.csv`).
 
 # %%
-resolution_sets = {resolution: load_split(root, dataset, "test", resolution).subset(range(len(test)))
+resolution_sets = {resolution: load_split(root, dataset, "test", resolution, limit=len(test), workers=params.data_workers)
                    for resolution in resolutions}
 results = evaluate_shifts(
     model, test, {"dataset": dataset, "variant": variant, "resolution": train_resolution}, temperature, thresholds,

@@ -51,7 +51,7 @@ if seed is not None:
 out = Path(out_dir)
 run = run_name(dataset, variant, seed)
 print(f"{run}: {params.variants[variant]}")
-print(params.model_for(variant))
+print(params.model_for(variant, dataset))
 
 # %%
 result = train(params, dataset, variant, live_dir=out / "live",

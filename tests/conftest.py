@@ -1,12 +1,16 @@
-"""Shared fixtures: materialized data in a temporary folder and tiny study parameters."""
+"""Shared fixtures: materialized data in a temporary folder and tiny study parameters (the smoke profile)."""
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from lib.config import Params
 from lib.data import materialize
+from lib.profiles import applied
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,32 +34,46 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def tiny_params_dict(data_root: Path | str = "data") -> dict:
-    """The repo's params.yaml shrunk to seconds: small model, 2 epochs on 256 images, 3 test sizes."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    """The repo's params.yaml at its `smoke` profile (small model, 2 epochs on 256 images, 3 test sizes), reading
+    data from `data_root`."""
+    params = applied(yaml.safe_load((REPO / "params.yaml").read_text()), "smoke")
     params["data_root"] = str(data_root)
-    params["model"].update(embed_dim=32, depth=2, num_heads=2)
-    params["variants"]["moh"]["attention_kwargs"]["top_k"] = 1  # 2 heads, 1 shared: 1 left to route
-    params["train"].update(epochs=2, batch_size=64, warmup_epochs=1, train_subset=256)
-    params["evaluate"]["batch_size"] = 1000
-    params["datasets"]["mnist"].update(train_resolution=28, eval_resolutions=[20, 28, 36], train={})
-    params["datasets"]["shapes"].update(train_resolution=32, eval_resolutions=[24, 32, 48], train={})
-    params["study"] = {"datasets": ["mnist", "shapes"], "variants": ["ape", "rope_mixed"]}
-    params["zoo"] = {"datasets": ["shapes"], "variants": ["linear"]}
-    params["case_study"] = {"datasets": ["signs"], "variants": ["ape"]}
-    params["seeds"] = {"runs": {"datasets": ["shapes"], "variants": ["rope_mixed"]}, "seeds": [1]}
-    params["datasets"]["signs"].update(train_resolution=24, eval_resolutions=[16, 24, 32], train={})
-    params["analysis"].update(runs={"datasets": ["shapes"], "variants": ["rope_mixed", "linear"]}, num_images=20,
-                              ig_steps=2, perturbation_steps=2, random_orders=1, bootstrap_resamples=20, example_images=2)
-    params["safety"].update(runs={"datasets": ["shapes"], "variants": ["ape", "rope_mixed"]}, num_test_images=40,
-                            corruptions=["gaussian_noise", "occlusion"], severities=[1, 5],
-                            example_corruptions=["occlusion"], example_severity=5, num_examples=2)
-    params["convex"].update(train_size=60, grid_size=2, num_seeds=1, steps=20, max_iter=3000, num_heads=2, gates=2,
-                            gap_tol=1e-3)
-    params["efficiency"].update(grids=[2, 4], variants=["rope_mixed", "linear"], tokens_per_batch=64, repeats=1,
-                                slope_min_tokens=1, timm_grid=2, timm_batch=8, timm_rounds=1)
     return params
 
 
 @pytest.fixture
 def tiny_params(data_root) -> Params:
     return Params.model_validate(tiny_params_dict(data_root))
+
+
+def write_cifar100(data_root: Path, train: int = 60, test: int = 20, seed: int = 0) -> Path:
+    """A tiny CIFAR-100 in the official python-version format at data_root/cifar100/cifar-100-python."""
+    folder = Path(data_root) / "cifar100" / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train), ("test", test)):
+        content = {b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+                   b"fine_labels": rng.integers(0, 100, count).tolist(), b"coarse_labels": [0] * count}
+        with (folder / split).open("wb") as f:
+            pickle.dump(content, f, protocol=2)  # the official files are Python 2 pickles
+    with (folder / "meta").open("wb") as f:
+        pickle.dump({b"fine_label_names": [f"class{i}".encode() for i in range(100)],
+                     b"coarse_label_names": [b"c"] * 20}, f, protocol=2)
+    return folder.parent
+
+
+def write_image_folder(data_root: Path, classes: int = 3, train: int = 10, val: int = 3, seed: int = 0) -> Path:
+    """A tiny ImageNet-style set at data_root/imagenet/{train,val}/<class>/<image>: JPEG and PNG files of
+    several sizes, greyscale among them, each class a different mean colour."""
+    root = Path(data_root) / "imagenet"
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train), ("val", val)):
+        for c in range(classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                h, w = int(rng.integers(24, 60)), int(rng.integers(24, 60))
+                pixels = np.clip(rng.normal(60 + 60 * c, 30, (h, w, 3)), 0, 255).astype(np.uint8)
+                image = Image.fromarray(pixels if i % 4 else pixels[..., 0])  # every 4th image greyscale
+                image.save(folder / f"{split}_{i}.{'JPEG' if i % 2 else 'png'}")
+    return root

@@ -269,8 +269,11 @@ def test_dataset_info() -> None:
     info = dataset_info("signs")
     assert (info["in_chans"], info["num_classes"], info["objects"]) == (3, 8, ["sign"])
     assert info["has_masks"] and info["synthetic"]
-    with pytest.raises(ValueError, match="imagenet"):
-        dataset_info("imagenet")
+    assert dataset_info("cifar100")["num_classes"] == 100 and not dataset_info("cifar100")["has_masks"]
+    with pytest.raises(ValueError, match=r"'imagenet21k'.*cifar100"):
+        dataset_info("imagenet21k")
+    with pytest.raises(FileNotFoundError, match=r"nowhere/imagenet/train does not exist.*never downloads"):
+        dataset_info("imagenet", Path("nowhere"))  # an image folder's classes come from its files
 
 
 # --- ImageSet ---

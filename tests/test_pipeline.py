@@ -18,7 +18,7 @@ import yaml
 from jupyter_client.kernelspec import KernelSpecManager
 
 from lib.notebook import KERNEL_NAME
-from tests.conftest import REPO, tiny_params_dict
+from tests.conftest import REPO, tiny_params_dict, write_cifar100, write_image_folder
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +43,11 @@ def snapshot(folder: Path) -> dict[str, bytes]:
             if p.is_file() and not any(part.endswith(".partial") for part in p.relative_to(folder).parts)}
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    """A git + DVC copy of the repo with tiny params, data materialized and `dvc repro` run once."""
+def make_study(root: Path, profile: str, edit=None) -> Path:
+    """A git + DVC copy of the repo at `root` with params.yaml switched to `profile` (as `make profile` does),
+    then `edit(root)` (params ablations, user data), data materialized and `dvc repro` run once."""
     if KERNEL_NAME not in KernelSpecManager().find_kernel_specs():
         pytest.fail(f"Jupyter kernel {KERNEL_NAME!r} is not installed; run `make setup`")
-    root = tmp_path_factory.mktemp("study")
     for name in COPIED:
         source = REPO / name
         target = root / name
@@ -57,14 +56,26 @@ def study(tmp_path_factory) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.ipynb"))
         else:
             shutil.copy2(source, target)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict("data"), sort_keys=False))
+    shutil.copy2(REPO / "params.yaml", root / "params.yaml")
+    switched = run([sys.executable, "-m", "lib.profiles", profile], root)  # what `make profile PROFILE=...` runs
+    assert f"profile {profile!r}" in switched.stdout and "keys rewritten" in switched.stdout
+    if edit is not None:
+        edit(root)
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"], root)
-    data = run([sys.executable, "-m", "lib.data.pin", "--dvc-file", "data.dvc"], root)
+    data = run([sys.executable, "-m", "lib.data.pin", "--dvc-file", "data.dvc", "--params", "params.yaml"], root)
     assert "materializing" in data.stdout and "matches data.dvc" in data.stdout
     dvc("commit", "--force", "--quiet", "data.dvc", cwd=root)
     dvc("repro", cwd=root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """The smoke profile, whole: `dvc repro` run once."""
+    root = make_study(tmp_path_factory.mktemp("study"), "smoke")
+    assert yaml.safe_load((root / "params.yaml").read_text()) == tiny_params_dict("data")
     return root
 
 
@@ -137,7 +148,7 @@ def test_safety_stages_write_shift_metrics_and_a_recommendation(study):
         folder = study / "results" / "safety" / f"shapes-{variant}"
         shifts = pd.read_csv(folder / "shift_metrics.csv")
         corrupted = shifts[shifts["family"] != "resolution"]
-        assert len(corrupted) == 1 + 2 * 2  # clean + 2 corruptions x 2 severities
+        assert len(corrupted) == 1 + 16 * 2  # clean + 16 corruptions x 2 severities
         assert set(shifts.loc[shifts["family"] == "resolution", "resolution"]) == {24, 48}
         assert shifts["ece"].between(0, 1).all() and shifts["accuracy"].between(0, 1).all()
         assert (folder / "reliability.pdf").read_bytes()[:5] == b"%PDF-"
@@ -176,6 +187,19 @@ def test_metrics_and_plots_show(study):
     assert "results/runs/shapes-linear/live/metrics.json" in shown.stdout
     plots = dvc("plots", "show", "--json", cwd=study)
     assert "accuracy_vs_resolution.png" in plots.stdout and "val/acc.tsv" in plots.stdout
+
+
+def test_exploration_notebook_runs_on_any_trained_run(study):
+    for run_name in ("shapes-rope_mixed-seed1", "mnist-ape"):
+        out = study / "explored" / run_name
+        run([sys.executable, "-P", "lib/notebook.py", "notebooks/explore.py", str(out), "-p", f"run={run_name}"], study)
+        executed = json.loads((out / "explore.ipynb").read_text())
+        outputs = [o for cell in executed["cells"] for o in cell.get("outputs", [])]
+        assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # the curves and the attention view
+        assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)  # the sliders
+    failed = run([sys.executable, "-P", "lib/notebook.py", "notebooks/explore.py", str(study / "explored" / "x"),
+                  "-p", "run=shapes-rope_axial"], study, check=False)  # not trained by the smoke profile
+    assert failed.returncode != 0 and "'shapes-rope_axial' is not a trained run" in failed.stdout + failed.stderr
 
 
 def test_second_repro_runs_nothing_and_status_is_clean(study):
@@ -232,3 +256,65 @@ def test_altered_data_stops_training_and_names_the_file(study):
     assert failed.returncode != 0
     assert "the committed data.dvc pins" in failed.stdout + failed.stderr
     assert snapshot(study / "results") == results
+
+
+# --- the paper profile's pipeline, on user data in the real on-disk formats (tiny fixtures, this CPU) ---
+
+
+def shrink_paper_profile(root: Path) -> None:
+    """The paper profile as `make profile PROFILE=paper` leaves it, scaled down to seconds by ablations (as
+    `dvc exp run -S` would make them), with tiny CIFAR-100 and ImageNet-style folders under data/."""
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    smoke = params["profiles"]["smoke"]
+    assert params["profile"] == "paper" and params["study"]["datasets"] == ["cifar100", "imagenet"]
+    params.update(device="cpu", data_workers=2)  # two decoding processes: the streaming path for real
+    for section in ("model", "evaluate", "efficiency", "convex"):
+        params[section].update(smoke[section])
+    params["convex"]["layer"] = 2
+    params["train"].update(epochs=2, warmup_epochs=1, batch_size=16)  # bf16 autocast, flips: the paper recipe
+    params["variants"]["moh"]["attention_kwargs"]["top_k"] = 1
+    params["datasets"]["cifar100"].update(eval_resolutions=[16, 32], train={})
+    params["datasets"]["imagenet"].update(train_resolution=32, eval_resolutions=[32, 48], train={})
+    params["datasets"]["signs"]["train"] = {"epochs": 2}
+    params["study"]["variants"] = ["rope_mixed"]
+    params["zoo"]["variants"] = ["ape"]
+    params["case_study"]["variants"] = ["ape"]
+    params["seeds"].update(runs={"datasets": ["cifar100"], "variants": ["rope_mixed"]}, seeds=[])  # the smoke run has seeds
+    params["analysis"].update(runs={"datasets": ["cifar100"], "variants": ["rope_mixed"]}, **{
+        k: v for k, v in smoke["analysis"].items() if k != "runs"})
+    params["safety"].update(runs={"datasets": ["cifar100"], "variants": ["ape", "rope_mixed"]}, num_val_images=10,
+                            **{k: v for k, v in smoke["safety"].items() if k != "runs"})
+    params["safety"]["corruptions"] = ["gaussian_noise", "fog"]
+    params["safety"]["example_corruptions"] = ["fog"]
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    write_cifar100(root / "data", train=200, test=40)
+    write_image_folder(root / "data", classes=3, train=12, val=4)
+
+
+@pytest.fixture(scope="module")
+def paper_study(tmp_path_factory) -> Path:
+    return make_study(tmp_path_factory.mktemp("paper"), "paper", shrink_paper_profile)
+
+
+PAPER_RUNS = ["cifar100-rope_mixed", "imagenet-rope_mixed", "cifar100-ape", "signs-ape"]  # study, zoo, case study
+
+
+def test_paper_profile_runs_every_stage_on_user_data(paper_study):
+    table = pd.read_csv(paper_study / "results" / "resolution" / "resolution.csv")
+    assert list(dict.fromkeys(table["run"])) == PAPER_RUNS
+    assert set(table.loc[table["dataset"] == "imagenet", "resolution"]) == {32, 48}
+    assert (table.loc[table["dataset"] == "imagenet", "n"] == 12).all()  # the labelled val/ folder: 3 classes x 4
+    assert (table.loc[table["dataset"] == "cifar100", "n"] == 40).all()
+    assert set(table.loc[table["run"] == "imagenet-rope_mixed", "grid"]) == {2, 3}  # imagenet's patch 16
+    assert set(table.loc[table["run"] == "cifar100-rope_mixed", "grid"]) == {4, 8}  # CIFAR's patch 4
+    layer_head = pd.read_csv(paper_study / "results" / "analysis" / "cifar100-rope_mixed" / "layer_head.csv")
+    assert len(layer_head) == 2 * 2 and layer_head["mean_distance_pixels"].ge(0).all()
+    assert pd.read_csv(paper_study / "results" / "analysis" / "cifar100-rope_mixed" / "localisation.csv").empty  # no masks
+    shifts = pd.read_csv(paper_study / "results" / "safety" / "cifar100-rope_mixed" / "shift_metrics.csv")
+    assert len(shifts[shifts["family"] != "resolution"]) == 1 + 2 * 2
+    convex = pd.read_csv(paper_study / "results" / "convex" / "summary.csv")
+    assert convex["test_accuracy"].between(0, 1).all()
+    readme = (paper_study / "results" / "README.md").read_text()
+    assert all(f"## RQ{i}." in readme for i in range(1, 6))
+    assert json.loads(dvc("status", "--json", cwd=paper_study).stdout) == {}

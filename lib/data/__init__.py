@@ -1,11 +1,14 @@
-"""Data sets: embedded MNIST subset, synthetic shapes and signs (materialized into data/), plus real-data adapters."""
+"""Data sets: embedded MNIST subset, synthetic shapes and signs (materialized into data/), and real data sets
+the user places under data/ (CIFAR, ImageNet-style folders; lib/data/external.py)."""
 
 from lib.data.adapters import ImageFolderSet, load_cifar, load_image_folder
-from lib.data.imageset import ImageSet, collate
+from lib.data.external import EXTERNAL_DATASETS
+from lib.data.imageset import ImageSet, collate, take, to_image_set
 from lib.data.materialize import DATASETS, SPLITS, dataset_info, load_split, materialize
 
 __all__ = [
     "DATASETS",
+    "EXTERNAL_DATASETS",
     "SPLITS",
     "ImageFolderSet",
     "ImageSet",
@@ -15,4 +18,6 @@ __all__ = [
     "load_image_folder",
     "load_split",
     "materialize",
+    "take",
+    "to_image_set",
 ]

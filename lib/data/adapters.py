@@ -9,7 +9,9 @@ References: Krizhevsky, "Learning Multiple Layers of Features from Tiny Images",
 Large-Scale Hierarchical Image Database", CVPR 2009.
 """
 
+import copy
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,12 +102,19 @@ class ImageFolderSet(Dataset):
         )
         self.image_folder = ImageFolder(folder, transform=transform)  # loads every file as RGB
         self.classes: list[str] = self.image_folder.classes
+        self.indices = list(range(len(self.image_folder)))  # which of the folder's images this set holds
+
+    def restricted(self, indices: Sequence[int]) -> "ImageFolderSet":
+        """Items `indices` of this set only (in that order), e.g. a held-out split; the folder is not scanned again."""
+        part = copy.copy(self)
+        part.indices = [self.indices[int(i)] for i in indices]
+        return part
 
     def __len__(self) -> int:
-        return len(self.image_folder)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.image_folder[index]
+        image, label = self.image_folder[self.indices[index]]
         return image.as_subclass(torch.Tensor), torch.tensor(label, dtype=torch.int64)
 
 

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 
 @dataclass(eq=False)
@@ -82,3 +82,25 @@ def resolution_to_size(resolution: int | tuple[int, int]) -> tuple[int, int]:
     if min(size) < 1:
         raise ValueError(f"resolution must be positive, got {resolution!r}")
     return size
+
+
+def take(data: "ImageSet | Dataset", indices: Sequence[int]) -> "ImageSet | Dataset":
+    """Items `indices` of `data`, as the same kind of set where it can say (ImageSet.subset, or a lazy set's
+    `restricted`), else a torch Subset."""
+    if isinstance(data, ImageSet):
+        return data.subset(indices)
+    if hasattr(data, "restricted"):
+        return data.restricted(indices)
+    return Subset(data, list(indices))
+
+
+def to_image_set(data: "ImageSet | Dataset", limit: int | None = None, workers: int = 0) -> ImageSet:
+    """The first `limit` items of `data` (None: all) as an in-memory ImageSet, masks kept; a lazy Dataset
+    (one with a `classes` list, e.g. an image folder) is decoded in batches by `workers` processes."""
+    count = len(data) if limit is None else min(limit, len(data))
+    if isinstance(data, ImageSet):
+        return data if count == len(data) else data.subset(range(count))
+    batches = list(DataLoader(Subset(data, range(count)), batch_size=256, num_workers=workers, collate_fn=collate))
+    images = torch.cat([images for images, _ in batches]) if batches else torch.empty(0, 3, 1, 1)
+    labels = torch.cat([labels for _, labels in batches]) if batches else torch.empty(0, dtype=torch.int64)
+    return ImageSet(images, labels, list(data.classes))

@@ -28,8 +28,11 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from torch.utils.data import Dataset
+
 from lib.data import mnist, shapes, signs
-from lib.data.imageset import ImageSet, resolution_to_size
+from lib.data.external import EXTERNAL_DATASETS, external_info, load_external
+from lib.data.imageset import ImageSet, resolution_to_size, to_image_set
 
 DATASETS: tuple[str, ...] = ("mnist", "shapes", "signs")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -41,9 +44,12 @@ def _check_choice(argument: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {argument} {value!r}; expected one of {', '.join(choices)}")
 
 
-def dataset_info(dataset: str) -> dict:
-    """Static facts about an embedded data set (no disk access)."""
-    _check_choice("dataset", dataset, DATASETS)
+def dataset_info(dataset: str, root: Path | None = None) -> dict:
+    """Static facts about a data set: an embedded one (no disk access), or a user-provided one
+    (lib/data/external.py; `root` is the data/ folder, an image folder's classes are read from it)."""
+    if dataset in EXTERNAL_DATASETS:
+        return external_info(dataset, Path("data" if root is None else root) / dataset)
+    _check_choice("dataset", dataset, DATASETS + EXTERNAL_DATASETS)
     module = _MODULES[dataset]
     return {
         "in_chans": module.IN_CHANS,
@@ -119,16 +125,26 @@ def _check_version(meta_path: Path, module: ModuleType) -> None:
 
 
 def load_split(
-    root: Path, dataset: str, split: str, resolution: int | tuple[int, int] | None = None
-) -> ImageSet:
+    root: Path, dataset: str, split: str, resolution: int | tuple[int, int] | None = None,
+    limit: int | None = None, workers: int = 0,
+) -> ImageSet | Dataset:
     """Load one split as float32 images in [0, 1] at `resolution` (None: native; int: square; (h, w)).
 
     mnist is resized with antialiased bilinear interpolation; shapes and signs are re-rendered from their
     stored scene vectors, so a higher resolution shows genuinely finer detail and the masks
-    are re-rendered too.
+    are re-rendered too. A user-provided data set (lib/data/external.py) is read from root/<dataset>;
+    an image folder comes back as a lazy Dataset, unless `limit` is given.
+    limit: an in-memory ImageSet of the split's first `limit` images (decoded by `workers` processes).
     """
-    _check_choice("dataset", dataset, DATASETS)
+    _check_choice("dataset", dataset, DATASETS + EXTERNAL_DATASETS)
     _check_choice("split", split, SPLITS)
+    data = (load_external(Path(root) / dataset, dataset, split, resolution) if dataset in EXTERNAL_DATASETS
+            else _load_embedded(Path(root), dataset, split, resolution))
+    return data if limit is None else to_image_set(data, limit, workers)
+
+
+def _load_embedded(root: Path, dataset: str, split: str, resolution) -> ImageSet:
+    """One split of an embedded data set, from the files `materialize` wrote under root/<dataset>."""
     module = _MODULES[dataset]
     size = module.NATIVE_RESOLUTION if resolution is None else resolution_to_size(resolution)
     folder = Path(root) / dataset

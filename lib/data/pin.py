@@ -1,8 +1,9 @@
 """`data.dvc` pins the bytes of data/: materialize it when absent, refuse to go on when it differs.
 
-    python -m lib.data.pin [--dvc-file data.dvc]
+    python -m lib.data.pin [--dvc-file data.dvc] [--params params.yaml]
 
-- data/ absent: materialize it, then check its DVC hash against the pin. A mismatch here means
+- data/ absent (or holding only user-provided data sets, lib/data/external.py): materialize it, then check
+  its DVC hash against the pin. A mismatch here means
   the generator no longer reproduces the pinned bytes (e.g. a changed package), which is an error,
   never a silent retrain on other data.
 - data.dvc differs from its committed version: an error. `dvc repro` silently rewrites the .dvc
@@ -11,6 +12,7 @@
   temporary folder and compared file by file, so the error names each missing, altered or extra file.
 
 The hash is DVC's directory hash, computed from the files, so no DVC cache is needed.
+With --params, the user-provided data sets that the params file trains on must be in place and readable.
 """
 import argparse
 import filecmp
@@ -23,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from lib.data.materialize import materialize
+from lib.data.external import EXTERNAL_DATASETS
+from lib.data.materialize import DATASETS, dataset_info, load_split, materialize
 
 
 class DataPinError(RuntimeError):
@@ -37,9 +40,21 @@ def directory_hash(folder: Path) -> str:
     is rewritten in place, which is exactly the case this check exists for.
     """
     entries = [{"md5": hashlib.md5(path.read_bytes()).hexdigest(), "relpath": path.relative_to(folder).as_posix()}
-               for path in folder.rglob("*") if path.is_file()]
+               for path in _pinned_files(folder)]
     entries.sort(key=lambda entry: entry["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def _pinned_files(folder: Path) -> list[Path]:
+    """The files of data/ that the pin covers: all but the user-provided data sets (data/cifar100, ...), which
+    .dvcignore hides from DVC as well."""
+    return [path for path in folder.rglob("*")
+            if path.is_file() and path.relative_to(folder).parts[0] not in EXTERNAL_DATASETS]
+
+
+def _remove(data_dir: Path) -> str:
+    """The command that removes the pinned data sets (never the user-provided ones beside them)."""
+    return "rm -rf " + " ".join(str(data_dir / name) for name in DATASETS)
 
 
 def _pinned_and_actual(dvc_file: Path) -> tuple[str, str | None, Path]:
@@ -50,13 +65,14 @@ def _pinned_and_actual(dvc_file: Path) -> tuple[str, str | None, Path]:
     except (yaml.YAMLError, KeyError, TypeError, ValueError):
         raise DataPinError(f"{dvc_file}: expected a DVC file with one output (`outs: [{{md5, path}}]`)") from None
     data_dir = dvc_file.parent / path
-    return pinned, (directory_hash(data_dir) if data_dir.is_dir() else None), data_dir
+    present = data_dir.is_dir() and _pinned_files(data_dir)  # user data alone (data/cifar100, ...) is no data/ yet
+    return pinned, (directory_hash(data_dir) if present else None), data_dir
 
 
 def _differences(data_dir: Path, reference: Path) -> list[str]:
     """Relative paths that are missing, altered or extra in `data_dir` compared with `reference`."""
     expected = {p.relative_to(reference) for p in reference.rglob("*") if p.is_file()}
-    present = {p.relative_to(data_dir) for p in data_dir.rglob("*") if p.is_file() and p.name != ".gitignore"}
+    present = {p.relative_to(data_dir) for p in _pinned_files(data_dir) if p.name != ".gitignore"}
     problems = [f"missing: {data_dir / p}" for p in sorted(expected - present)]
     problems += [f"altered: {data_dir / p}" for p in sorted(expected & present)
                  if not filecmp.cmp(data_dir / p, reference / p, shallow=False)]
@@ -78,7 +94,7 @@ def ensure_data(dvc_file: Path = Path("data.dvc"), create_missing: bool = True) 
         # `dvc repro` silently rewrites a .dvc file whose data was modified (even a frozen one)
         raise DataPinError(
             f"{dvc_file} pins {pinned} but the committed {dvc_file} pins {committed} (DVC re-pins modified data "
-            f"during `dvc repro`). Restore with `git checkout {dvc_file} && rm -rf {data_dir} && make data`, "
+            f"during `dvc repro`). Restore with `git checkout {dvc_file} && {_remove(data_dir)} && make data`, "
             f"or commit {dvc_file} if the new data is intended."
         )
     if actual is None and not create_missing:
@@ -100,7 +116,7 @@ def ensure_data(dvc_file: Path = Path("data.dvc"), create_missing: bool = True) 
         detail = "\n  ".join(problems) if problems else "(the regenerated files match: the pin itself is stale)"
         raise DataPinError(
             f"{data_dir} does not match {dvc_file} (hash {actual}, pinned {pinned}):\n  {detail}\n"
-            f"Restore it with `rm -rf {data_dir} && make data`."
+            f"Restore it with `{_remove(data_dir)} && make data`."
         )
     return data_dir
 
@@ -125,16 +141,35 @@ def check_pinned(data_root: Path) -> None:
         ensure_data(dvc_file, create_missing=False)
 
 
+def check_external(params_file: Path) -> list[str]:
+    """The user-provided data sets (lib/data/external.py) that `params_file`'s runs train on, each checked to be
+    in place (its classes and every split readable); raises FileNotFoundError / ValueError naming what is wrong."""
+    from lib.config import load_params  # imports torch and timm: only when asked to check
+
+    params = load_params(params_file)
+    used = {dataset for dataset, _ in params.runs()} & set(EXTERNAL_DATASETS)
+    root = Path(params.data_root)
+    for dataset in sorted(used):
+        dataset_info(dataset, root)
+        for split in ("train", "val", "test"):
+            data = load_split(root, dataset, split, params.datasets[dataset].train_resolution)
+            if len(data) == 0:
+                raise ValueError(f"{root / dataset}: the {split} split holds no images")
+    return sorted(used)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dvc-file", type=Path, default=Path("data.dvc"))
+    parser.add_argument("--params", type=Path, help="also check the user-provided data sets this params file trains on")
     args = parser.parse_args(argv)
     try:
         data_dir = ensure_data(args.dvc_file)
-    except DataPinError as err:
+        external = check_external(args.params) if args.params else []
+    except (DataPinError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{data_dir}: matches {args.dvc_file}")
+    print(f"{data_dir}: matches {args.dvc_file}" + (f"; user-provided data in place: {', '.join(external)}" if external else ""))
     return 0
 
 

@@ -168,8 +168,8 @@ def seed_map_stability(params: Params, runs_dir: Path, batch_size: int = 500, lo
     rows, settings = [], params.seeds
     for dataset, variant in settings.runs.pairs() if settings.seeds else []:
         spec = params.datasets[dataset]
-        test = load_split(Path(params.data_root), dataset, "test", spec.train_resolution)
-        images = test.images[:settings.map_images]
+        images = load_split(Path(params.data_root), dataset, "test", spec.train_resolution, limit=settings.map_images,
+                            workers=params.data_workers).images
 
         def maps_of(run: str):
             model = load_trained_model(params, dataset, variant, Path(runs_dir) / run / "model.pt")
