@@ -45,7 +45,8 @@ def matmul_peak_gflops(size: int = 1024, repeats: int = 10) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def median_seconds(step: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+def median_seconds(step: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of `repeats` calls of `step`, after `warmup` untimed calls (one-time allocation)."""
     for _ in range(warmup):
         step()
     times = []
@@ -240,7 +241,7 @@ def compare_with_timm(grid: int, batch: int, repeats: int, rounds: int = 5) -> p
     timings: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
     for _ in range(rounds):
         for key, step in steps.items():
-            timings[key].append(median_seconds(step, repeats, warmup=1))
+            timings[key].append(median_seconds(step, repeats))
     rows = [{"model": name, "images_per_s_train": batch / statistics.median(timings[(name, "train")]),
              "images_per_s_forward": batch / statistics.median(timings[(name, "forward")]),
              "parameters": sum(p.numel() for p in model.parameters())} for name, model in models.items()]

@@ -22,9 +22,13 @@ import shutil
 import sys
 from pathlib import Path
 
-import jupytext
-import papermill
-import yaml
+# jsonschema (under papermill's nbformat) imports its optional IRI format checker, which compiles a grammar for
+# 1.4 s, once per pipeline step; notebook schemas use no IRI formats, so it is kept out (None: not importable).
+sys.modules.setdefault("rfc3987_syntax", None)
+
+import jupytext  # noqa: E402
+import papermill  # noqa: E402
+import yaml  # noqa: E402
 
 
 KERNEL_NAME = "attention-rope-study"  # registered by `make setup` (ipykernel install --sys-prefix)
