@@ -65,10 +65,13 @@ def test_switch_rewrites_only_profile_keys_and_round_trips_byte_for_byte(params_
 
 
 def test_switch_refuses_to_overwrite_hand_edits_and_changes_nothing(params_file):
-    edited = params_file.read_text().replace("  epochs: 25 ", "  epochs: 40 ")
+    epochs = yaml.safe_load(params_file.read_text())["profiles"]["default"]["train"]["epochs"]
+    assert epochs != 40
+    edited = params_file.read_text().replace(f"  epochs: {epochs} ", "  epochs: 40 ", 1)
+    assert edited != params_file.read_text()
     params_file.write_text(edited)
     assert switch(params_file, "default") == []  # the profile in place: an ablation edit is fine
-    with pytest.raises(ProfileError, match=r"(?s)train\.epochs: 40 \(profile .default. sets 25\).*nothing was changed"):
+    with pytest.raises(ProfileError, match=rf"(?s)train\.epochs: 40 \(profile .default. sets {epochs}\).*nothing was changed"):
         switch(params_file, "paper")
     assert params_file.read_text() == edited
     assert load_params(params_file).train.epochs == 40
