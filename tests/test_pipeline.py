@@ -238,6 +238,8 @@ def test_bad_params_stop_before_work_and_keep_results(study):
     assert failed.returncode != 0
     assert "train.epocs: unknown key (did you mean 'epochs'?)" in failed.stdout + failed.stderr
     assert snapshot(study / "results") == results
+    assert list((study / "results" / "runs").glob("*.partial"))  # the failed notebook, kept for its traceback,
+    assert json.loads(dvc("status", "--json", cwd=study).stdout) == {}  # is no change to any stage's inputs
 
 
 def test_altered_data_stops_training_and_names_the_file(study):
