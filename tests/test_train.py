@@ -39,7 +39,7 @@ def test_learns_something(data_root, tmp_path):
     params = tiny_params_dict(data_root)
     params["train"].update(epochs=3, train_subset=1024, batch_size=32, lr=3e-3)
     result = train(Params.model_validate(params), "mnist", "ape", tmp_path / "live", tmp_path / "ck.pt", progress=False)
-    # small ViTs leave the initial plateau slowly; the full study reaches >95% (see README)
+    # small ViTs leave the initial plateau slowly; the default study reaches 92.7-94.9% on MNIST (README)
     first, last = result.history[0], result.history[-1]
     assert last["val/loss"] < first["val/loss"] - 0.05
     assert last["val/acc"] > 0.15  # 10 classes: chance is 0.1
