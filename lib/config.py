@@ -113,6 +113,7 @@ class VariantParams(Strict):
     pos_embed: str
     attention_kwargs: dict[str, Any] = {}
     model: dict[str, Any] = {}
+    weights_from: str | None = None  # never trained: evaluated with this variant's weights (see Params.test_time)
 
     @field_validator("attention")
     @classmethod
@@ -261,6 +262,9 @@ class Params(Strict):
     study: StudyParams
     zoo: StudyParams
     case_study: StudyParams
+    # evaluated, not trained: variants whose position encoding is a test-time change of a trained one's (at the
+    # training grid it is that encoding, bit for bit), run with that variant's weights (`weights_from`)
+    test_time: StudyParams | None = None
     seeds: SeedsParams
     efficiency: EfficiencyParams
     analysis: AnalysisParams
@@ -277,6 +281,10 @@ class Params(Strict):
                 _known(name, self.datasets, "dataset defined under 'datasets'", key=f"{group}.datasets")
             for name in getattr(self, group).variants:
                 _known(name, self.variants, "variant defined under 'variants'", key=f"{group}.variants")
+                if self.variants[name].weights_from is not None:
+                    self._check_weights_from(name, self.variants[name])  # a wrong weights_from is the first problem
+                    raise ValueError(f"{group}.variants: {name} is never trained, it is evaluated with the weights of "
+                                     f"{self.variants[name].weights_from} (variants.{name}.weights_from): list it under test_time")
         for name in self.efficiency.variants:
             _known(name, self.variants, "variant defined under 'variants'", key="efficiency.variants")
         trained = set()
@@ -289,7 +297,9 @@ class Params(Strict):
         for group in ("analysis", "safety", "seeds"):
             for dataset, variant in getattr(self, group).runs.pairs():
                 if (dataset, variant) not in trained:
-                    raise ValueError(f"{group}.runs: {dataset}-{variant} is not trained by any of {TRAINING_MATRICES}")
+                    source = self.variants[variant].weights_from if variant in self.variants else None
+                    hint = f" ({variant} runs on {dataset}-{source}'s weights: use that run)" if source else ""
+                    raise ValueError(f"{group}.runs: {dataset}-{variant} is not trained by any of {TRAINING_MATRICES}{hint}")
         if (self.convex.dataset, self.convex.variant) not in trained:
             raise ValueError(f"convex: {self.convex.dataset}-{self.convex.variant} is not trained by any of {TRAINING_MATRICES}")
         if self.seed in self.seeds.seeds:
@@ -309,7 +319,23 @@ class Params(Strict):
             if POSITION_ENCODINGS[variant.pos_embed].rotary and (model.embed_dim // model.num_heads) % 4:
                 raise ValueError(f"variants.{name}: RoPE needs head_dim (embed_dim / num_heads) divisible by 4, "
                                  f"got {model.embed_dim} / {model.num_heads}")
-        for dataset, variant in [(d, None) for d in self.datasets] + sorted(trained):
+        for name, variant in self.variants.items():
+            if variant.weights_from is not None:
+                self._check_weights_from(name, variant)
+        if self.test_time is not None:
+            for name in self.test_time.datasets:
+                _known(name, self.datasets, "dataset defined under 'datasets'", key="test_time.datasets")
+            for name in self.test_time.variants:
+                _known(name, self.variants, "variant defined under 'variants'", key="test_time.variants")
+                if self.variants[name].weights_from is None:
+                    raise ValueError(f"test_time.variants: {name} has no weights_from (the trained variant whose weights "
+                                     f"it is evaluated with)")
+            for dataset, variant in self.test_time.pairs():
+                source = self.variants[variant].weights_from
+                if (dataset, source) not in trained:
+                    raise ValueError(f"test_time: {dataset}-{variant} is evaluated with the weights of {dataset}-{source}, "
+                                     f"which none of {TRAINING_MATRICES} trains")
+        for dataset, variant in [(d, None) for d in self.datasets] + sorted(trained | set(self.test_time_runs())):
             patch = self.model_for(variant, dataset).patch_size  # validates the dataset's model overrides too
             if variant is not None and "patch_size" in self.variants[variant].model:
                 source = f"variants.{variant}.model.patch_size"
@@ -323,6 +349,25 @@ class Params(Strict):
                     raise ValueError(f"datasets.{dataset}.{key}: {res} is not a multiple of {source}={patch}")
         return self
 
+    def _check_weights_from(self, name: str, variant: VariantParams) -> None:
+        """A variant may run on another's weights only if it is that variant with a test-time position encoding."""
+        key = f"variants.{name}.weights_from"
+        source = _known(variant.weights_from, self.variants, "variant defined under 'variants'", key=key)
+        base = POSITION_ENCODINGS[variant.pos_embed].test_time_of
+        if base is None:
+            test_time = sorted(n for n, spec in POSITION_ENCODINGS.items() if spec.test_time_of)
+            raise ValueError(f"{key}: position encoding {variant.pos_embed!r} must be trained itself; only {test_time} "
+                             f"run on another variant's weights")
+        other = self.variants[source]
+        if other.pos_embed != base or other.weights_from is not None:
+            raise ValueError(f"{key}: {source} is a {other.pos_embed!r} variant"
+                             f"{' that is not trained either' if other.weights_from else ''}; {variant.pos_embed!r} "
+                             f"runs on the weights of a trained {base!r} variant")
+        same = ("attention", "attention_kwargs", "model")
+        differ = [field for field in same if getattr(other, field) != getattr(variant, field)]
+        if differ:
+            raise ValueError(f"{key}: {source} differs in {', '.join(differ)}; its weights fit an identical architecture only")
+
     def runs(self) -> list[tuple[str, str]]:
         """Every (dataset, variant) that `dvc repro` trains, matrix by matrix (TRAINING_MATRICES order)."""
         return [pair for group in TRAINING_MATRICES for pair in getattr(self, group).pairs()]
@@ -330,6 +375,14 @@ class Params(Strict):
     def seed_runs(self) -> list[tuple[str, str, int]]:
         """Every (dataset, variant, seed) of the `train-seeds` matrix (the extra seeds only)."""
         return [(d, v, seed) for d, v in self.seeds.runs.pairs() for seed in self.seeds.seeds]
+
+    def test_time_runs(self) -> list[tuple[str, str]]:
+        """Every (dataset, variant) of `test_time`: evaluated with the weights of (dataset, weights_from)."""
+        return self.test_time.pairs() if self.test_time is not None else []
+
+    def weights_variant(self, variant: str) -> str:
+        """The variant whose trained weights `variant` runs with: its `weights_from`, else itself."""
+        return self.variants[variant].weights_from or variant
 
     def model_for(self, variant: str | None, dataset: str | None = None) -> ModelParams:
         """The architecture of `variant` on `dataset`: `model`, then the dataset's `model` overrides, then the
@@ -447,7 +500,9 @@ def main(argv: list[str]) -> int:
         return 2
     matrices = ", ".join(f"{group} {getattr(params, group).datasets} x {getattr(params, group).variants}"
                          for group in TRAINING_MATRICES)
-    print(f"{path}: OK ({len(params.runs())} runs: {matrices})")
+    test_time = (f"; {len(params.test_time_runs())} evaluated with another run's weights: test_time "
+                 f"{params.test_time.datasets} x {params.test_time.variants}" if params.test_time else "")
+    print(f"{path}: OK ({len(params.runs())} runs: {matrices}{test_time})")
     return 0
 
 

@@ -99,21 +99,23 @@ def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None 
     """`accuracy_vs_resolution` for every run of `runs`, one tidy table with `run` and `seed` columns.
 
     runs: (dataset, variant, seed) triples, seed None for the study's own `seed`; default every run of
-    the training matrices (`params.runs()`); `params.seed_runs()` are the extra seeds.
+    the training matrices (`params.runs()`), then the `test_time` runs, each with the weights of its
+    `weights_from` variant; `params.seed_runs()` are the extra seeds.
     Rows of `previous` (an earlier output of this function) are reused for a run whose weights
     (md5 of model.pt) and evaluation settings are unchanged, so retraining one variant re-evaluates
     only that variant.
     """
     tables, test_sets = [], {}
     code = code_fingerprint(EVALUATION_CODE)
-    runs = [(d, v, None) for d, v in params.runs()] if runs is None else runs
+    runs = [(d, v, None) for d, v in params.runs() + params.test_time_runs()] if runs is None else runs
     if not runs:
         return pd.DataFrame()
     for dataset, variant, seed in runs:
         run, run_seed = run_name(dataset, variant, seed), params.seed if seed is None else seed
-        weights = Path(runs_dir) / run / "model.pt"
+        trained = run_name(dataset, params.weights_variant(variant), seed)  # the run whose weights these are
+        weights = Path(runs_dir) / trained / "model.pt"
         if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: missing weights of run {run} (expected the output of its train stage)")
+            raise FileNotFoundError(f"{weights}: missing weights of run {trained} (expected the output of its train stage)")
         key = fingerprint({
             "model_md5": file_md5(weights),
             "dataset": params.datasets[dataset].model_dump(exclude={"train"}),
@@ -126,12 +128,13 @@ def evaluate_runs(params: Params, runs_dir: Path, previous: pd.DataFrame | None 
         cached = None if previous is None or "eval_key" not in previous else previous[previous["eval_key"] == key]
         if cached is not None and len(cached):
             log(f"{run}: unchanged, reusing its evaluation")
-            tables.append(cached.assign(seed=run_seed))
+            tables.append(cached.assign(seed=run_seed, weights=trained))
             continue
-        log(f"{run}: evaluating at {len(params.datasets[dataset].eval_resolutions)} resolutions")
+        weights_of = f" with the weights of {trained}" if trained != run else ""
+        log(f"{run}: evaluating at {len(params.datasets[dataset].eval_resolutions)} resolutions{weights_of}")
         model = load_trained_model(params, dataset, variant, weights).to(local_device(params.device))
         table = accuracy_vs_resolution(model, params, dataset, variant, test_sets=test_sets)
-        tables.append(table.assign(run=run, seed=run_seed, eval_key=key))
+        tables.append(table.assign(run=run, weights=trained, seed=run_seed, eval_key=key))
     return pd.concat(tables, ignore_index=True)
 
 

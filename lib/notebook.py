@@ -58,6 +58,9 @@ def run_notebook(source: Path, out_dir: Path, parameters: dict, params_file: Pat
             str(input_path), str(executed),
             parameters={**parameters, "out_dir": str(staging), "params_file": str(params_file)},
             kernel_name=kernel_name, progress_bar=False, log_output=log_output, cwd=str(Path.cwd()),
+            # kill the kernel once the last cell is done: a graceful shutdown waits ~3 s per step for the
+            # interpreter with torch loaded to finalize, and every cell has closed the files it wrote by then
+            shutdown_kernel="immediate",
         )
     except papermill.PapermillExecutionError as err:
         raise NotebookFailed(f"{source} failed ({err.ename}: {err.evalue}); executed copy with the traceback: {executed}") from None

@@ -495,6 +495,11 @@ def rq1_lines(resolution: pd.DataFrame) -> list[str]:
                         f"{_ci_row(best)}%")
         lines.append(f"- **{dataset}** ({part['variant'].nunique()} variants, n = {int(part['n'].iloc[0])}): "
                      + "; ".join(bits) + ".")
+    if "weights" in resolution:  # test-time variants (params `test_time`) run on another run's weights
+        borrowed = resolution[resolution["weights"] != resolution["run"]].drop_duplicates("run")
+        for _, row in borrowed.iterrows():
+            lines.append(f"- {row['dataset']} {label(row['variant'])} is not trained: it is evaluated with the weights of "
+                         f"{row['weights']}, which it equals at and below the training resolution.")
     return lines
 
 

@@ -85,6 +85,23 @@ BAD = [
     ("safety.severities", [3, 1], ["safety.severities", "increasing"]),
     ("safety.baseline_variant", "apee", ["safety.baseline_variant", "did you mean 'ape'"]),
     ("efficiency.baseline", "axial_x", ["efficiency", "baseline 'axial_x' must be one of efficiency.variants"]),
+    # test-time variants: run on another variant's weights, never trained
+    ("zoo.variants", ["none", "rope_adaptive_res"], ["zoo.variants: rope_adaptive_res is never trained",
+                                                     "weights of rope_mixed", "list it under test_time"]),
+    ("variants.rope_adaptive_res.weights_from", "rope_mixd", ["variants.rope_adaptive_res.weights_from",
+                                                             "did you mean 'rope_mixed'"]),
+    ("variants.rope_adaptive_res.weights_from", "rope_axial", ["variants.rope_adaptive_res.weights_from",
+                                                              "rope_axial is a 'rope_axial' variant", "trained 'rope_mixed'"]),
+    ("variants.rope_adaptive_res.model", {"depth": 2}, ["variants.rope_adaptive_res.weights_from",
+                                                       "rope_mixed differs in model"]),
+    ("variants.ape.weights_from", "rope_mixed", ["variants.ape.weights_from", "'ape' must be trained itself",
+                                                "['rope_adaptive_res']"]),
+    ("test_time.variants", ["rope_gated_bank"], ["test_time.variants: rope_gated_bank has no weights_from"]),
+    ("test_time.variants", ["rope_adaptive"], ["test_time.variants", "did you mean 'rope_adaptive_res'"]),
+    ("test_time.datasets", ["cifar100"], ["test_time: cifar100-rope_adaptive_res is evaluated with the weights of "
+                                          "cifar100-rope_mixed, which none of"]),
+    ("analysis.runs", {"datasets": ["shapes"], "variants": ["rope_adaptive_res"]},
+     ["analysis.runs", "shapes-rope_adaptive_res is not trained", "shapes-rope_mixed's weights: use that run"]),
 ]
 
 

@@ -9,7 +9,7 @@ import torch
 
 from lib.checkpoint import save_atomic
 from lib.data.pin import DataPinError, ensure_data
-from lib.evaluate import accuracy_vs_resolution, load_trained_model, wilson_interval
+from lib.evaluate import accuracy_vs_resolution, evaluate_runs, load_trained_model, wilson_interval
 from lib.report import resolution_markdown, seed_summary
 from lib.safety.evaluate import seed_map_stability
 from lib.study import build_model, run_name
@@ -35,6 +35,28 @@ def test_accuracy_vs_resolution_rows(tiny_params, tmp_path):
     assert (table["ci_low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["ci_high"]).all()
     # evaluation is deterministic: the same weights give the same table
     pd.testing.assert_frame_equal(table, accuracy_vs_resolution(loaded, tiny_params, "shapes", "rope_mixed"))
+
+
+def test_test_time_runs_are_evaluated_with_the_weights_they_name(tiny_params, tmp_path):
+    """smoke's test_time run shapes-rope_adaptive_res has no weights of its own: it is evaluated with
+    shapes-rope_mixed's, equals it at and below the training resolution and differs above it."""
+    assert tiny_params.test_time_runs() == [("shapes", "rope_adaptive_res")]
+    torch.manual_seed(0)
+    model = build_model(tiny_params, "shapes", "rope_mixed")
+    with torch.no_grad():  # off the initialisation, so that rescaled frequencies change the logits
+        model.rope.freqs.mul_(3.0)
+    (tmp_path / "shapes-rope_mixed").mkdir()
+    save_atomic({"model": model.state_dict()}, tmp_path / "shapes-rope_mixed" / "model.pt")
+    runs = [("shapes", "rope_mixed", None), ("shapes", "rope_adaptive_res", None)]
+    table = evaluate_runs(tiny_params, tmp_path, runs=runs, log=lambda _: None).set_index(["run", "resolution"])
+    mixed, adaptive = table.loc["shapes-rope_mixed"], table.loc["shapes-rope_adaptive_res"]
+    train = tiny_params.datasets["shapes"].train_resolution
+    assert (adaptive.loc[:train, "loss"] == mixed.loc[:train, "loss"]).all()
+    assert (adaptive.loc[train + 1:, "loss"] != mixed.loc[train + 1:, "loss"]).all()
+    assert set(adaptive["pos_embed"]) == {"rope_adaptive_res"}
+    shutil.rmtree(tmp_path / "shapes-rope_mixed")
+    with pytest.raises(FileNotFoundError, match="shapes-rope_mixed/model.pt: missing weights of run shapes-rope_mixed"):
+        evaluate_runs(tiny_params, tmp_path, runs=runs[1:])
 
 
 def test_weights_file_without_model_is_rejected(tiny_params, tmp_path):

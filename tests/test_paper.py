@@ -284,3 +284,14 @@ def test_per_run_analysis_tables_stand_in_for_the_summary(results):
 def test_missing_results_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         paper.load_tables(tmp_path / "nowhere")
+
+
+def test_rq1_names_the_weights_of_test_time_variants():
+    resolution = _resolution().assign(weights=lambda t: t["run"])
+    borrowed = resolution[resolution["run"] == "shapes-rope_mixed"].assign(
+        variant="rope_adaptive_res", pos_embed="rope_adaptive_res", run="shapes-rope_adaptive_res")
+    lines = paper.rq1_lines(pd.concat([resolution, borrowed], ignore_index=True))
+    notes = [line for line in lines if "is not trained" in line]
+    assert notes == ["- shapes RoPE res.-adaptive is not trained: it is evaluated with the weights of shapes-rope_mixed, "
+                     "which it equals at and below the training resolution."]
+    assert not any("is not trained" in line for line in paper.rq1_lines(resolution))

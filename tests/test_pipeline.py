@@ -90,8 +90,14 @@ def test_repro_writes_metrics_tables_and_figures(study):
         assert (study / "results" / "runs" / run_name / "train.ipynb").exists()
         assert (study / "results" / "runs" / run_name / "live" / "plots" / "metrics" / "val" / "acc.tsv").exists()
     table = pd.read_csv(study / "results" / "resolution" / "resolution.csv")
-    assert list(dict.fromkeys(table["run"])) == RUNS
-    assert len(table) == len(RUNS) * 3
+    assert list(dict.fromkeys(table["run"])) == RUNS + ["shapes-rope_adaptive_res"]  # + the test_time run
+    assert len(table) == (len(RUNS) + 1) * 3
+    assert not (study / "results" / "runs" / "shapes-rope_adaptive_res").exists()  # never trained
+    by_run = table.set_index(["run", "resolution"])
+    adaptive, mixed = by_run.loc["shapes-rope_adaptive_res"], by_run.loc["shapes-rope_mixed"]
+    assert set(adaptive["weights"]) == {"shapes-rope_mixed"} and (table["weights"] == table["run"]).sum() == len(RUNS) * 3
+    assert (adaptive.loc[[24, 32], "loss"] == mixed.loc[[24, 32], "loss"]).all()  # RoPE-Mixed up to the training grid
+    assert adaptive.loc[48, "loss"] != mixed.loc[48, "loss"]
     assert set(table.loc[table["dataset"] == "mnist", "resolution"]) == {20, 28, 36}
     assert set(table.loc[table["dataset"] == "shapes", "resolution"]) == {24, 32, 48}
     assert table["accuracy"].between(0, 1).all()
@@ -218,7 +224,7 @@ def test_rerun_gives_identical_metrics(study):
     rerun = dvc("repro", "--force", "--single-item", "evaluate", cwd=study)
     assert (metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes()) == before
     # unchanged weights: the evaluation reuses every run's rows instead of evaluating again
-    evaluated = len(RUNS) + 1  # and the extra seed shapes-rope_mixed-seed1
+    evaluated = len(RUNS) + 2  # and the test_time run shapes-rope_adaptive_res, the extra seed shapes-rope_mixed-seed1
     assert (rerun.stdout + rerun.stderr).count("unchanged, reusing its evaluation") == evaluated  # logged live
     executed = (study / "results" / "resolution" / "evaluate.ipynb").read_text()
     assert executed.count("unchanged, reusing its evaluation") == evaluated
@@ -304,7 +310,7 @@ PAPER_RUNS = ["cifar100-rope_mixed", "imagenet-rope_mixed", "cifar100-ape", "sig
 
 def test_paper_profile_runs_every_stage_on_user_data(paper_study):
     table = pd.read_csv(paper_study / "results" / "resolution" / "resolution.csv")
-    assert list(dict.fromkeys(table["run"])) == PAPER_RUNS
+    assert list(dict.fromkeys(table["run"])) == PAPER_RUNS + ["cifar100-rope_adaptive_res", "imagenet-rope_adaptive_res"]
     assert set(table.loc[table["dataset"] == "imagenet", "resolution"]) == {32, 48}
     assert (table.loc[table["dataset"] == "imagenet", "n"] == 12).all()  # the labelled val/ folder: 3 classes x 4
     assert (table.loc[table["dataset"] == "cifar100", "n"] == 40).all()

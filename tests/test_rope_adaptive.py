@@ -160,6 +160,19 @@ def test_resolution_adaptive_model_equals_rope_mixed_model_at_training_resolutio
         assert not torch.allclose(adaptive(big), mixed(big), atol=1e-4)
 
 
+@pytest.mark.parametrize("name", [name for name, spec in POSITION_ENCODINGS.items() if spec.test_time_of])
+def test_test_time_encodings_run_on_the_weights_of_their_trained_encoding(name):
+    """What `weights_from` relies on: the trained model's state dict loads strictly, and the logits at the
+    training resolution are the trained model's, bit for bit."""
+    trained = tiny(POSITION_ENCODINGS[name].test_time_of, seed=3).eval()
+    perturb(trained, 1)
+    test_time = tiny(name, seed=4).eval()
+    test_time.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        x = torch.randn(2, 1, 28, 28)
+        assert torch.equal(test_time(x), trained(x))
+
+
 def test_ramp_matches_hand_computed_case():
     """Training grid 4 x 4, test grid 4 x 8 (wider only), ramp alpha = 1, beta = 2 periods.
 

@@ -10,10 +10,15 @@ from lib.layers.rope_adaptive import RopeContentAdaptive, RopeGatedBank, RopeRes
 
 @dataclass(frozen=True)
 class PositionSpec:
-    """Which absolute embedding ('learned', 'sincos' or None) and which RoPE a name stands for."""
+    """Which absolute embedding ('learned', 'sincos' or None) and which RoPE a name stands for.
+
+    test_time_of: the encoding this one is at the training grid, with the same parameters, so a model trained
+    with that encoding runs with this one unchanged (a test-time change; None: it must be trained itself).
+    """
 
     absolute: str | None
     rotary: str | None
+    test_time_of: str | None = None
 
 
 POSITION_ENCODINGS: dict[str, PositionSpec] = {
@@ -25,7 +30,7 @@ POSITION_ENCODINGS: dict[str, PositionSpec] = {
     "rope_axial_ape": PositionSpec("learned", "axial"),
     "rope_mixed_ape": PositionSpec("learned", "mixed"),
     # the study's adaptive-frequency variants (lib.layers.rope_adaptive)
-    "rope_adaptive_res": PositionSpec(None, "mixed_resolution"),
+    "rope_adaptive_res": PositionSpec(None, "mixed_resolution", test_time_of="rope_mixed"),
     "rope_adaptive_content": PositionSpec(None, "mixed_content"),
     "rope_gated_bank": PositionSpec(None, "gated_bank"),
 }
