@@ -29,9 +29,13 @@ class Run:
 
 
 def trained_runs(params: Params, runs_dir: Path | str = "results/runs") -> list[Run]:
-    """Every run that params.yaml trains (matrices, then extra seeds) and whose weights are in `runs_dir`."""
-    triples = [(d, v, None) for d, v in params.runs()] + params.seed_runs()
-    runs = [Run(run_name(d, v, s), d, v, s, Path(runs_dir) / run_name(d, v, s)) for d, v, s in triples]
+    """Every run that params.yaml trains (matrices, then extra seeds), then its `test_time` runs, whose weights are
+    in `runs_dir`. A test_time run's folder is the one of the run whose weights it uses (`weights_from`): that
+    training is its own, so the curves and metrics there are its too."""
+    triples = ([(d, v, None) for d, v in params.runs()] + params.seed_runs()
+               + [(d, v, None) for d, v in params.test_time_runs()])
+    runs = [Run(run_name(d, v, s), d, v, s, Path(runs_dir) / run_name(d, params.weights_variant(v), s))
+            for d, v, s in triples]
     return [run for run in runs if (run.folder / "model.pt").is_file()]
 
 

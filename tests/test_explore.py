@@ -21,10 +21,14 @@ def runs_dir(tmp_path_factory, data_root) -> Path:
 
 
 def test_runs_are_found_by_name_and_the_curves_read_back(tiny_params, runs_dir):
-    assert [run.name for run in trained_runs(tiny_params, runs_dir)] == ["shapes-rope_mixed"]
+    # smoke's test_time run shapes-rope_adaptive_res runs on shapes-rope_mixed's weights, from its folder
+    assert [run.name for run in trained_runs(tiny_params, runs_dir)] == ["shapes-rope_mixed", "shapes-rope_adaptive_res"]
+    adaptive = find_run(tiny_params, "shapes-rope_adaptive_res", runs_dir)
+    assert adaptive.variant == "rope_adaptive_res" and adaptive.folder == runs_dir / "shapes-rope_mixed"
+    assert type(load_model(tiny_params, adaptive).rope).__name__ == "RopeResolutionAdaptive"
     run = find_run(tiny_params, "shapes-rope_mixed", runs_dir)
     assert (run.dataset, run.variant, run.seed) == ("shapes", "rope_mixed", None)
-    with pytest.raises(ValueError, match=r"'shapes-ape' is not a trained run.*trained: shapes-rope_mixed"):
+    with pytest.raises(ValueError, match=r"'shapes-ape' is not a trained run.*trained: shapes-rope_mixed, shapes-rope_adaptive_res"):
         find_run(tiny_params, "shapes-ape", runs_dir)
     curves = load_curves(run)
     assert list(curves["epoch"]) == [1, 2]
