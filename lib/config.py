@@ -277,10 +277,8 @@ class Params(Strict):
         for name in self.datasets:
             _known(name, DATASETS + EXTERNAL_DATASETS, "dataset", key=f"datasets.{name}")
         for group in TRAINING_MATRICES:
-            for name in getattr(self, group).datasets:
-                _known(name, self.datasets, "dataset defined under 'datasets'", key=f"{group}.datasets")
+            self._matrix_names_resolve(group)
             for name in getattr(self, group).variants:
-                _known(name, self.variants, "variant defined under 'variants'", key=f"{group}.variants")
                 if self.variants[name].weights_from is not None:
                     self._check_weights_from(name, self.variants[name])  # a wrong weights_from is the first problem
                     raise ValueError(f"{group}.variants: {name} is never trained, it is evaluated with the weights of "
@@ -323,10 +321,8 @@ class Params(Strict):
             if variant.weights_from is not None:
                 self._check_weights_from(name, variant)
         if self.test_time is not None:
-            for name in self.test_time.datasets:
-                _known(name, self.datasets, "dataset defined under 'datasets'", key="test_time.datasets")
+            self._matrix_names_resolve("test_time")
             for name in self.test_time.variants:
-                _known(name, self.variants, "variant defined under 'variants'", key="test_time.variants")
                 if self.variants[name].weights_from is None:
                     raise ValueError(f"test_time.variants: {name} has no weights_from (the trained variant whose weights "
                                      f"it is evaluated with)")
@@ -348,6 +344,13 @@ class Params(Strict):
                 if res % patch:
                     raise ValueError(f"datasets.{dataset}.{key}: {res} is not a multiple of {source}={patch}")
         return self
+
+    def _matrix_names_resolve(self, group: str) -> None:
+        """Every dataset and variant of the matrix `group` is defined under `datasets` / `variants`."""
+        for name in getattr(self, group).datasets:
+            _known(name, self.datasets, "dataset defined under 'datasets'", key=f"{group}.datasets")
+        for name in getattr(self, group).variants:
+            _known(name, self.variants, "variant defined under 'variants'", key=f"{group}.variants")
 
     def _check_weights_from(self, name: str, variant: VariantParams) -> None:
         """A variant may run on another's weights only if it is that variant with a test-time position encoding."""
