@@ -1,4 +1,5 @@
-"""Light, label-preserving batch augmentation: random translation and isotropic scaling, and optional
+"""Batch augmentation: light random translation and isotropic scaling (the default), RandomResizedCrop-style
+zoom (the scale augmentation of Heo et al.'s DeiT-III recipe, for the resolution study), and optional
 horizontal flips.
 
 Flips are off by default: the procedural `shapes` labels are spatial relations (left of, above), which a
@@ -43,3 +44,36 @@ def random_hflip(images: torch.Tensor, generator: torch.Generator, batch: int | 
     b = images.shape[0] if batch is None else batch
     flip = (torch.rand(b, generator=generator)[rows] < 0.5).to(images.device)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def random_resized_crop(
+    images: torch.Tensor, area: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator,
+    batch: int | None = None, rows: slice = slice(None),
+) -> torch.Tensor:
+    """RandomResizedCrop on a batch: a box of a random share of the image area and aspect ratio, at a random
+    place, resampled back to the full size (bilinear), one box per image.
+
+    The box covers a fraction in [area[0], area[1]] of the image (uniform) with width / height log-uniform in
+    `ratio`, clipped to the image; its centre is uniform over the places where it fits. An object therefore
+    appears at 1 / sqrt(area) of its size, up to 2x at area 0.25. Unlike torchvision's, one batched draw per
+    image without rejection sampling, so a run is reproducible from the generator alone and the draws do
+    not depend on the image content. A crop can cut an object out of view, as on ImageNet.
+    `batch`, `rows` as in `random_affine`.
+
+    References: Szegedy et al. 2015 (Inception's crops); torchvision.transforms.RandomResizedCrop.
+    """
+    b = images.shape[0] if batch is None else batch
+    share = area[0] + torch.rand(b, generator=generator)[rows] * (area[1] - area[0])
+    log_ratio = torch.log(torch.tensor(ratio, dtype=torch.float32))
+    aspect = torch.exp(log_ratio[0] + torch.rand(b, generator=generator)[rows] * (log_ratio[1] - log_ratio[0]))
+    # box sides as fractions of the image side: width * height = share, width / height = aspect
+    width = torch.sqrt(share * aspect).clamp(max=1.0)
+    height = torch.sqrt(share / aspect).clamp(max=1.0)
+    place = torch.rand(b, 2, generator=generator)[rows]
+    # affine_grid spans [-1, 1]: a box of side w is scaled by w and its centre can move by up to 1 - w
+    theta = torch.zeros(images.shape[0], 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = width, height
+    theta[:, 0, 2] = (place[:, 0] * 2 - 1) * (1 - width)
+    theta[:, 1, 2] = (place[:, 1] * 2 - 1) * (1 - height)
+    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -62,12 +62,25 @@ class ModelParams(Strict):
         return self
 
 
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
 class AugmentParams(Strict):
-    """Light, label-preserving augmentation (no flips: the shapes labels are left/right/above/below)."""
+    """Training augmentation: light shifts and zooms, or RandomResizedCrop-style crops (`crop_area` set);
+    no flips by default (the shapes labels are left/right/above/below)."""
 
     translate: Annotated[float, Field(ge=0, le=0.5)] = 0.1
     scale: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    # RandomResizedCrop instead of translate/scale: crops of this share of the image area, resized back
+    crop_area: Annotated[list[Fraction], Field(min_length=2, max_length=2), Increasing] | None = None
+    crop_ratio: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=2, max_length=2)] = [0.75, 1.3333]
     hflip: bool = False                    # mirror half the images (never for shapes: its labels are left/right)
+
+    @model_validator(mode="after")
+    def _ratio_ordered(self):
+        if self.crop_ratio[0] > self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio: expected [lowest, highest] aspect ratio, got {self.crop_ratio}")
+        return self
 
 
 class TrainParams(Strict):
@@ -244,6 +257,52 @@ class ConvexParams(Strict):
     num_clusters: PositiveInt = 3
 
 
+class Rq1Params(Strict):
+    """The resolution study (DVC matrix `rq1`, notebooks/rq1.py): every cell trains every seed, then is tested at
+    every scale under every protocol; `rq1-summary` compares cells by paired differences over seeds."""
+
+    cells: Annotated[list[str], Field(min_length=1)]     # <dataset>-<augmentation>-<variant>
+    augmentations: dict[str, AugmentParams]               # the training augmentations cells name
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1), Increasing] = [0, 1, 2, 3, 4]
+    scales: Annotated[list[Annotated[float, Field(gt=0, le=16)]], Field(min_length=1), Increasing] = [0.5, 1.0, 2.0]
+    protocols: Annotated[list[str], Field(min_length=1)] = ["zoom"]
+    rescalings: list[str] = []             # test-time rules on the weights of every RoPE-Mixed cell
+    test_images: PositiveInt = 200         # the first N test images, the same for every cell, seed and scale
+    entropy_images: PositiveInt = 32       # attention entropy on the first N of them (zoom protocol)
+    workers: PositiveInt = 2               # seeds trained at once, one process each
+
+    @field_validator("protocols")
+    @classmethod
+    def _known_protocols(cls, value: list[str]) -> list[str]:
+        from lib.extrapolation.protocols import PROTOCOLS
+        for name in value:
+            _known(name, PROTOCOLS, "protocol")
+        return value
+
+    @field_validator("rescalings")
+    @classmethod
+    def _known_rescalings(cls, value: list[str]) -> list[str]:
+        from lib.layers.rope_rescale import RESCALINGS
+        for name in value:
+            _known(name, RESCALINGS, "test-time rescaling")
+        return value
+
+    @model_validator(mode="after")
+    def _comparable(self):
+        if 1.0 not in self.scales:
+            raise ValueError(f"scales: {self.scales} must include 1.0 (the training resolution, every comparison's anchor)")
+        if len(self.seeds) < 2:
+            raise ValueError(f"seeds: {self.seeds} gives no confidence interval over seeds; list at least 2")
+        return self
+
+    def parse(self, cell: str) -> tuple[str, str, str]:
+        """(dataset, augmentation, variant) of a cell name '<dataset>-<augmentation>-<variant>'."""
+        parts = cell.split("-")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"cells: {cell!r} is not '<dataset>-<augmentation>-<variant>'")
+        return parts[0], parts[1], parts[2]
+
+
 # The DVC matrices that train runs (dvc.yaml: train, train-zoo, train-case-study); no run in two of them.
 TRAINING_MATRICES = ("study", "zoo", "case_study")
 
@@ -270,6 +329,7 @@ class Params(Strict):
     analysis: AnalysisParams
     safety: SafetyParams
     convex: ConvexParams = ConvexParams()
+    rq1: Rq1Params | None = None
     profiles: dict[str, dict[str, Any]] = {}  # name -> the keys that profile sets (checked by lib/profiles.py)
 
     @model_validator(mode="after")
@@ -302,6 +362,8 @@ class Params(Strict):
             raise ValueError(f"convex: {self.convex.dataset}-{self.convex.variant} is not trained by any of {TRAINING_MATRICES}")
         if self.seed in self.seeds.seeds:
             raise ValueError(f"seeds.seeds: {self.seed} is the study's own `seed` (its runs are trained already)")
+        if self.rq1 is not None:
+            self._check_rq1()
         if self.convex.layer > self.model_for(self.convex.variant, self.convex.dataset).depth:
             raise ValueError(f"convex.layer: {self.convex.layer} exceeds the model depth")
         _known(self.analysis.reference_pos_embed, POSITION_ENCODINGS, "position encoding", key="analysis.reference_pos_embed")
@@ -344,6 +406,23 @@ class Params(Strict):
                 if res % patch:
                     raise ValueError(f"datasets.{dataset}.{key}: {res} is not a multiple of {source}={patch}")
         return self
+
+    def _check_rq1(self) -> None:
+        """Every cell names a defined dataset, augmentation and trained variant; field of view fits its data sets."""
+        from lib.extrapolation.protocols import FIELD_OF_VIEW_DATASETS
+        for cell in self.rq1.cells:
+            dataset, augmentation, variant = self.rq1.parse(cell)
+            _known(dataset, self.datasets, "dataset defined under 'datasets'", key=f"rq1.cells: {cell}")
+            _known(augmentation, self.rq1.augmentations, "augmentation defined under 'rq1.augmentations'", key=f"rq1.cells: {cell}")
+            _known(variant, self.variants, "variant defined under 'variants'", key=f"rq1.cells: {cell}")
+            if self.variants[variant].weights_from is not None:
+                raise ValueError(f"rq1.cells: {cell}: {variant} is a test-time variant; list the trained one and "
+                                 f"rq1.rescalings for test-time rules")
+            if "field_of_view" in self.rq1.protocols and dataset not in FIELD_OF_VIEW_DATASETS:
+                raise ValueError(f"rq1.protocols: field_of_view is defined for {FIELD_OF_VIEW_DATASETS}, "
+                                 f"not for cell {cell}'s {dataset}")
+        if len(set(self.rq1.cells)) != len(self.rq1.cells):
+            raise ValueError(f"rq1.cells: a cell is listed twice in {self.rq1.cells}")
 
     def _matrix_names_resolve(self, group: str) -> None:
         """Every dataset and variant of the matrix `group` is defined under `datasets` / `variants`."""

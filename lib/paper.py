@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from matplotlib import pyplot as plt
 
+from lib.extrapolation.figures import plot_accuracy_vs_scale, plot_entropy_vs_scale, plot_rescalings
+from lib.extrapolation.summary import difference_grid
 from lib.plots import (ci_error_lengths, palette_for, plot_accuracy_vs_resolution, plot_cost_vs_tokens, save_figure,
                        set_style)
 from lib.report import attention_variants, position_encodings, t_interval
@@ -33,7 +35,7 @@ LABELS = {
     "rope_adaptive_res": "RoPE res.-adaptive", "rope_adaptive_content": "RoPE content-adaptive",
     "rope_gated_bank": "RoPE gated bank", "linear": "linear", "local": "local", "sparse_strided": "sparse strided",
     "sparse_fixed": "sparse fixed", "axial": "axial", "multi_axis": "multi-axis", "moh": "MoH",
-    "softmax": "softmax",
+    "softmax": "softmax", "rope_mixed_norm": "RoPE-Mixed, normalised coords", "fire": "FIRE",
 }
 
 METRIC_LABELS = {
@@ -74,6 +76,10 @@ TABLES = {
     "shift": Table("safety/*/shift_metrics.csv", "safety"),
     "risk_coverage": Table("safety/*/risk_coverage.csv", "safety"),
     "convex": Table("convex/summary.csv", "convex"),
+    "rq1_accuracy": Table("rq1/summary/accuracy.csv", "rq1-summary"),
+    "rq1_paired": Table("rq1/summary/paired.csv", "rq1-summary"),
+    "rq1_ordering": Table("rq1/summary/heo_ordering.csv", "rq1-summary"),
+    "rq1_entropy": Table("rq1/summary/entropy.csv", "rq1-summary"),
 }
 
 
@@ -185,6 +191,23 @@ def resolution_full_table(resolution: pd.DataFrame) -> pd.DataFrame:
         "train px": resolution["train_resolution"].astype(int),
         "accuracy (%) [95% CI]": [_ci_row(r) for _, r in resolution.iterrows()], "n": resolution["n"].astype(int),
     })
+
+
+def rq1_ordering_table(ordering: pd.DataFrame) -> pd.DataFrame:
+    """RQ1: per data set, augmentation, protocol and scale above 1, the three paired differences of Heo et al.'s
+    ordering and whether it holds."""
+    return ordering.rename(columns={"mixed_vs_axial": "RoPE-Mixed - RoPE-Axial", "axial_vs_ape": "RoPE-Axial - APE",
+                                    "mixed_vs_ape": "RoPE-Mixed - APE"})
+
+
+def rq1_accuracy_table(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """RQ1: one row per cell and method, the seed mean [95% t-CI] per protocol and scale."""
+    table = accuracy.copy()
+    table["cell"] = [format_ci(a, lo, hi) for a, lo, hi in zip(table["accuracy"], table["ci_low"], table["ci_high"])]
+    table["test"] = [f"{p.replace('field_of_view', 'fov')} {s:g}x" for p, s in zip(table["protocol"], table["scale"])]
+    wide = table.pivot_table(index=["dataset", "augmentation", "variant", "method"], columns="test", values="cell",
+                             aggfunc="first", sort=False)
+    return wide.reset_index()
 
 
 def cost_table(cost: pd.DataFrame, scaling: pd.DataFrame) -> pd.DataFrame:
@@ -462,8 +485,9 @@ def figure_convex(convex: pd.DataFrame) -> plt.Figure:
 # --------------------------------------------------------------------------------------------- README
 
 QUESTIONS = {
-    "RQ1": "Position encodings and resolution extrapolation: which position encoding fits the training resolution "
-           "best, and which keeps its accuracy at smaller and larger test resolutions?",
+    "RQ1": "Resolution extrapolation: when does RoPE keep its accuracy at other test resolutions, and does the answer "
+           "depend on the encoding, the training augmentation, what a larger image shows (zoom or a wider field of "
+           "view) or a test-time rescaling of the frequencies?",
     "RQ2": "Efficiency: what does each attention variant cost as the number of tokens grows, and from how many "
            "tokens on are linear / sparse / local variants cheaper than softmax attention?",
     "RQ3": "Attention analysis and faithfulness: how far does trained attention look per layer, and which "
@@ -480,37 +504,22 @@ def _best(frame: pd.DataFrame, column: str, lowest: bool = False) -> pd.Series:
     return frame.loc[frame[column].idxmin() if lowest else frame[column].idxmax()]
 
 
-def rq1_lines(resolution: pd.DataFrame) -> list[str]:
-    lines = []
-    for dataset, part in resolution.groupby("dataset", sort=False):
-        train_res = int(part["train_resolution"].iloc[0])
-        low, high = int(part["resolution"].min()), int(part["resolution"].max())
-        bits = []
-        for res, what in ((train_res, "training"), (low, "lowest"), (high, "highest")):
-            at = part[part["resolution"] == res]
-            best = _best(at, "accuracy")
-            ties = int((at["accuracy"] == best["accuracy"]).sum()) - 1
-            tied = f" (tied with {ties} other{'s' if ties > 1 else ''})" if ties else ""
-            bits.append(f"at the {what} resolution ({res} px) the best is {label(best['variant'])}{tied} with "
-                        f"{_ci_row(best)}%")
-        lines.append(f"- **{dataset}** ({part['variant'].nunique()} variants, n = {int(part['n'].iloc[0])}): "
-                     + "; ".join(bits) + ".")
-    if "weights" in resolution:  # test-time variants (params `test_time`) run on another run's weights
-        borrowed = resolution[resolution["weights"] != resolution["run"]].drop_duplicates("run")
-        for _, row in borrowed.iterrows():
-            lines.append(f"- {row['dataset']} {label(row['variant'])} is not trained: it is evaluated with the weights of "
-                         f"{row['weights']}, which it equals at and below the training resolution.")
-    return lines
+def rq1_lines(findings: str, accuracy: pd.DataFrame) -> list[str]:
+    """RQ1's answer: the sentences `rq1-summary` computed from the seed tables (findings.md), after the design."""
+    seeds = int(accuracy["seeds"].min())
+    design = (f"- Design: every cell (data set x training augmentation x position encoding) trained with {seeds} seeds; "
+              f"each seed tested on the same {int(accuracy['n'].iloc[0])} test images at every scale and protocol. "
+              "Values are seed means [95% t-interval over seeds]; differences are paired by seed index on the same "
+              "images, in accuracy points, and a difference is stated only where its interval excludes 0.")
+    return [design, *[line for line in findings.splitlines() if line.strip()]]
 
 
-def seed_lines(seeds: pd.DataFrame) -> list[str]:
-    """RQ1 over training seeds (the evaluate stage's seeds_summary.csv): accuracy at the training
-    resolution, mean [95% t-CI] and the seeds' range; nothing when no configuration was trained with more
-    than one seed."""
-    repeated = seeds[(seeds["seeds"] >= 2) & (seeds["resolution"] == seeds["train_resolution"])]
-    return [f"- over {int(row['seeds'])} training seeds, {row['dataset']} {label(row['variant'])} at "
-            f"{int(row['resolution'])} px: {_ci_row(row)}% (mean [95% t-CI, clipped to 0-100]; seeds from "
-            f"{100 * row['min']:.1f} to {100 * row['max']:.1f}%)" for _, row in repeated.iterrows()]
+def zoo_resolution_lines(resolution: pd.DataFrame) -> list[str]:
+    """The single-seed resolution sweep of every trained run: what it is, and that no claim rests on it."""
+    runs = resolution["run"].nunique() if "run" in resolution else len(resolution.drop_duplicates(["dataset", "variant"]))
+    return [f"- Every run the other questions analyse ({runs} runs, one training seed each, light augmentation, zoom "
+            "protocol, Wilson intervals over test images) tested at every resolution of its data set. One seed per "
+            "variant: RQ1's claims rest on the seed study above, not on this table."]
 
 
 def rq2_lines(cost: pd.DataFrame, scaling: pd.DataFrame) -> list[str]:
@@ -626,7 +635,7 @@ def rq5_lines(convex: pd.DataFrame) -> list[str]:
 
 
 def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFrame], figures: dict[str, str],
-                 link_prefix: str = "", recommendation: str = "") -> str:
+                 link_prefix: str = "", recommendation: str = "", findings: str = "") -> str:
     """The results README: per research question, the answer's numbers (from the tables), the main table
     in Markdown, and links to the figure and the table files. `figures` maps a name to its PNG's path relative
     to the paper folder; `link_prefix` is the paper folder seen from where the README is written ("" inside it)."""
@@ -645,11 +654,10 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
         "Generated by `notebooks/paper_figures.py` (`lib/paper.py`) from the study's result tables; every number "
         "below is read from them, none is typed by hand. Accuracies are in %, as value [95% confidence interval].",
     ]
+    rq1_figures = [fig(name, name.replace("_", " ")) for name in figures if name.startswith(("rq1_",))]
     parts = [
-        ("RQ1", rq1_lines(t["resolution"]) + seed_lines(t["seeds"]), "resolution",
-         [fig("accuracy_vs_resolution", "accuracy vs resolution, position encodings"),
-          fig("accuracy_vs_resolution_attention", "accuracy vs resolution, attention variants"),
-          tab("resolution"), tab("resolution_full")]),
+        ("RQ1", rq1_lines(findings, t["rq1_accuracy"]), "rq1_ordering",
+         [*rq1_figures, tab("rq1_ordering"), tab("rq1_paired"), tab("rq1_accuracy")]),
         ("RQ2", rq2_lines(t["cost"], t["scaling"]), "cost", [fig("cost_vs_tokens", "cost vs tokens"), tab("cost")]),
         ("RQ3", rq3_lines(t["layer_head"], t["faithfulness"], t["localisation"]), "analysis",
          [fig("attention_distance", "mean attention distance per layer, position encodings"),
@@ -666,6 +674,12 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
     for rq, lines, main_table, links in parts:
         sections += ["", f"## {rq}. {QUESTIONS[rq]}", "", *lines, "", p[main_table].to_markdown(index=False), "",
                      *[link for link in links if link]]
+        if rq == "RQ1":
+            sections += ["", "### Every trained run at every resolution (one seed each)", "",
+                         *zoo_resolution_lines(t["resolution"]), "", p["resolution"].to_markdown(index=False), "",
+                         fig("accuracy_vs_resolution", "accuracy vs resolution, position encodings"),
+                         fig("accuracy_vs_resolution_attention", "accuracy vs resolution, attention variants"),
+                         tab("resolution"), tab("resolution_full")]
     return "\n".join(sections).rstrip() + "\n"
 
 
@@ -689,6 +703,9 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
         "localisation": localisation_table(tables["localisation"]),
         "safety": safety_table(tables["shift"]),
         "convex": convex_table(tables["convex"]),
+        "rq1_ordering": rq1_ordering_table(tables["rq1_ordering"]),
+        "rq1_paired": difference_grid(tables["rq1_paired"]),
+        "rq1_accuracy": rq1_accuracy_table(tables["rq1_accuracy"]),
     }
     captions = {
         "resolution": "RQ1: test accuracy (%) [95% CI] at the training, lowest and highest test resolution.",
@@ -701,6 +718,11 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
         "localisation": "RQ3: localisation of each explanation method, value [95% CI].",
         "safety": "RQ4: clean accuracy and mean corrupted accuracy per severity (%) [95% CI], calibration, AURC.",
         "convex": "RQ5: test accuracy (%) of every head on frozen tokens, mean over seeds [95% t-CI].",
+        "rq1_ordering": "RQ1: Heo et al.'s ordering above the training resolution, paired differences in accuracy "
+                        "points [95% t-CI over seeds]; 'holds' where both adjacent differences are above 0.",
+        "rq1_paired": "RQ1: paired differences (accuracy points, mean over seeds [95% t-CI]) at 0.5x, 1.5x, 2x and 4x "
+                      "the training grid; * where the interval excludes 0.",
+        "rq1_accuracy": "RQ1: test accuracy (%), seed mean [95% t-CI over seeds], every cell, method, protocol and scale.",
     }
     written = []
     for name, table in products.items():
@@ -724,6 +746,13 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
         "safety": figure_safety(tables["shift"], tables["risk_coverage"]),
         "convex_heads": figure_convex(tables["convex"]),
     }
+    for dataset in dict.fromkeys(tables["rq1_accuracy"]["dataset"]):
+        figures[f"rq1_accuracy_vs_scale_{dataset}"] = plot_accuracy_vs_scale(tables["rq1_accuracy"], dataset)
+        figures[f"rq1_entropy_vs_scale_{dataset}"] = plot_entropy_vs_scale(tables["rq1_entropy"], dataset)
+        rescaled = tables["rq1_accuracy"][(tables["rq1_accuracy"]["dataset"] == dataset)
+                                          & (tables["rq1_accuracy"]["method"] != "trained")]
+        if not rescaled.empty:
+            figures[f"rq1_rescalings_{dataset}"] = plot_rescalings(tables["rq1_accuracy"], dataset)
     links = {}
     for name, figure in figures.items():
         if figure is None:
@@ -737,10 +766,14 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
     readme = out / "README.md"
     trust = Path(results_dir) / "safety_summary" / "recommendation.md"  # optional: written by safety-summary
     recommendation = trust.read_text() if trust.is_file() else ""
-    readme.write_text(build_readme(tables, products, links, recommendation=recommendation))
+    findings_path = Path(results_dir) / "rq1" / "summary" / "findings.md"
+    if not findings_path.is_file():
+        raise _missing(findings_path, "rq1-summary")
+    findings = findings_path.read_text()
+    readme.write_text(build_readme(tables, products, links, recommendation=recommendation, findings=findings))
     written.append(readme)
     if results_readme is not None:
         Path(results_readme).write_text(build_readme(tables, products, links, link_prefix=f"{paper_folder}/",
-                                                     recommendation=recommendation))
+                                                     recommendation=recommendation, findings=findings))
         written.append(Path(results_readme))
     return {"tables": products, "figures": links, "written": written, "readme": readme}

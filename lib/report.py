@@ -3,7 +3,8 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+
+from lib.stats import t_interval
 
 
 def position_encodings(table: pd.DataFrame) -> pd.DataFrame:
@@ -41,19 +42,6 @@ def resolution_markdown(table: pd.DataFrame) -> str:
         sections.append(f"### {dataset} (test accuracy %, n = {n}; columns: test resolution in pixels, * = training)\n\n"
                         + resolution_summary(table, dataset).to_markdown(index=False))
     return "\n\n".join(sections) + "\n"
-
-
-def t_interval(values) -> tuple[float, float, float]:
-    """Mean and two-sided 95% Student-t interval of independent values (NaN bounds for fewer than 2)."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
-    return mean, mean - half, mean + half
 
 
 def seed_summary(per_seed: pd.DataFrame) -> pd.DataFrame:

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lib import distributed as dist
-from lib.augment import random_affine, random_hflip
+from lib.augment import random_affine, random_hflip, random_resized_crop
 from lib.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from lib.config import Params, fingerprint
 from lib.data import collate, load_split, take
@@ -166,8 +166,7 @@ def train(
             scheduler.step_update(epoch * steps_per_epoch + step)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             whole = len(batches[step])  # images in the whole batch, of which this process holds len(labels)
-            images = random_affine(images, cfg.augment.translate, cfg.augment.scale, generator,
-                                   batch=whole, rows=dist.share())  # the whole batch's draws, this share's rows
+            images = augment(images, cfg.augment, generator, batch=whole, rows=dist.share())
             if cfg.augment.hflip:
                 images = random_hflip(images, generator, batch=whole, rows=dist.share())
             with autocast(device, cfg.precision):
@@ -216,6 +215,15 @@ def train(
     if live is not None:
         live.end()
     return TrainResult(model=model, history=history, resumed_from_epoch=start_epoch)
+
+
+def augment(images: torch.Tensor, settings, generator: torch.Generator, batch: int, rows: slice) -> torch.Tensor:
+    """The configured scale augmentation (`train.augment`): RandomResizedCrop where `crop_area` is set, else
+    light shifts and zooms; the draws are the whole batch's and `rows` of them are applied (one process's share)."""
+    if settings.crop_area is not None:
+        return random_resized_crop(images, tuple(settings.crop_area), tuple(settings.crop_ratio), generator,
+                                   batch=batch, rows=rows)
+    return random_affine(images, settings.translate, settings.scale, generator, batch=batch, rows=rows)
 
 
 def auxiliary_loss(model: torch.nn.Module) -> torch.Tensor | float:

@@ -102,6 +102,22 @@ BAD = [
                                           "cifar100-rope_mixed, which none of"]),
     ("analysis.runs", {"datasets": ["shapes"], "variants": ["rope_adaptive_res"]},
      ["analysis.runs", "shapes-rope_adaptive_res is not trained", "shapes-rope_mixed's weights: use that run"]),
+    # RQ1: every bad name or list stops before any work, naming the key
+    ("rq1.protocols", ["zoom", "field_of_veiw"], ["rq1.protocols", "unknown protocol 'field_of_veiw'",
+                                                  "did you mean 'field_of_view'"]),
+    ("rq1.rescalings", ["pi", "ntk-aware"], ["rq1.rescalings", "unknown test-time rescaling 'ntk-aware'"]),
+    ("rq1.cells", ["shapes-randaug-ape"], ["rq1.cells: shapes-randaug-ape", "unknown augmentation defined under "
+                                                                            "'rq1.augmentations' 'randaug'"]),
+    ("rq1.cells", ["shapes-rrc-rope_mixd"], ["rq1.cells: shapes-rrc-rope_mixd", "did you mean 'rope_mixed'"]),
+    ("rq1.cells", ["shapes-rope_mixed"], ["rq1.cells", "'shapes-rope_mixed' is not '<dataset>-<augmentation>-<variant>'"]),
+    ("rq1.cells", ["signs-rrc-ape"], ["rq1.protocols: field_of_view is defined for", "signs-rrc-ape"]),
+    ("rq1.cells", ["shapes-rrc-rope_adaptive_res"], ["rq1.cells: shapes-rrc-rope_adaptive_res", "test-time variant"]),
+    ("rq1.cells", ["shapes-rrc-ape", "shapes-rrc-ape"], ["rq1.cells: a cell is listed twice"]),
+    ("rq1.scales", [0.5, 2.0], ["rq1", "scales: [0.5, 2.0] must include 1.0"]),
+    ("rq1.seeds", [0], ["rq1", "seeds: [0] gives no confidence interval over seeds"]),
+    ("rq1.augmentations", {"rrc": {"crop_area": [1.0, 0.25]}}, ["rq1.augmentations.rrc.crop_area", "increasing"]),
+    ("rq1.augmentations", {"rrc": {"crop_area": [0.0, 1.0]}, "light": {}}, ["rq1.augmentations.rrc.crop_area.0",
+                                                                           "greater than 0"]),
 ]
 
 

@@ -122,6 +122,45 @@ def test_repro_writes_metrics_tables_and_figures(study):
     assert seed_maps["prediction_agreement"].between(0, 1).all() and (seed_maps["n"] > 0).all()
 
 
+def test_rq1_cells_train_every_seed_and_the_summary_compares_them_paired(study):
+    cells = ["shapes-rrc-ape", "shapes-rrc-rope_mixed", "shapes-light-rope_mixed", "mnist-rrc-fire"]
+    for cell in cells:
+        accuracy = pd.read_csv(study / "results" / "rq1" / "runs" / cell / "accuracy.csv")
+        assert set(accuracy["seed"]) == {0, 1} and accuracy["accuracy"].between(0, 1).all()
+        assert sorted((study / "results" / "rq1" / "weights" / cell).glob("seed*.pt")) == \
+            [study / "results" / "rq1" / "weights" / cell / f"seed{s}.pt" for s in (0, 1)]
+        # zoom at every scale, field of view only from the training grid up; same images everywhere
+        plan = accuracy[accuracy["method"] == "trained"].groupby("protocol")["scale"].apply(sorted).to_dict()
+        assert plan == {"zoom": [0.5, 0.5, 1.0, 1.0, 2.0, 2.0], "field_of_view": [1.0, 1.0, 2.0, 2.0]}
+        assert (accuracy["n"] == 40).all()
+        history = pd.read_csv(study / "results" / "rq1" / "runs" / cell / "history.csv")
+        assert history.groupby("seed")["epoch"].max().to_dict() == {0: 2, 1: 2}
+    mixed = pd.read_csv(study / "results" / "rq1" / "runs" / "shapes-rrc-rope_mixed" / "accuracy.csv")
+    assert set(mixed["method"]) == {"trained", "pi", "ntk", "yarn"}
+    at_train = mixed[(mixed["scale"] == 1.0) & (mixed["protocol"] == "zoom")].groupby("seed")["accuracy"]
+    assert (at_train.nunique() == 1).all()  # every rescaling is the trained model at the training grid
+    assert set(pd.read_csv(study / "results" / "rq1" / "runs" / "shapes-rrc-ape" / "accuracy.csv")["method"]) == {"trained"}
+    assert (study / "results" / "rq1" / "runs" / "shapes-rrc-rope_mixed" / "ramp.csv").is_file()
+    # seeds differ (a seed is a real replicate): different weights, different per-seed histories
+    history = pd.read_csv(study / "results" / "rq1" / "runs" / "shapes-rrc-ape" / "history.csv")
+    assert history[history["seed"] == 0]["train/loss"].tolist() != history[history["seed"] == 1]["train/loss"].tolist()
+    summary = study / "results" / "rq1" / "summary"
+    seeds = pd.read_csv(summary / "accuracy.csv")
+    assert (seeds["seeds"] == 2).all() and (seeds["ci_low"] <= seeds["accuracy"]).all()
+    paired = pd.read_csv(summary / "paired.csv")
+    assert {"variant", "method", "augmentation", "protocol"} <= set(paired["factor"])
+    one = paired[(paired["factor"] == "variant") & (paired["first"] == "rope_mixed") & (paired["protocol"] == "zoom")
+                 & (paired["scale"] == 2.0) & (paired["augmentation"] == "rrc")].iloc[0]
+    per_seed = {cell: pd.read_csv(study / "results" / "rq1" / "runs" / cell / "accuracy.csv").query(
+        "method == 'trained' and protocol == 'zoom' and scale == 2.0").set_index("seed")["accuracy"]
+        for cell in ("shapes-rrc-rope_mixed", "shapes-rrc-ape")}
+    assert one["difference"] == pytest.approx((per_seed["shapes-rrc-rope_mixed"] - per_seed["shapes-rrc-ape"]).mean())
+    findings = (summary / "findings.md").read_text()
+    assert "shapes, rrc augmentation, at the training resolution" in findings and "no difference detected" in findings
+    for figure in ("accuracy_vs_scale_shapes", "accuracy_vs_scale_mnist", "entropy_vs_scale_shapes", "rescalings_shapes"):
+        assert (summary / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_efficiency_stage_measures_every_variant_and_timm(study):
     cost = pd.read_csv(study / "results" / "efficiency" / "cost_vs_tokens.csv")
     assert set(cost["variant"]) == {"rope_mixed", "linear"} and sorted(set(cost["tokens"])) == [4, 16]
@@ -186,6 +225,10 @@ def test_paper_figures_stage_writes_figures_tables_and_the_results_readme(study)
     resolution = pd.read_csv(study / "results" / "resolution" / "resolution.csv")
     mnist_ape = resolution.query("run == 'mnist-ape' and resolution == 28")["accuracy"].item()
     assert f"{100 * mnist_ape:.1f}" in readme
+    # RQ1's answer is the seed study's computed findings, every line of them
+    findings = (study / "results" / "rq1" / "summary" / "findings.md").read_text().splitlines()
+    rq1 = readme.split("## RQ1")[1].split("## RQ2")[0]
+    assert findings and all(line in rq1 for line in findings)
 
 
 def test_metrics_and_plots_show(study):

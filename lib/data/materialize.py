@@ -143,6 +143,24 @@ def load_split(
     return data if limit is None else to_image_set(data, limit, workers)
 
 
+def load_scenes(root: Path, dataset: str, split: str) -> tuple[np.ndarray, torch.Tensor]:
+    """The stored scene vectors (N, K) and labels of a procedural data set's split (shapes, signs)."""
+    if dataset not in ("shapes", "signs"):
+        raise ValueError(f"{dataset!r} has no scene vectors; only the procedural data sets (shapes, signs) do")
+    folder = Path(root) / dataset
+    _check_version(folder / "meta.json", _MODULES[dataset])
+    return (_load_npy(folder / f"{split}_scenes.npy", np.float64),
+            torch.from_numpy(_load_npy(folder / f"{split}_labels.npy", np.int64)))
+
+
+def scene_image_set(dataset: str, scenes: np.ndarray, labels: torch.Tensor, resolution) -> ImageSet:
+    """Render scene vectors of a procedural data set at `resolution` into an ImageSet (masks included)."""
+    module = _MODULES[dataset]
+    pixels, object_masks = module.render(scenes, *resolution_to_size(resolution))
+    images = rearrange(torch.from_numpy(pixels), "n h w c -> n c h w").float() / 255
+    return ImageSet(images, labels, list(module.CLASSES), torch.from_numpy(object_masks))
+
+
 def _load_embedded(root: Path, dataset: str, split: str, resolution) -> ImageSet:
     """One split of an embedded data set, from the files `materialize` wrote under root/<dataset>."""
     module = _MODULES[dataset]

@@ -258,6 +258,32 @@ def render(scenes: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.
     return render_scenes(scenes, height, width, _render_chunk, len(SCENE_COLUMNS), COLUMN["noise_seed"],
                          COLUMN["noise_std"], samples_per_chunk=2**22 // SUPERSAMPLES**2)  # about 4M supersamples per chunk
 
+def widen_field_of_view(scenes: np.ndarray, factor: float) -> np.ndarray:
+    """The scenes seen through a window `factor` times wider and taller, centred on the original view.
+
+    Rendered at `factor` times the pixels, every object keeps its size in pixels and its place relative to the
+    other, and the canvas grows around them: the "field of view" test protocol (a larger image shows more of
+    the world, not the same world larger). Positions map as p' = (p - 1/2) / factor + 1/2, sizes as s / factor,
+    and each background wave's frequency is multiplied by `factor` with its phase shifted so that the texture
+    continues unchanged beyond the original view; the labels (relative directions) are unchanged.
+    factor >= 1: a narrower view would crop objects out of the image.
+    """
+    if factor < 1:
+        raise ValueError(f"field of view: factor must be >= 1 (a narrower view crops objects), got {factor}")
+    wide = np.array(scenes, dtype=np.float64, copy=True)
+    for name in ("circle_x", "circle_y", "square_x", "square_y") + tuple(
+            f"dot{k}_{axis}" for k in range(NUM_DOTS) for axis in ("x", "y")):
+        wide[:, COLUMN[name]] = (scenes[:, COLUMN[name]] - 0.5) / factor + 0.5
+    for name in ("circle_radius", "square_half_side") + tuple(f"dot{k}_radius" for k in range(NUM_DOTS)):
+        wide[:, COLUMN[name]] = scenes[:, COLUMN[name]] / factor
+    for k in range(NUM_WAVES):  # f x + phase with x = factor (x' - 1/2) + 1/2, per axis
+        fx, fy = scenes[:, COLUMN[f"wave{k}_freq_x"]], scenes[:, COLUMN[f"wave{k}_freq_y"]]
+        wide[:, COLUMN[f"wave{k}_freq_x"]] = fx * factor
+        wide[:, COLUMN[f"wave{k}_freq_y"]] = fy * factor
+        wide[:, COLUMN[f"wave{k}_phase"]] = scenes[:, COLUMN[f"wave{k}_phase"]] + (fx + fy) * 0.5 * (1 - factor)
+    return wide
+
+
 def build_splits() -> dict[str, dict[str, np.ndarray]]:
     """{split: {"images", "labels", "masks", "scenes"}} for the stored data set, rendered at NATIVE_RESOLUTION."""
     return build_scene_splits(generate_scenes, render, SPLIT_SIZES, SEEDS, NATIVE_RESOLUTION)

@@ -1,0 +1,171 @@
+"""One cell of the resolution study: train every seed of (dataset, augmentation, variant), then test each seed at
+every scale under every protocol, and every RoPE-Mixed seed also with each test-time rescaling.
+
+Seeds run in `rq1.workers` processes of one thread each: a run's floats then do not depend on how many runs share
+the machine, and two single-threaded runs use 2 cores better than one run's two threads on these small models.
+Every seed is tested on the same first `rq1.test_images` images of the test split, so two cells (or two
+rescalings of one model) are compared on the same images, seed index by seed index.
+"""
+import math
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from lib.analysis.metrics import attention_entropy
+from lib.checkpoint import save_atomic
+from lib.config import Params
+from lib.data import ImageSet, dataset_info
+from lib.evaluate import wilson_interval
+from lib.extrapolation.protocols import load_scaled_set, scaled_grid
+from lib.layers.rope_rescale import RopeRescaled, ramp_weights
+from lib.study import build_model, normalize
+from lib.train import run_config, train
+
+TRAINED = "trained"  # the method column of a model tested as trained (no test-time rescaling)
+
+
+def cell_params(params: Params, cell: str, seed: int) -> Params:
+    """`params` for one seed of `cell`: the cell's augmentation replaces the dataset's training augmentation."""
+    dataset, augmentation, _ = params.rq1.parse(cell)
+    spec = params.datasets[dataset]
+    augment = params.rq1.augmentations[augmentation].model_dump()
+    datasets = {**params.datasets, dataset: spec.model_copy(update={"train": {**spec.train, "augment": augment}})}
+    return params.model_copy(update={"seed": seed, "datasets": datasets})
+
+
+def scale_plan(params: Params, cell: str) -> list[dict]:
+    """Every (protocol, scale) tested for `cell`: grid, resolution and the grid ratio actually tested."""
+    dataset, _, variant = params.rq1.parse(cell)
+    patch = params.model_for(variant, dataset).patch_size
+    train_resolution = params.datasets[dataset].train_resolution
+    train_grid = train_resolution // patch
+    plan = []
+    for protocol in params.rq1.protocols:
+        for scale in params.rq1.scales:
+            grid = scaled_grid(train_grid, scale)
+            if protocol == "field_of_view" and grid < train_grid:
+                continue  # a smaller canvas would cut objects: zoom only
+            plan.append({"protocol": protocol, "scale": scale, "grid": grid, "resolution": grid * patch,
+                         "grid_ratio": grid / train_grid, "train_resolution": train_resolution})
+    return plan
+
+
+def rescalings_for(params: Params, variant: str) -> list[str]:
+    """The test-time rescalings that apply to `variant`: all of rq1.rescalings for RoPE-Mixed, else none."""
+    return list(params.rq1.rescalings) if params.variants[variant].pos_embed == "rope_mixed" else []
+
+
+@torch.inference_mode()
+def correct_predictions(model: torch.nn.Module, data: ImageSet, batch_size: int) -> torch.Tensor:
+    """Bool (N,): whether each image's top-1 prediction is right."""
+    model.eval()
+    return torch.cat([model(normalize(data.images[i:i + batch_size])).argmax(-1) == data.labels[i:i + batch_size]
+                      for i in range(0, len(data), batch_size)])
+
+
+@torch.no_grad()
+def mean_attention_entropy(model: torch.nn.Module, images: torch.Tensor) -> tuple[float, float]:
+    """Patch-to-patch attention entropy normalised by log(patches) (1 = uniform), mean over images, heads and
+    (first value) all layers or (second) the last layer."""
+    model.eval()
+    _, maps = model.forward_with_attention(normalize(images))
+    maps = torch.stack(maps, dim=1)  # (B, L, heads, N, N)
+    patches = maps.shape[-1] - model.num_prefix_tokens
+    entropy = attention_entropy(maps, model.num_prefix_tokens) / math.log(patches) if patches > 1 else torch.zeros(1)
+    return float(entropy.mean()), float(entropy[:, -1].mean())
+
+
+def evaluate_seed(params: Params, cell: str, seed: int, model: torch.nn.Module, cache: dict | None = None) -> tuple[list, list]:
+    """Accuracy rows (every protocol, scale and method) and attention-entropy rows (zoom, trained model) of one seed."""
+    dataset, augmentation, variant = params.rq1.parse(cell)
+    cache = {} if cache is None else cache
+    trained_grid = model.patch_embed.grid_size
+    trained_rope = model.rope
+    keys = {"cell": cell, "dataset": dataset, "augmentation": augmentation, "variant": variant,
+            "pos_embed": params.variants[variant].pos_embed, "seed": seed}
+    accuracy, entropy = [], []
+    for point in scale_plan(params, cell):
+        key = (dataset, point["protocol"], point["resolution"])
+        if key not in cache:
+            cache[key] = load_scaled_set(Path(params.data_root), dataset, point["train_resolution"], point["resolution"],
+                                       point["protocol"], params.rq1.test_images)
+        data = cache[key]
+        tested = []  # (frequencies, correct) of the methods tested at this point
+        rescalings = rescalings_for(params, variant) if point["protocol"] == "zoom" else []
+        for method in [TRAINED] + rescalings:
+            model.rope = trained_rope if method == TRAINED else RopeRescaled(trained_rope, trained_grid, method)
+            freqs = (getattr(trained_rope, "freqs", None) if method == TRAINED
+                     else model.rope.frequencies_at((point["grid"], point["grid"])))
+            # a rule that gives the same frequencies as one tested already (YaRN where every component is
+            # interpolated is PI) gives the same predictions: reuse them instead of running the model again
+            same = next((c for f, c in tested if f is not None and freqs is not None and torch.equal(f, freqs)), None)
+            correct = same if same is not None else correct_predictions(model, data, params.evaluate.batch_size)
+            tested.append((freqs, correct))
+            low, high = wilson_interval(int(correct.sum()), len(correct))
+            accuracy.append({**keys, "method": method, **point, "accuracy": float(correct.float().mean()),
+                             "correct": int(correct.sum()), "n": len(correct), "wilson_low": low, "wilson_high": high})
+        model.rope = trained_rope
+        if point["protocol"] == "zoom":
+            every, last = mean_attention_entropy(model, data.images[:params.rq1.entropy_images])
+            entropy.append({**keys, **point, "entropy_all_layers": every, "entropy_last_layer": last,
+                            "images": min(len(data), params.rq1.entropy_images)})
+    return accuracy, entropy
+
+
+def ramp_rows(params: Params, cell: str, seed: int, model: torch.nn.Module) -> list[dict]:
+    """YaRN's ramp weight gamma of every learned frequency component of a RoPE-Mixed model: the shares that the
+    `yarn` rule interpolates (gamma = 0: exactly position interpolation), blends, or keeps (gamma = 1)."""
+    if "yarn" not in rescalings_for(params, params.rq1.parse(cell)[2]):
+        return []
+    gamma = ramp_weights(model.rope.freqs.detach(), model.patch_embed.grid_size)
+    periods = model.rope.freqs.detach().abs() * torch.tensor(model.patch_embed.grid_size[::-1]).view(2, 1, 1, 1) / (2 * math.pi)
+    return [{"cell": cell, "seed": seed, "axis": axis, "components": gamma[i].numel(),
+             "interpolated": float((gamma[i] == 0).float().mean()), "blended": float(((gamma[i] > 0) & (gamma[i] < 1)).float().mean()),
+             "kept": float((gamma[i] == 1).float().mean()), "median_periods": float(periods[i].median()),
+             "max_periods": float(periods[i].max())}
+            for i, axis in enumerate(("x", "y"))]
+
+
+def run_seed(params: Params, cell: str, seed: int, weights_dir: Path, checkpoint_dir: Path) -> dict:
+    """Train (or resume) one seed of `cell`, save its weights, test it; return its tables as row lists."""
+    dataset, _, variant = params.rq1.parse(cell)
+    seeded = cell_params(params, cell, seed)
+    with tempfile.TemporaryDirectory() as live_dir:  # per-epoch records are kept in history.csv instead
+        result = train(seeded, dataset, variant, live_dir=Path(live_dir), checkpoint_path=checkpoint_dir / f"{cell}-seed{seed}.pt",
+                       progress=False)
+    model = result.model.eval()
+    save_atomic({"model": model.state_dict(), "config": run_config(seeded, dataset, variant)}, weights_dir / f"seed{seed}.pt")
+    accuracy, entropy = evaluate_seed(seeded, cell, seed, model)
+    history = [{"cell": cell, "seed": seed, **record} for record in result.history]
+    return {"accuracy": accuracy, "entropy": entropy, "history": history, "ramp": ramp_rows(seeded, cell, seed, model)}
+
+
+def _single_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def run_cell(params: Params, cell: str, weights_dir: Path, checkpoint_dir: Path, log=print) -> dict[str, pd.DataFrame]:
+    """Every seed of `cell` (rq1.workers at a time, one thread each); tables ordered by seed."""
+    weights_dir, checkpoint_dir = Path(weights_dir), Path(checkpoint_dir)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    dataset_info(params.rq1.parse(cell)[0], Path(params.data_root))  # a missing data set fails here, not in a worker
+    seeds = list(params.rq1.seeds)
+    workers = min(params.rq1.workers, len(seeds))
+    if workers == 1:
+        _single_thread()
+        results = [run_seed(params, cell, seed, weights_dir, checkpoint_dir) for seed in seeds]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_single_thread) as pool:
+            futures = [pool.submit(run_seed, params, cell, seed, weights_dir, checkpoint_dir) for seed in seeds]
+            results = []
+            for seed, future in zip(seeds, futures):
+                results.append(future.result())
+                log(f"{cell} seed {seed}: trained and tested")
+    return {name: pd.DataFrame([row for result in results for row in result[name]])
+            for name in ("accuracy", "entropy", "history", "ramp")}
+

@@ -1,0 +1,70 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (attention-rope-study)
+#     language: python
+#     name: attention-rope-study
+# ---
+
+# %% [markdown]
+# # RQ1: when does RoPE extrapolate across resolution? Every cell, compared over seeds
+#
+# Reads the per-seed accuracies of every cell of `rq1.cells` and reports, per dataset, augmentation, protocol and
+# scale, the seed mean with its 95% Student-t interval over seeds (`accuracy.csv`; a Wilson interval over test
+# images as a secondary column) and the paired differences that the study's questions need (`paired.csv`: same
+# seed index, same test images): Heo et al.'s ordering RoPE-Mixed > RoPE-Axial > APE, each fix (normalised
+# coordinates, FIRE, test-time rescalings) against RoPE-Mixed, the augmentation and the protocol. A difference is
+# named only where its interval excludes 0 (`findings.md`, which results/README.md quotes).
+
+# %% tags=["parameters"]
+params_file = "params.yaml"
+runs_dir = "results/rq1/runs"
+out_dir = "results/rq1/summary"
+
+# %%
+from pathlib import Path
+
+from IPython.display import Markdown, display
+
+from lib.config import load_params
+from lib.extrapolation.figures import plot_accuracy_vs_scale, plot_entropy_vs_scale, plot_rescalings
+from lib.extrapolation.summary import (accuracy_markdown, check_complete, difference_grid, entropy_summary, findings,
+                                       heo_ordering, paired_table, ramp_summary, read_cells, seed_table)
+from lib.plots import publish, set_style
+
+params = load_params(params_file)
+out = Path(out_dir)
+cells = params.rq1.cells
+accuracy, entropy, ramp = (read_cells(runs_dir, cells, name) for name in ("accuracy", "entropy", "ramp"))
+check_complete(accuracy, cells, params.rq1.seeds)
+
+# %%
+seeds = seed_table(accuracy)
+paired = paired_table(accuracy)
+ordering = heo_ordering(paired)
+seeds.to_csv(out / "accuracy.csv", index=False)
+paired.to_csv(out / "paired.csv", index=False)
+ordering.to_csv(out / "heo_ordering.csv", index=False)
+entropy_summary(entropy).to_csv(out / "entropy.csv", index=False)
+ramp_summary(ramp).to_csv(out / "ramp.csv", index=False)
+(out / "accuracy.md").write_text(accuracy_markdown(seeds))
+(out / "paired.md").write_text(difference_grid(paired).to_markdown(index=False) + "\n")
+lines = findings(seeds, paired, ramp)
+(out / "findings.md").write_text("".join(f"- {line}\n" for line in lines))
+display(Markdown("".join(f"- {line}\n" for line in lines)))
+ordering
+
+# %%
+set_style()
+for dataset in dict.fromkeys(seeds["dataset"]):
+    publish(plot_accuracy_vs_scale(seeds, dataset), out / f"accuracy_vs_scale_{dataset}")
+    publish(plot_entropy_vs_scale(entropy_summary(entropy), dataset), out / f"entropy_vs_scale_{dataset}")
+    if ((seeds["dataset"] == dataset) & (seeds["method"] != "trained")).any():
+        publish(plot_rescalings(seeds, dataset), out / f"rescalings_{dataset}")

@@ -1,0 +1,187 @@
+"""RQ1's building blocks: scale augmentation, the field-of-view protocol, test-time RoPE rescalings, the seed
+statistics, and the tables built from them."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lib.augment import random_affine, random_resized_crop
+from lib.config import AugmentParams
+from lib.data import load_scenes, scene_image_set
+from lib.data.shapes import widen_field_of_view
+from lib.extrapolation.protocols import centre_on_canvas, load_scaled_set, scaled_grid
+from lib.extrapolation.summary import heo_ordering, paired_table, seed_table
+from lib.layers.rope import RopeMixed
+from lib.layers.rope_rescale import RopeRescaled, ramp_weights, rescale_factors
+from lib.models import VisionTransformer
+from lib.stats import paired_difference, t_interval, verdict
+from lib.train import augment
+
+
+def ramp_images(n: int = 4, size: int = 24) -> torch.Tensor:
+    """Images whose value is the pixel centre's x coordinate in [0, 1]."""
+    x = (torch.arange(size) + 0.5) / size
+    return x.view(1, 1, 1, size).expand(n, 1, size, size).contiguous()
+
+
+def test_resized_crop_is_deterministic_per_generator_and_zooms_in():
+    images = ramp_images(64)
+    first = random_resized_crop(images, (0.25, 1.0), (0.75, 1.3333), torch.Generator().manual_seed(3))
+    again = random_resized_crop(images, (0.25, 1.0), (0.75, 1.3333), torch.Generator().manual_seed(3))
+    other = random_resized_crop(images, (0.25, 1.0), (0.75, 1.3333), torch.Generator().manual_seed(4))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    # each output row spans the crop box's width of the ramp: between sqrt(0.25 * 0.75) and 1 of the image
+    span = first[:, 0, 0, -1] - first[:, 0, 0, 0]
+    assert span.min() > 0.4 * 23 / 24 - 1e-4 and span.max() <= 23 / 24 + 1e-4
+    assert span.min() < 0.8  # some crops zoom in markedly (2x at a quarter of the area)
+
+
+def test_resized_crop_of_the_whole_image_is_the_identity():
+    images = torch.rand(3, 3, 16, 16)
+    same = random_resized_crop(images, (1.0, 1.0), (1.0, 1.0), torch.Generator().manual_seed(0))
+    assert torch.allclose(same, images, atol=1e-5)
+
+
+def test_crop_draws_split_across_processes_like_one_batch():
+    images = torch.rand(8, 1, 12, 12)
+    whole = random_resized_crop(images, (0.25, 1.0), (0.75, 1.3333), torch.Generator().manual_seed(1))
+    even = random_resized_crop(images[0::2], (0.25, 1.0), (0.75, 1.3333), torch.Generator().manual_seed(1),
+                               batch=8, rows=slice(0, None, 2))
+    assert torch.allclose(whole[0::2], even, atol=1e-6)
+
+
+def test_augment_picks_crops_only_where_crop_area_is_set():
+    images = torch.rand(4, 1, 12, 12)
+    light = augment(images, AugmentParams(translate=0.05, scale=0.05), torch.Generator().manual_seed(0), 4, slice(None))
+    assert torch.equal(light, random_affine(images, 0.05, 0.05, torch.Generator().manual_seed(0)))
+    crops = augment(images, AugmentParams(crop_area=[0.25, 1.0]), torch.Generator().manual_seed(0), 4, slice(None))
+    assert torch.equal(crops, random_resized_crop(images, (0.25, 1.0), (0.75, 1.3333), torch.Generator().manual_seed(0)))
+
+
+def test_field_of_view_keeps_object_pixel_size_and_labels(data_root):
+    scenes, labels = load_scenes(data_root, "shapes", "test")
+    scenes, labels = scenes[:16], labels[:16]
+    base = scene_image_set("shapes", scenes, labels, 24)
+    for factor, size in ((2, 48), (4, 96)):
+        wide = scene_image_set("shapes", widen_field_of_view(scenes, factor), labels, size)
+        area_base = base.masks.flatten(2).sum(-1).float()  # (N, objects) pixels per object
+        area_wide = wide.masks.flatten(2).sum(-1).float()
+        assert torch.allclose(area_wide, area_base, rtol=0.25, atol=3), (factor, area_base[:2], area_wide[:2])
+        assert (area_wide - area_base).abs().mean() < 1.5  # anti-aliasing moves a pixel or so at the edges
+        # the original view sits in the centre of the wider canvas: the same picture up to pixel noise
+        offset = (size - 24) // 2
+        centre = wide.images[:, :, offset:offset + 24, offset:offset + 24]
+        assert (centre - base.images).abs().mean() < 0.03
+        # zoom makes the objects factor^2 larger in pixels, which is what field of view avoids
+        zoomed = scene_image_set("shapes", scenes, labels, size)
+        assert (zoomed.masks.flatten(2).sum(-1).float() / area_base.clamp(min=1)).median() > factor ** 2 * 0.8
+
+
+def test_mnist_field_of_view_places_the_digit_in_the_centre(data_root):
+    wide = load_scaled_set(data_root, "mnist", 28, 56, "field_of_view", limit=5)
+    plain = load_scaled_set(data_root, "mnist", 28, 28, "zoom", limit=5)
+    assert wide.images.shape[-1] == 56 and torch.equal(wide.images[:, :, 14:42, 14:42], plain.images)
+    assert wide.images[:, :, :14].abs().sum() == 0 and torch.equal(wide.labels, plain.labels)
+    assert torch.equal(centre_on_canvas(torch.ones(1, 1, 2, 2), 5)[0, 0].sum(0), torch.tensor([0., 2., 2., 0., 0.]))
+
+
+@pytest.mark.parametrize("dataset,resolution,protocol,words", [
+    ("shapes", 12, "field_of_view", "smaller than the training resolution"),
+    ("signs", 48, "field_of_view", "defined for"),
+    ("shapes", 48, "stretch", "unknown protocol 'stretch'"),
+])
+def test_bad_protocol_requests_fail_clearly(data_root, dataset, resolution, protocol, words):
+    with pytest.raises(ValueError, match=words):
+        load_scaled_set(data_root, dataset, 24, resolution, protocol, limit=2)
+
+
+def test_scaled_grids_round_to_whole_patches():
+    assert [scaled_grid(7, s) for s in (0.5, 0.75, 1.0, 1.5, 2.0, 4.0)] == [4, 5, 7, 10, 14, 28]
+    assert [scaled_grid(6, s) for s in (0.5, 0.75, 1.0, 1.5, 2.0, 4.0)] == [3, 4, 6, 9, 12, 24]
+
+
+def rope_model(seed: int = 0) -> VisionTransformer:
+    torch.manual_seed(seed)
+    return VisionTransformer(img_size=24, patch_size=4, in_chans=3, num_classes=4, embed_dim=32, depth=2, num_heads=2,
+                             pos_embed="rope_mixed").eval()
+
+
+@pytest.mark.parametrize("method", ["pi", "ntk", "yarn"])
+def test_each_rescaling_is_rope_mixed_at_the_training_grid_and_differs_elsewhere(method):
+    model, images = rope_model(), torch.rand(2, 3, 24, 24)
+    trained = model.rope
+    with torch.no_grad():
+        plain, plain_big = model(images), model(torch.rand(2, 3, 48, 48))
+        model.rope = RopeRescaled(trained, (6, 6), method)
+        assert torch.equal(model(images), plain)  # bit for bit
+    assert torch.equal(rescale_factors(trained.freqs, (6, 6), (6, 6), method), torch.ones_like(trained.freqs))
+    factors = rescale_factors(trained.freqs, (6, 6), (12, 12), method)
+    assert not torch.allclose(factors, torch.ones_like(factors))
+
+
+def test_rescaling_formulas():
+    freqs = RopeMixed(head_dim=16, num_heads=2, depth=1).freqs.detach()  # P = 8 pairs, K = 4 magnitudes per axis
+    pi = rescale_factors(freqs, (6, 6), (12, 24), "pi")
+    assert torch.allclose(pi[0], torch.full_like(pi[0], 0.25)) and torch.allclose(pi[1], torch.full_like(pi[1], 0.5))
+    ntk = rescale_factors(freqs, (6, 6), (12, 12), "ntk")  # s^(k / (K - 1)), k = pair index mod K
+    expected = torch.tensor([0.5 ** (k / 3) for k in (0, 1, 2, 3, 0, 1, 2, 3)])
+    assert torch.allclose(ntk[0, 0, 0], expected) and torch.allclose(ntk[1, 0, 1], expected)
+    # downscaling: the ratio exceeds 1
+    assert torch.allclose(rescale_factors(freqs, (6, 6), (3, 3), "pi"), torch.full_like(freqs, 2.0))
+    # YaRN: components under alpha periods over the training grid are interpolated exactly like PI, fast ones kept
+    slow = torch.full((2, 1, 1, 4), 0.1)  # 6 * 0.1 / 2pi < 1 period
+    fast = torch.full((2, 1, 1, 4), 3.0)  # 6 * 3 / 2pi > 2 periods
+    assert torch.equal(rescale_factors(slow, (6, 6), (12, 12), "yarn"), rescale_factors(slow, (6, 6), (12, 12), "pi"))
+    assert torch.equal(rescale_factors(fast, (6, 6), (12, 12), "yarn"), torch.ones_like(fast))
+    assert torch.equal(ramp_weights(slow, (6, 6)), torch.zeros_like(slow))
+    with pytest.raises(ValueError, match="unknown rescaling 'linear'"):
+        rescale_factors(freqs, (6, 6), (12, 12), "linear")
+
+
+def test_t_interval_and_paired_difference_by_hand():
+    mean, low, high = t_interval([1.0, 2.0, 3.0])  # sd 1, t(0.975, 2) = 4.302653
+    assert mean == 2.0 and math.isclose(high - mean, 4.302653 / math.sqrt(3), rel_tol=1e-6)
+    # diffs 0.1, 0.0, 0.1: mean 0.0667, sd 0.0577, half-width 4.302653 * 0.0577 / sqrt(3) = 0.1434
+    diff = paired_difference({0: 0.9, 1: 0.8, 2: 0.7, 3: 0.5}, {0: 0.8, 1: 0.8, 2: 0.6})
+    assert diff["seeds"] == 3 and math.isclose(diff["difference"], 0.2 / 3)
+    assert math.isclose(diff["ci_high"] - diff["difference"], 4.302653 * math.sqrt(1 / 300) / math.sqrt(3), rel_tol=1e-5)
+    assert verdict(diff, "a", "b") == "no difference detected"
+    steady = paired_difference({0: 0.9, 1: 0.85, 2: 0.8}, {0: 0.7, 1: 0.66, 2: 0.62})
+    assert verdict(steady, "a", "b") == "a > b" and verdict(paired_difference({0: 0.1, 1: 0.2, 2: 0.15}, {0: 0.5, 1: 0.7, 2: 0.6}), "a", "b") == "a < b"
+    assert verdict(paired_difference({0: 0.9}, {0: 0.1}), "a", "b").startswith("not testable")
+
+
+def synthetic_accuracy() -> pd.DataFrame:
+    """Three encodings x 4 seeds at scales 1 and 2: RoPE-Mixed beats RoPE-Axial by 0.1 at 2x on every seed,
+    RoPE-Axial and APE differ by noise only."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(4):
+        noise = rng.normal(0, 0.05)
+        for variant, at2 in (("ape", 0.5 + noise), ("rope_axial", 0.5 + noise + rng.normal(0, 0.05)), ("rope_mixed", 0.6 + noise)):
+            for scale, value in ((1.0, 0.95), (2.0, at2)):
+                rows.append({"cell": f"shapes-rrc-{variant}", "dataset": "shapes", "augmentation": "rrc", "variant": variant,
+                             "method": "trained", "protocol": "zoom", "scale": scale, "grid": int(6 * scale),
+                             "resolution": int(24 * scale), "grid_ratio": scale, "seed": seed, "accuracy": value, "n": 200})
+    return pd.DataFrame(rows)
+
+
+def test_paired_table_pairs_by_seed_and_names_only_supported_differences():
+    accuracy = synthetic_accuracy()
+    paired = paired_table(accuracy)
+    row = paired[(paired["first"] == "rope_mixed") & (paired["second"] == "ape") & (paired["scale"] == 2.0)].iloc[0]
+    assert row["seeds"] == 4 and math.isclose(row["difference"], 0.1) and row["verdict"] == "rope_mixed > ape"
+    mixed_axial = paired[(paired["first"] == "rope_mixed") & (paired["second"] == "rope_axial") & (paired["scale"] == 2.0)].iloc[0]
+    at_one = paired[(paired["first"] == "rope_axial") & (paired["second"] == "ape") & (paired["scale"] == 1.0)].iloc[0]
+    assert at_one["difference"] == 0 and at_one["verdict"] == "not testable (fewer than 2 seeds)" or \
+        at_one["verdict"] == "no difference detected"
+    ordering = heo_ordering(paired)
+    assert len(ordering) == 1 and ordering["ordering"].iloc[0] in ("holds", "not shown (an interval includes 0)")
+    assert (ordering["ordering"].iloc[0] == "holds") == (mixed_axial["ci_low"] > 0 and
+        paired[(paired["first"] == "rope_axial") & (paired["scale"] == 2.0)]["ci_low"].iloc[0] > 0)
+    seeds = seed_table(accuracy)
+    one = seeds[(seeds["variant"] == "rope_mixed") & (seeds["scale"] == 2.0)].iloc[0]
+    assert one["seeds"] == 4 and math.isclose(one["accuracy"], accuracy.query("variant == 'rope_mixed' and scale == 2.0")["accuracy"].mean())
+    assert one["ci_low"] < one["accuracy"] < one["ci_high"] and one["wilson_low"] < one["accuracy"] < one["wilson_high"]
