@@ -379,6 +379,9 @@ class Params(Strict):
             if POSITION_ENCODINGS[variant.pos_embed].rotary and (model.embed_dim // model.num_heads) % 4:
                 raise ValueError(f"variants.{name}: RoPE needs head_dim (embed_dim / num_heads) divisible by 4, "
                                  f"got {model.embed_dim} / {model.num_heads}")
+            if POSITION_ENCODINGS[variant.pos_embed].bias and not ATTENTION_LAYERS[variant.attention].supports_bias:
+                raise ValueError(f"variants.{name}: position encoding {variant.pos_embed!r} adds a bias to the "
+                                 f"attention logits, which attention {variant.attention!r} does not take (use 'softmax')")
         for name, variant in self.variants.items():
             if variant.weights_from is not None:
                 self._check_weights_from(name, variant)

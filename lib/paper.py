@@ -33,7 +33,8 @@ LABELS = {
     "none": "no position", "ape": "APE", "sincos": "sin-cos", "rope_axial": "RoPE-Axial", "rope_mixed": "RoPE-Mixed",
     "rope_axial_ape": "RoPE-Axial + APE", "rope_mixed_ape": "RoPE-Mixed + APE",
     "rope_adaptive_res": "RoPE res.-adaptive", "rope_adaptive_content": "RoPE content-adaptive",
-    "rope_gated_bank": "RoPE gated bank", "linear": "linear", "local": "local", "sparse_strided": "sparse strided",
+    "rope_gated_bank": "RoPE gated bank", "rope_mixed_norm": "RoPE-Mixed (norm. coords)", "fire": "FIRE",
+    "linear": "linear", "local": "local", "sparse_strided": "sparse strided",
     "sparse_fixed": "sparse fixed", "axial": "axial", "multi_axis": "multi-axis", "moh": "MoH",
     "softmax": "softmax", "rope_mixed_norm": "RoPE-Mixed, normalised coords", "fire": "FIRE",
 }

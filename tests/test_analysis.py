@@ -200,7 +200,8 @@ def test_head_importance_is_the_gradient_of_the_loss_at_the_gate():
 
 
 @pytest.mark.parametrize("attention, pos_embed", [("softmax", "rope_mixed"), ("moh", "rope_mixed"),
-                                                   ("linear", "ape"), ("softmax", "rope_adaptive_content")])
+                                                   ("linear", "ape"), ("softmax", "rope_adaptive_content"),
+                                                   ("softmax", "fire")])
 def test_pruning_curve_equals_full_forwards_with_the_head_mask(attention, pos_embed):
     """The curve reuses block inputs across steps; it must equal a full masked forward at every step."""
     model, inputs = tiny_vit(attention, pos_embed), images(64)

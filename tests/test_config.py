@@ -61,6 +61,7 @@ BAD = [
     ("study.datasets", [], ["study.datasets", "at least 1"]),
     ("study", ..., ["study", "required key is missing"]),
     ("variants.rope_mixed.model", {"embed_dim": 72, "num_heads": 4}, ["variants.rope_mixed", "divisible by 4"]),
+    ("variants.local.pos_embed", "fire", ["variants.local", "'fire'", "attention 'local' does not take"]),
     ("variants.ape.model", {"depth": 0}, ["variants.ape.model.depth", "greater than 0"]),
     ("variants.local.attention_kwargs", {"radius": 2}, ["variants.local", "attention_kwargs.radius", "did you mean 'window_radius'"]),
     ("zoo.variants", ["ape"], ["zoo: ['shapes-ape'] already trained by another matrix"]),

@@ -27,7 +27,7 @@ def test_every_position_encoding_runs_at_any_resolution(pos_embed):
         assert torch.allclose(attns[0].sum(-1), torch.ones(2, 2, tokens), atol=1e-5)
 
 
-@pytest.mark.parametrize("pos_embed", ["ape", "rope_mixed", "rope_axial_ape"])
+@pytest.mark.parametrize("pos_embed", ["ape", "rope_mixed", "rope_axial_ape", "rope_mixed_norm", "fire"])
 def test_fused_and_explicit_attention_agree(pos_embed):
     model = tiny(pos_embed=pos_embed)
     x = torch.randn(3, 1, 20, 36)
@@ -37,15 +37,36 @@ def test_fused_and_explicit_attention_agree(pos_embed):
     assert torch.allclose(fused, explicit, atol=1e-5)
 
 
+@pytest.mark.parametrize("pos_embed", ["rope_mixed", "fire", "ape"])
+def test_blocks_one_at_a_time_equal_the_forward_pass(pos_embed):
+    """position_tables + forward_block (how analysis code reruns blocks) give forward_features' tokens."""
+    model = tiny(pos_embed=pos_embed)
+    images = torch.randn(2, 1, 20, 36)
+    with torch.no_grad():
+        x, grid_hw = model.embed(images)
+        tables = model.position_tables(x, grid_hw)
+        assert (tables.rotary is None) == (model.rope is None) and (tables.bias is None) == (model.pos_bias is None)
+        for index in range(len(model.blocks)):
+            x, _ = model.forward_block(index, x, grid_hw, tables)
+        assert torch.allclose(model.norm(x), model.forward_features(images), atol=1e-6)
+        if model.rope is not None:  # bare rotary tables would drop a bias silently: refused
+            with pytest.raises(TypeError, match="position_tables"):
+                model.forward_block(0, x, grid_hw, model.rotary_tables(x, grid_hw))
+
+
 def test_position_encoding_makes_the_model_position_aware():
-    """Without position encoding, permuting patches leaves the CLS output unchanged; with RoPE it does not."""
+    """Without position encoding, permuting patches leaves the CLS output unchanged; with one it does not."""
     x = torch.randn(1, 1, 28, 28)
     # swap two 4x4 patches: a permutation of tokens
     swapped = x.clone()
     swapped[..., 0:4, 0:4], swapped[..., 8:12, 12:16] = x[..., 8:12, 12:16], x[..., 0:4, 0:4]
     with torch.no_grad():
-        for pos_embed, invariant in [("none", True), ("rope_axial", False), ("rope_mixed", False), ("ape", False)]:
+        for pos_embed, invariant in [("none", True), ("rope_axial", False), ("rope_mixed", False), ("ape", False),
+                                     ("rope_mixed_norm", False), ("fire", False)]:
             model = tiny(pos_embed=pos_embed)
+            if model.pos_bias is not None:
+                # FIRE starts with a small bias, and CLS (bias 0) sees positions only from block 2 on: make it matter
+                model.pos_bias.fc2_weight.mul_(100)
             same = torch.allclose(model(x), model(swapped), atol=1e-5)
             assert same == invariant, pos_embed
 

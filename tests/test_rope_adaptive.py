@@ -48,8 +48,8 @@ def make(kind: str, seed: int) -> torch.nn.Module:
 @pytest.mark.parametrize("pos_embed", VARIANTS)
 def test_registered(pos_embed):
     assert pos_embed in POSITION_ENCODINGS
-    absolute, rotary = create_position_encoding(pos_embed, EMBED, HEADS, DEPTH, TRAIN_GRID)
-    assert absolute is None
+    absolute, rotary, bias = create_position_encoding(pos_embed, EMBED, HEADS, DEPTH, TRAIN_GRID)
+    assert absolute is None and bias is None
     assert type(rotary) is {"rope_adaptive_res": RopeResolutionAdaptive, "rope_adaptive_content": RopeContentAdaptive,
                             "rope_gated_bank": RopeGatedBank}[pos_embed]
 

@@ -162,7 +162,7 @@ def pruning_curve(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, 
             images, truth = inputs[start:start + batch_size], labels[start:start + batch_size]
             mask = torch.ones(depth, heads)
             tokens, grid_hw = model.embed(images)
-            tables = model.rotary_tables(tokens, grid_hw)
+            tables = model.position_tables(tokens, grid_hw)
             block_inputs = [tokens] + [None] * depth  # [l]: input of block l under the current mask; [depth]: output
             first_changed = 0
             for removed in range(len(order) + 1):

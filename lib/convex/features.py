@@ -44,9 +44,9 @@ def token_features(
     chunks, grid_hw = [], None
     for batch in images.split(batch_size):
         x, grid_hw = model.embed(normalize(batch))
-        tables = model.rotary_tables(x, grid_hw)
-        for i, block in enumerate(model.blocks[:layer]):
-            x, _ = block(x, grid_hw, model.num_prefix_tokens, rope=None if tables is None else tables.rotation(i))
+        tables = model.position_tables(x, grid_hw)
+        for i in range(layer):
+            x, _ = model.forward_block(i, x, grid_hw, tables)
         if layer == depth:
             x = model.norm(x)
         chunks.append(x if include_cls else x[:, model.num_prefix_tokens:])

@@ -1,10 +1,11 @@
 """A Vision Transformer with pluggable attention and position encoding, built from timm layers.
 
     image -> PatchEmbed -> (+ absolute position) -> [CLS] + patches -> Blocks (attention with optional
-    RoPE, MLP) -> norm -> CLS token -> linear head
+    RoPE and logit bias, MLP) -> norm -> CLS token -> linear head
 
 Any image size works at test time, square or not, as long as it divides into patches: the patch grid
-is read off the input, the absolute embedding is resampled to it and RoPE tables are built for it.
+is read off the input, the absolute embedding is resampled to it, and RoPE tables and relative logit
+biases are built for it, once per forward pass for all blocks (`position_tables`).
 
 Models are registered with timm (`timm.create_model("lib_vit_tiny_patch4", attention="linear",
 pos_embed="rope_mixed")` after `import lib`).
@@ -18,7 +19,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from lib.layers.attention import create_attention
-from lib.layers.position import create_position_encoding
+from lib.layers.position import PositionTables, create_position_encoding
 from lib.layers.rope import RotaryTables
 
 
@@ -39,8 +40,8 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x, grid_hw, num_prefix_tokens, rope=None, return_attn=False):
-        mixed = self.attn(self.norm1(x), grid_hw, num_prefix_tokens, rope=rope, return_attn=return_attn)
+    def forward(self, x, grid_hw, num_prefix_tokens, rope=None, return_attn=False, bias=None):
+        mixed = self.attn(self.norm1(x), grid_hw, num_prefix_tokens, rope=rope, return_attn=return_attn, bias=bias)
         attn = None
         if return_attn:
             mixed, attn = mixed
@@ -55,7 +56,8 @@ class VisionTransformer(nn.Module):
     Args:
         img_size: training image size; sets the grid the learned APE table is trained at.
         attention: a key of `lib.layers.attention.ATTENTION_LAYERS`.
-        pos_embed: a key of `lib.layers.position.POSITION_ENCODINGS`.
+        pos_embed: a key of `lib.layers.position.POSITION_ENCODINGS`; one with a logit bias ('fire') needs an
+            attention variant that takes one (softmax).
         attention_kwargs: extra constructor arguments for the attention variant.
         rope_theta: RoPE base; None keeps the paper's (100 axial, 10 mixed).
         init_values: LayerScale init; None disables LayerScale.
@@ -98,7 +100,7 @@ class VisionTransformer(nn.Module):
             output_fmt="NHWC", strict_img_size=False, dynamic_img_pad=False,
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.abs_pos, self.rope = create_position_encoding(
+        self.abs_pos, self.rope, self.pos_bias = create_position_encoding(
             pos_embed, embed_dim, num_heads, depth, self.patch_embed.grid_size, rope_theta=rope_theta,
         )
         make_attention = partial(
@@ -111,6 +113,9 @@ class VisionTransformer(nn.Module):
                   norm_layer=partial(nn.LayerNorm, eps=norm_eps))
             for dp in drop_paths
         ])
+        if self.pos_bias is not None and not getattr(self.blocks[0].attn, "supports_bias", False):
+            raise ValueError(f"position encoding {pos_embed!r} adds a bias to the attention logits, which attention "
+                             f"{attention!r} does not take; use attention='softmax'")
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
@@ -121,7 +126,7 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names that AdamW should not decay (timm optimizer factory convention)."""
         names = {"cls_token"}
-        for prefix, module in (("abs_pos", self.abs_pos), ("rope", self.rope)):
+        for prefix, module in (("abs_pos", self.abs_pos), ("rope", self.rope), ("pos_bias", self.pos_bias)):
             if module is None:
                 continue
             # a module may keep some of its weights decayed (e.g. a content network); default: none
@@ -140,12 +145,18 @@ class VisionTransformer(nn.Module):
         return x, grid_hw
 
     def rotary_tables(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> RotaryTables | None:
+        """RoPE rotations for the tokens `x` (B, N, C) of one forward pass; None without RoPE."""
         return None if self.rope is None else self.rope(grid_hw, x, self.num_prefix_tokens)
+
+    def position_tables(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> PositionTables:
+        """Everything the blocks need from the position encoding for tokens `x` (B, N, C), for all blocks at once."""
+        bias = None if self.pos_bias is None else self.pos_bias(grid_hw, self.num_prefix_tokens, device=x.device)
+        return PositionTables(self.rotary_tables(x, grid_hw), bias)
 
     def forward_features(self, images: torch.Tensor, return_attn: bool = False):
         """Final normalized tokens (B, 1 + H*W, C); with return_attn also each block's attention."""
         x, grid_hw = self.embed(images)
-        tables = self.rotary_tables(x, grid_hw)
+        tables = self.position_tables(x, grid_hw)
         attns = []
         for index in range(len(self.blocks)):
             x, attn = self.forward_block(index, x, grid_hw, tables, return_attn=return_attn)
@@ -153,11 +164,13 @@ class VisionTransformer(nn.Module):
         x = self.norm(x)
         return (x, attns) if return_attn else x
 
-    def forward_block(self, index: int, x: torch.Tensor, grid_hw: tuple[int, int], tables: RotaryTables | None,
+    def forward_block(self, index: int, x: torch.Tensor, grid_hw: tuple[int, int], tables: PositionTables,
                       return_attn: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Block `index` on tokens `x`; `tables` come from `rotary_tables`, once per forward for all blocks."""
-        rope = None if tables is None else tables.rotation(index)
-        return self.blocks[index](x, grid_hw, self.num_prefix_tokens, rope=rope, return_attn=return_attn)
+        """Block `index` on tokens `x`; `tables` come from `position_tables`, once per forward for all blocks."""
+        if not isinstance(tables, PositionTables):  # e.g. bare RotaryTables: a logit bias would be silently lost
+            raise TypeError(f"forward_block takes the model's position_tables(x, grid_hw), got {type(tables).__name__}")
+        return self.blocks[index](x, grid_hw, self.num_prefix_tokens, rope=tables.rope(index),
+                                  bias=tables.attn_bias(index), return_attn=return_attn)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         pooled = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)

@@ -117,7 +117,8 @@ class MoHAttention(QKVAttention):
         dropout_p = self.attn_drop if self.training else 0.0
         return softmax_attention(q, k, v, self.scale, None, dropout_p, return_attn)
 
-    def forward(self, x, grid_hw, num_prefix_tokens, rope=None, return_attn=False):
+    def forward(self, x, grid_hw, num_prefix_tokens, rope=None, return_attn=False, bias=None):
+        self.check_bias(bias)
         gates, balance = self.route(x)
         self.aux_loss = self.aux_loss_coef * balance
         self.last_routing = gates.detach()
