@@ -299,7 +299,7 @@ class Rq1Params(Strict):
         """(dataset, augmentation, variant) of a cell name '<dataset>-<augmentation>-<variant>'."""
         parts = cell.split("-")
         if len(parts) != 3 or not all(parts):
-            raise ValueError(f"cells: {cell!r} is not '<dataset>-<augmentation>-<variant>'")
+            raise ValueError(f"rq1.cells: {cell!r} is not '<dataset>-<augmentation>-<variant>'")
         return parts[0], parts[1], parts[2]
 
 

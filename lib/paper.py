@@ -36,7 +36,7 @@ LABELS = {
     "rope_gated_bank": "RoPE gated bank", "rope_mixed_norm": "RoPE-Mixed (norm. coords)", "fire": "FIRE",
     "linear": "linear", "local": "local", "sparse_strided": "sparse strided",
     "sparse_fixed": "sparse fixed", "axial": "axial", "multi_axis": "multi-axis", "moh": "MoH",
-    "softmax": "softmax", "rope_mixed_norm": "RoPE-Mixed, normalised coords", "fire": "FIRE",
+    "softmax": "softmax",
 }
 
 METRIC_LABELS = {
