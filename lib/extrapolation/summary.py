@@ -1,7 +1,7 @@
 """RQ1's tables and verdicts from the per-seed accuracies of every cell (notebooks/rq1_summary.py).
 
 - `seed_table`: per (dataset, augmentation, variant, method, protocol, scale), the seed mean with its 95%
-  Student-t interval over seeds (the primary interval), the seeds' spread, and the Wilson interval over test
+  Student-t interval over seeds (the primary interval, clipped to [0, 1]), the seeds' spread, and the Wilson interval over test
   images of the mean accuracy (secondary: it ignores the seed-to-seed variation).
 - `paired_table`: every comparison of `COMPARISONS` that the cells allow, as the mean over seeds of the
   paired difference (same seed index, same test images) with its t-interval, and a verdict that names a
@@ -49,7 +49,8 @@ def seed_table(accuracy: pd.DataFrame) -> pd.DataFrame:
         wilson_low, wilson_high = wilson_interval(round(mean * n), n)
         rows.append({**dict(zip(KEYS, key)), "grid": int(group["grid"].iloc[0]), "resolution": int(group["resolution"].iloc[0]),
                      "grid_ratio": float(group["grid_ratio"].iloc[0]), "seeds": group["seed"].nunique(),
-                     "accuracy": mean, "ci_low": low, "ci_high": high,
+                     # an accuracy lies in [0, 1]; few, spread seeds give a t-interval wider than that
+                     "accuracy": mean, "ci_low": max(low, 0.0), "ci_high": min(high, 1.0),
                      "std": float(group["accuracy"].std(ddof=1)) if len(group) > 1 else math.nan,
                      "min": float(group["accuracy"].min()), "max": float(group["accuracy"].max()),
                      "n": n, "wilson_low": wilson_low, "wilson_high": wilson_high})
@@ -105,7 +106,7 @@ def heo_ordering(paired: pd.DataFrame) -> pd.DataFrame:
         rows.append({**dict(zip(["dataset", "augmentation", "protocol", "scale"], key)),
                      **{name: format_difference(found[name]) for name in pairs.values()},
                      "ordering": "holds" if above else "contradicted" if below else "not shown (an interval includes 0)"})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["dataset", "augmentation", "protocol", "scale", *pairs.values(), "ordering"])
 
 
 def difference_grid(paired: pd.DataFrame, scales=(0.5, 1.5, 2.0, 4.0)) -> pd.DataFrame:
