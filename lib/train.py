@@ -5,7 +5,8 @@ shuffling, augmentation and dropout from a seed derived from (seed, epoch), so a
 exactly what an uninterrupted run would have done: same parameters and seed, same metrics.
 A checkpoint remembers the configuration it was trained with (`run_config`: code, settings and a hash of
 the data); one written for another configuration is set aside (renamed, never deleted) and training starts
-afresh, with one line naming what differs.
+afresh, with one line naming what differs. A checkpoint exists only to resume an interrupted run: once the
+finished model is written (`save_model`), it is deleted, so the next run of the configuration trains anew.
 
 Launched by torchrun, the same code trains on several GPUs or machines with DistributedDataParallel
 (lib/distributed.py; entry point lib/train_cli.py). A batch stays `batch_size` images in all: every process
@@ -51,6 +52,8 @@ class TrainResult:
     model: torch.nn.Module
     history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
     resumed_from_epoch: int = 0
+    config: dict = field(default_factory=dict)  # run_config: what the weights were trained with
+    checkpoint_path: Path | None = None  # the run's checkpoint, deleted by save_model
 
 
 def run_config(params: Params, dataset: str, variant: str) -> dict:
@@ -221,7 +224,22 @@ def train(
         dist.barrier()  # the other processes wait until the epoch's checkpoint is written
     if live is not None:
         live.end()
-    return TrainResult(model=model, history=history, resumed_from_epoch=start_epoch)
+    return TrainResult(model=model, history=history, resumed_from_epoch=start_epoch, config=config,
+                       checkpoint_path=Path(checkpoint_path))
+
+
+def save_model(result: TrainResult, path: Path) -> None:
+    """Write the trained weights and their run configuration to `path` (model.pt), then delete the checkpoint.
+
+    The checkpoint exists only to resume an interrupted run. Kept after the run, the next run of the same
+    configuration would resume it and return the finished model untrained (`dvc repro --force` could never
+    retrain), and checkpoints/ would fill with finished runs. It goes only once model.pt is written: a run killed
+    in between resumes after its last epoch and writes model.pt then. Call on rank 0 only, as every file write.
+    """
+    weights = {key: value.cpu() for key, value in result.model.state_dict().items()}
+    save_atomic({"model": weights, "config": result.config}, path)
+    if result.checkpoint_path is not None:
+        Path(result.checkpoint_path).unlink(missing_ok=True)
 
 
 def auxiliary_loss(model: torch.nn.Module) -> torch.Tensor | float:

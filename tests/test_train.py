@@ -18,7 +18,7 @@ import yaml
 import lib.train
 from lib.config import Params
 from lib.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from lib.train import NonFiniteLossError, run_config, train
+from lib.train import NonFiniteLossError, run_config, save_model, train
 from tests.conftest import REPO, tiny_params_dict, write_image_folder
 
 
@@ -169,6 +169,22 @@ def test_user_data_is_fingerprinted_by_its_file_list(tiny_params, tmp_path):
     image = next((tmp_path / "data" / "imagenet" / "train").rglob("*.png"))
     image.write_bytes(image.read_bytes() + b"\0")  # a replaced file: new size and mtime
     assert run_config(params, "imagenet", "ape")["data"] != before
+
+
+def test_finished_run_deletes_its_checkpoint_and_reruns_from_scratch(tiny_params, tmp_path):
+    """`dvc repro --force` on a finished stage retrains; checkpoints/ keeps no finished runs."""
+    checkpoint = tmp_path / "checkpoints" / "mnist-ape.pt"
+    first = train(tiny_params, "mnist", "ape", tmp_path / "live", checkpoint, progress=False)
+    assert load_checkpoint(checkpoint)["epoch"] == 2  # until the model is written, the run can resume
+    save_model(first, tmp_path / "model.pt")
+    assert not checkpoint.exists()
+    saved = load_checkpoint(tmp_path / "model.pt")
+    assert saved["config"] == run_config(tiny_params, "mnist", "ape")
+    assert all(torch.equal(saved["model"][k], v) for k, v in first.model.state_dict().items())
+
+    again = train(tiny_params, "mnist", "ape", tmp_path / "live", checkpoint, progress=False)
+    assert again.resumed_from_epoch == 0 and len(again.history) == 2
+    assert same_weights(first.model, again.model)
 
 
 def test_unreadable_checkpoint_stops_before_training(tiny_params, tmp_path):
