@@ -40,10 +40,12 @@ from pathlib import Path
 import pandas as pd
 
 from lib.config import load_params
+from lib.paths import chdir_repo_root
 from lib.plots import plot_training_curves, publish
 from lib.study import run_name
 from lib.train import save_model, train
 
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 if seed is not None:
     params = params.model_copy(update={"seed": seed})
