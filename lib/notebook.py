@@ -10,6 +10,11 @@ per step, 30 steps in the study) only for the kernel to import them again.
    .ipynb in JupyterLab does not touch it), is converted to a notebook and executed by papermill
    with the given parameters plus `params_file` and `out_dir`, the staging folder `<out>.partial/`
    that the notebook writes its results into.
+   The kernel starts in the source's folder, as JupyterLab starts it, so every pipeline run exercises what
+   a user's Lab session does: each study notebook moves to the repo root in its first code cell
+   (`lib.paths.chdir_repo_root`), and path parameters are relative to the repo root (run this from the
+   root, as DVC does) or absolute. The kernel imports the `lib` beside this script (a DVC experiment's
+   copy of the repo runs its own code, not the editable install's).
    Every study notebook validates `params.yaml` in its first cell (`lib.config.load_params`), so a bad
    key stops the step before any work; `make repro` also checks the file once before the first step.
 2. Only when the notebook succeeds does the staging folder replace `<out>`; on failure `<out>`
@@ -17,9 +22,12 @@ per step, 30 steps in the study) only for the kernel to import them again.
 The executed copy `<out>/<notebook name>.ipynb` is kept for reading in JupyterLab.
 """
 import argparse
+import importlib.util
 import logging
+import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 # jsonschema (under papermill's nbformat) imports its optional IRI format checker, which compiles a grammar for
@@ -32,6 +40,18 @@ import yaml  # noqa: E402
 
 
 KERNEL_NAME = "attention-rope-study"  # registered by `make setup` (ipykernel install --sys-prefix)
+STUDY_ROOT = Path(__file__).resolve().parents[1]  # the checkout this runner belongs to
+
+
+def _load_paths():
+    """lib/paths.py, loaded from its file: `import lib.paths` would import the `lib` package, hence torch."""
+    spec = importlib.util.spec_from_file_location("_study_paths", Path(__file__).with_name("paths.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_paths = _load_paths()
 
 
 class NotebookFailed(RuntimeError):
@@ -53,15 +73,19 @@ def run_notebook(source: Path, out_dir: Path, parameters: dict, params_file: Pat
     input_path = staging / f".{source.stem}.input.ipynb"
     jupytext.write(notebook, input_path, fmt="ipynb")
     executed = staging / f"{source.stem}.ipynb"
+    root = _notebook_root(source)
     try:
-        papermill.execute_notebook(
-            str(input_path), str(executed),
-            parameters={**parameters, "out_dir": str(staging), "params_file": str(params_file)},
-            kernel_name=kernel_name, progress_bar=False, log_output=log_output, cwd=str(Path.cwd()),
-            # kill the kernel once the last cell is done: a graceful shutdown waits ~3 s per step for the
-            # interpreter with torch loaded to finalize, and every cell has closed the files it wrote by then
-            shutdown_kernel="immediate",
-        )
+        with _kernel_imports(STUDY_ROOT):
+            papermill.execute_notebook(
+                str(input_path), str(executed),
+                parameters={**parameters, "out_dir": _kernel_path(staging, root),
+                            "params_file": _kernel_path(params_file, root)},
+                # the kernel starts where JupyterLab starts it: in the notebook's folder
+                kernel_name=kernel_name, progress_bar=False, log_output=log_output, cwd=str(source.resolve().parent),
+                # kill the kernel once the last cell is done: a graceful shutdown waits ~3 s per step for the
+                # interpreter with torch loaded to finalize, and every cell has closed the files it wrote by then
+                shutdown_kernel="immediate",
+            )
     except papermill.PapermillExecutionError as err:
         raise NotebookFailed(f"{source} failed ({err.ename}: {err.evalue}); executed copy with the traceback: {executed}") from None
     finally:
@@ -74,6 +98,45 @@ def run_notebook(source: Path, out_dir: Path, parameters: dict, params_file: Pat
     staging.rename(out_dir)
     shutil.rmtree(previous, ignore_errors=True)
     return out_dir / executed.name
+
+
+def _notebook_root(source: Path) -> Path | None:
+    """The repo root that a study notebook at `source` moves to (`chdir_repo_root`), or None if there is none."""
+    try:
+        return _paths.repo_root(source.resolve().parent)
+    except _paths.RepoRootNotFound:
+        return None
+
+
+def _kernel_path(path: Path, root: Path | None) -> str:
+    """`path` (relative to this process's working directory) as the kernel must see it.
+
+    Kept relative when the notebook's repo root is this working directory (a pipeline step, run from the root):
+    the executed notebook, committed with the results, then reads the same on every machine. Else absolute,
+    which holds wherever the kernel's working directory is.
+    """
+    path = Path(path)
+    if not path.is_absolute() and root is not None and root == Path.cwd().resolve():
+        return str(path)
+    return str(path.resolve())
+
+
+@contextmanager
+def _kernel_imports(folder: Path):
+    """Put `folder` first on the kernel's PYTHONPATH (inherited from this process) while it runs.
+
+    The kernel starts in notebooks/, so its `import lib` would otherwise find the editable install, which may
+    be another checkout than the one running (e.g. a DVC experiment's temporary copy).
+    """
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(folder)] + ([previous] if previous else []))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = previous
 
 
 def _parse_parameter(text: str) -> tuple[str, object]:

@@ -3,8 +3,10 @@
 The run saves a checkpoint after every epoch and resumes from it automatically. Each epoch draws its
 shuffling, augmentation and dropout from a seed derived from (seed, epoch), so a resumed run repeats
 exactly what an uninterrupted run would have done: same parameters and seed, same metrics.
-A checkpoint remembers a fingerprint of the configuration it was trained with; one written for
-another configuration is set aside (renamed, never deleted) and training starts afresh.
+A checkpoint remembers the configuration it was trained with (`run_config`: code, settings and a hash of
+the data); one written for another configuration is set aside (renamed, never deleted) and training starts
+afresh, with one line naming what differs. A checkpoint exists only to resume an interrupted run: once the
+finished model is written (`save_model`), it is deleted, so the next run of the configuration trains anew.
 
 Launched by torchrun, the same code trains on several GPUs or machines with DistributedDataParallel
 (lib/distributed.py; entry point lib/train_cli.py). A batch stays `batch_size` images in all: every process
@@ -33,7 +35,7 @@ from lib.augment import random_affine, random_hflip, random_resized_crop
 from lib.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from lib.config import Params, fingerprint
 from lib.data import collate, load_split, take
-from lib.data.pin import check_pinned
+from lib.data.pin import check_pinned, dataset_hash
 from lib.study import build_model, epoch_seed, normalize, seed_everything
 
 
@@ -50,12 +52,19 @@ class TrainResult:
     model: torch.nn.Module
     history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
     resumed_from_epoch: int = 0
+    config: dict = field(default_factory=dict)  # run_config: what the weights were trained with
+    checkpoint_path: Path | None = None  # the run's checkpoint, deleted by save_model
 
 
 def run_config(params: Params, dataset: str, variant: str) -> dict:
-    """Everything that determines the trained weights, as plain data (fingerprinted for resume)."""
+    """Everything that determines the trained weights, as plain data (fingerprinted for resume).
+
+    "data" is the hash of the files the run trains on: new labels or images make a checkpoint another
+    configuration's, which is never resumed.
+    """
     return {
         "code": code_fingerprint(TRAINING_CODE),
+        "data": dataset_hash(Path(params.data_root), dataset),
         "seed": params.seed,
         "dataset": dataset,
         "dataset_params": params.datasets[dataset].model_dump(),
@@ -143,7 +152,7 @@ def train(
         warmup_t=cfg.warmup_epochs * steps_per_epoch, warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False,
     )
 
-    start_epoch, history = _resume(checkpoint_path, config_id, model, optimizer)
+    start_epoch, history = _resume(checkpoint_path, config, model, optimizer)
     parallel = dist.wrap(model, device)  # train through this: with several processes DDP averages their gradients
     live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) if dist.is_main() else None
     for past in history:  # a resumed run re-logs what came before, so the curves are whole
@@ -204,7 +213,7 @@ def train(
         _log_epoch(live, record)
         if dist.is_main():
             save_atomic(
-                {"config_id": config_id, "epoch": epoch + 1, "model": model.state_dict(),
+                {"config_id": config_id, "config": config, "epoch": epoch + 1, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "history": history},
                 checkpoint_path,
             )
@@ -214,7 +223,22 @@ def train(
         dist.barrier()  # the other processes wait until the epoch's checkpoint is written
     if live is not None:
         live.end()
-    return TrainResult(model=model, history=history, resumed_from_epoch=start_epoch)
+    return TrainResult(model=model, history=history, resumed_from_epoch=start_epoch, config=config,
+                       checkpoint_path=Path(checkpoint_path))
+
+
+def save_model(result: TrainResult, path: Path) -> None:
+    """Write the trained weights and their run configuration to `path` (model.pt), then delete the checkpoint.
+
+    The checkpoint exists only to resume an interrupted run. Kept after the run, the next run of the same
+    configuration would resume it and return the finished model untrained (`dvc repro --force` could never
+    retrain), and checkpoints/ would fill with finished runs. It goes only once model.pt is written: a run killed
+    in between resumes after its last epoch and writes model.pt then. Call on rank 0 only, as every file write.
+    """
+    weights = {key: value.cpu() for key, value in result.model.state_dict().items()}
+    save_atomic({"model": weights, "config": result.config}, path)
+    if result.checkpoint_path is not None:
+        Path(result.checkpoint_path).unlink(missing_ok=True)
 
 
 def augment(images: torch.Tensor, settings, generator: torch.Generator, batch: int, rows: slice) -> torch.Tensor:
@@ -231,7 +255,7 @@ def auxiliary_loss(model: torch.nn.Module) -> torch.Tensor | float:
     return sum(m.aux_loss for m in model.modules() if getattr(m, "aux_loss", None) is not None)
 
 
-def _resume(path: Path, config_id: str, model, optimizer) -> tuple[int, list[dict]]:
+def _resume(path: Path, config: dict, model, optimizer) -> tuple[int, list[dict]]:
     """Load the checkpoint at `path` if it belongs to this configuration; return (next epoch, history).
 
     Only rank 0 reads (or sets aside) the file and sends what it found to the other processes, so they need
@@ -240,7 +264,7 @@ def _resume(path: Path, config_id: str, model, optimizer) -> tuple[int, list[dic
     state = None
     if dist.is_main():
         try:
-            state = _read_resumable(Path(path), config_id)
+            state = _read_resumable(Path(path), config)
         except CheckpointError as err:
             state = err
     state = dist.broadcast_object(state)
@@ -253,21 +277,46 @@ def _resume(path: Path, config_id: str, model, optimizer) -> tuple[int, list[dic
     return state["epoch"], list(state["history"])
 
 
-def _read_resumable(path: Path, config_id: str) -> dict | None:
+def _read_resumable(path: Path, config: dict) -> dict | None:
     """The checkpoint at `path` if there is one for this configuration; one for another is renamed aside."""
     if not path.exists():
         return None
-    state = load_checkpoint(path)  # raises CheckpointError naming the file if unreadable
+    # a checkpoint only resumes an interrupted run: deleting a broken one loses at most that run's epochs
+    delete = f"; delete it (rm {path}) to train this run from scratch"
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}{delete}") from None
     missing = {"config_id", "epoch", "model", "optimizer", "history"} - set(state)
     if missing:
-        raise CheckpointError(f"{path}: not a training checkpoint of this study (missing {sorted(missing)})")
-    if state["config_id"] != config_id:
+        raise CheckpointError(f"{path}: not a training checkpoint of this study (missing {sorted(missing)}){delete}")
+    if state["config_id"] != fingerprint(config):
         stale = path.with_name(f"{path.stem}.{state['config_id']}.stale{path.suffix}")
         path.rename(stale)
-        print(f"{path}: written for another configuration; kept as {stale.name}, starting from scratch")
+        print(f"{path}: written for another configuration{_difference(state.get('config'), config)}; "
+              f"kept as {stale.name}, starting from scratch")
         return None
     print(f"{path}: resuming after epoch {state['epoch']}")
     return state
+
+
+def _difference(old: dict | None, new: dict) -> str:
+    """' (changed: <dotted names>)' from a checkpoint's run config to this run's; '' for a checkpoint from
+    before configs were stored (it has only the fingerprint)."""
+    names = _differing(old, new) if isinstance(old, dict) else []
+    return f" (changed: {', '.join(names)})" if names else ""
+
+
+def _differing(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ between two nested dicts (e.g. ['data', 'train.epochs'])."""
+    names = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += _differing(a, b, f"{prefix}{key}.")
+        elif key not in old or key not in new or a != b:
+            names.append(f"{prefix}{key}")
+    return names
 
 
 def _log_epoch(live: Live | None, record: dict) -> None:

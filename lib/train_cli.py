@@ -5,17 +5,17 @@
 
 Writes what the DVC stage (notebooks/train.py) writes for a run: `<out>/live` (dvclive metrics),
 `<out>/model.pt` and `<out>/timing.json`, and checkpoints to `<checkpoint-dir>/<dataset>-<variant>.pt`, from
-which an interrupted run resumes, also with another number of processes. Only rank 0 writes.
+which an interrupted run resumes, also with another number of processes (deleted once model.pt is written).
+Only rank 0 writes.
 """
 import argparse
 import json
 from pathlib import Path
 
 from lib import distributed as dist
-from lib.checkpoint import save_atomic
 from lib.config import load_params
 from lib.study import run_name
-from lib.train import run_config, train
+from lib.train import save_model, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         result = train(params, args.dataset, args.variant, live_dir=out / "live",
                        checkpoint_path=args.checkpoint_dir / f"{run}.pt", progress=not args.no_progress)
         if dist.is_main():
-            weights = {key: value.cpu() for key, value in result.model.state_dict().items()}
-            save_atomic({"model": weights, "config": run_config(params, args.dataset, args.variant)}, out / "model.pt")
+            save_model(result, out / "model.pt")  # and deletes the checkpoint, now that the run is done
             timing = {"train_seconds": sum(record["epoch_seconds"] for record in result.history),
                       "resumed_from_epoch": result.resumed_from_epoch, "processes": dist.world_size()}
             (out / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")

@@ -56,9 +56,11 @@ from lib.analysis.tables import (
 from lib.config import load_params
 from lib.data import load_split
 from lib.evaluate import load_trained_model, predict
+from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
 from lib.study import normalize, run_name
 
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 settings, batch_size, seed = params.analysis, params.evaluate.batch_size, params.seed
 out = Path(out_dir)

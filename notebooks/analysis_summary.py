@@ -36,10 +36,12 @@ from lib.analysis.plots import (
     plot_distance_by_variant, plot_metric_by_variant, plot_offset_profiles_by_variant,
 )
 from lib.config import load_params
+from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
 from lib.report import attention_variants, position_encodings
 from lib.study import run_folders
 
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 out = Path(out_dir)
 reference_pos_embed = params.analysis.reference_pos_embed  # the position encoding the attention variants share

@@ -86,8 +86,10 @@ from lib.convex.interpret import (clustering_agreement, cluster_tokens, kernel_e
                                   patch_labels)
 from lib.data import load_split, to_image_set
 from lib.evaluate import file_md5, load_trained_model
+from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
 
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 started = time.perf_counter()
 # one intra-op thread: every step below is a chain of small tensor operations, and on a small machine
 # shared with other work extra threads wait on each other (see lib.convex.solver.single_threaded)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (attention-rope-study)
 #     language: python
@@ -34,8 +36,10 @@ import torch
 from lib.benchmark import (compare_with_timm, crossover_tokens, loglog_slope, matmul_peak_gflops,
                            measure_in_subprocess)
 from lib.config import load_params
+from lib.paths import chdir_repo_root
 from lib.plots import plot_cost_vs_tokens, publish, set_style
 
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 cfg = params.efficiency
 out = Path(out_dir)

@@ -37,10 +37,12 @@ from pathlib import Path
 
 from lib.config import load_params
 from lib.evaluate import evaluate_runs, evaluate_seeds, load_previous
+from lib.paths import chdir_repo_root
 from lib.plots import plot_accuracy_vs_resolution, publish, set_style
 from lib.report import resolution_markdown, seed_summary
 from lib.safety.evaluate import seed_map_stability
 
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 out = Path(out_dir)
 table = evaluate_runs(params, Path(runs_dir), load_previous(previous_table))

@@ -39,8 +39,10 @@ from IPython.display import display
 from lib.config import load_params
 from lib.data import load_split
 from lib.explore import attention_view, find_run, load_curves, load_metrics, load_model, plot_attention_view, trained_runs
+from lib.paths import chdir_repo_root
 from lib.plots import plot_training_curves, set_style
 
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 print("trained runs:", ", ".join(r.name for r in trained_runs(params, runs_dir)))
 chosen = find_run(params, run, runs_dir)

@@ -44,7 +44,9 @@ from IPython.display import Image, Markdown, display
 
 from lib.config import load_params
 from lib.paper import build_all
+from lib.paths import chdir_repo_root
 
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 load_params(params_file)  # validated, as in every stage (the paper reads only result tables)
 built = build_all(results_dir, out_dir, results_readme=results_readme)
 print(f"{len(built['written'])} files written under {out_dir}")

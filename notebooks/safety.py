@@ -54,6 +54,7 @@ import torch
 from lib.config import load_params
 from lib.data import dataset_info, load_split
 from lib.evaluate import load_trained_model
+from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
 from lib.safety.calibration import fit_temperature
 from lib.safety.evaluate import confidence_and_correct, evaluate_shifts, prediction_row
@@ -68,6 +69,7 @@ from lib.safety.plots import (
 from lib.safety.robustness import corruption_errors, mean_corruption_error
 from lib.safety.selective import threshold_for_risk
 
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 started = time.perf_counter()
 params = load_params(params_file)
 settings, batch_size, seed = params.safety, params.evaluate.batch_size, params.seed

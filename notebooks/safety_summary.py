@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (attention-rope-study)
 #     language: python
@@ -39,11 +41,13 @@ from pathlib import Path
 import pandas as pd
 
 from lib.config import load_params
+from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
 from lib.safety.plots import plot_variant_comparison
 from lib.safety.summary import add_mce, model_summary, recommendation
 from lib.study import run_folders
 
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 out = Path(out_dir)
 out.mkdir(parents=True, exist_ok=True)
 params = load_params(params_file)

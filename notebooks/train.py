@@ -18,8 +18,8 @@
 #
 # Trains the ViT variant `variant` on `dataset` with every setting from `params.yaml`
 # (AdamW, warmup + cosine schedule, label smoothing, light augmentation). A checkpoint is written
-# after each epoch to `checkpoint_dir` and an interrupted run resumes from it. Metrics go to
-# dvclive (`out_dir/live`), the weights to `out_dir/model.pt`.
+# after each epoch to `checkpoint_dir` and an interrupted run resumes from it; it is deleted once the run
+# is done. Metrics go to dvclive (`out_dir/live`), the weights to `out_dir/model.pt`.
 #
 # Run by DVC through `lib/notebook.py` (see `dvc.yaml`); the parameters below are overridden. `seed`
 # (None: params.yaml's `seed`) trains an extra seed of the configuration (the `train-seeds` matrix).
@@ -39,12 +39,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.checkpoint import save_atomic
 from lib.config import load_params
+from lib.paths import chdir_repo_root
 from lib.plots import plot_training_curves, publish
 from lib.study import run_name
-from lib.train import run_config, train
+from lib.train import save_model, train
 
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 if seed is not None:
     params = params.model_copy(update={"seed": seed})
@@ -56,7 +57,7 @@ print(params.model_for(variant, dataset))
 # %%
 result = train(params, dataset, variant, live_dir=out / "live",
                checkpoint_path=Path(checkpoint_dir) / f"{run}.pt", progress=progress)
-save_atomic({"model": result.model.state_dict(), "config": run_config(params, dataset, variant)}, out / "model.pt")
+save_model(result, out / "model.pt")  # then deletes the checkpoint: the next run of this configuration trains anew
 history = pd.DataFrame(result.history)
 (out / "timing.json").write_text(json.dumps({"train_seconds": float(history["epoch_seconds"].sum()),
                                              "resumed_from_epoch": result.resumed_from_epoch}, indent=2) + "\n")

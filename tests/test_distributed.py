@@ -71,12 +71,13 @@ def test_two_processes_train_as_one(setup):
     assert json.loads((root / "two" / "timing.json").read_text())["processes"] == WORLD
     printed = [(root / f"stdout.{rank}").read_text() for rank in range(WORLD)]
     assert "epoch 2/2:" in printed[0] and printed[1:] == [""] * (WORLD - 1)  # only rank 0 prints
-    checkpoint = load_checkpoint(root / "two-checkpoints" / "shapes-rope_mixed.pt")
+    assert not (root / "two-checkpoints" / "shapes-rope_mixed.pt").exists()  # the finished run's, deleted
+    checkpoint = load_checkpoint(root / "resume.pt")  # epoch 2 of a run resumed by 2 processes
     assert checkpoint["epoch"] == 2 and set(checkpoint["model"]) == set(one.model.state_dict())  # no "module." prefix
 
 
 def test_one_process_resumes_a_two_process_checkpoint(setup, tmp_path):
-    shutil.copy(setup["root"] / "two-checkpoints" / "shapes-rope_mixed.pt", tmp_path / "ck.pt")
+    shutil.copy(setup["root"] / "resume.pt", tmp_path / "ck.pt")  # its epoch 2 was trained by 2 processes
     resumed = train(setup["params"], "shapes", "rope_mixed", tmp_path / "live", tmp_path / "ck.pt", progress=False)
     assert resumed.resumed_from_epoch == 2
     assert_same_model(setup["one"].model, resumed.model, setup["params"])

@@ -1,14 +1,17 @@
-"""The notebook runner: parameters reach the notebook, outputs land only when it succeeds."""
+"""The notebook runner: parameters reach the notebook, outputs land only when it succeeds, and the kernel starts
+where JupyterLab starts it (the notebook's folder), which every study notebook handles."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import papermill
 import pytest
 import yaml
 
-from lib.notebook import NotebookFailed, run_notebook
-from tests.conftest import REPO
+from lib.notebook import KERNEL_NAME, NotebookFailed, run_notebook
+from tests.conftest import REPO, tiny_params_dict
 
 NOTEBOOK = """# %% tags=["parameters"]
 value = 1
@@ -75,6 +78,27 @@ def test_every_study_notebook_validates_params_before_any_work():
         assert "load_params(params_file)" in first_after_parameters, f"{source}: first cell must validate params"
 
 
+def test_every_study_notebook_moves_to_the_repo_root_before_using_a_path():
+    import jupytext
+
+    for source in sorted((REPO / "notebooks").glob("*.py")):
+        code = [c.source for c in jupytext.read(source).cells if c.cell_type == "code"]
+        statements = [line for line in code[1].splitlines()
+                      if line and not line.startswith(("import ", "from ", " ", ")")) and not line.startswith("#")]
+        assert statements[0].startswith("chdir_repo_root()"), f"{source}: the first statement must be chdir_repo_root()"
+
+
+def test_kernel_starts_in_the_notebooks_folder(workspace):
+    """As in JupyterLab; the staging folder reaches the kernel as a path that holds there (absolute here)."""
+    (workspace / "notebooks").mkdir()
+    (workspace / "notebooks" / "nb.py").write_text(NOTEBOOK.replace(
+        '{"value": value}', '{"value": value, "cwd": str(Path.cwd()), "out_dir": out_dir}'))
+    run_notebook(Path("notebooks/nb.py"), Path("results/a"), {"value": 3}, log_output=False)
+    written = json.loads(Path("results/a/result.json").read_text())
+    assert written["cwd"] == str(workspace.resolve() / "notebooks")
+    assert written["out_dir"] == str(workspace.resolve() / "results" / "a.partial")
+
+
 def test_runner_starts_without_importing_torch():
     """dvc.yaml runs the runner as a script: it must not pay for torch, which the kernel imports anyway."""
     probe = "import runpy, sys; runpy.run_path('lib/notebook.py', run_name='probe'); print('torch' in sys.modules)"
@@ -100,3 +124,57 @@ def test_committed_notebooks_match_their_sources_and_have_no_outputs():
         assert all(not cell.get("outputs") for cell in notebook["cells"] if cell["cell_type"] == "code"), paired
         code = lambda nb: [c.source for c in nb.cells if c.cell_type == "code"]  # noqa: E731
         assert code(jupytext.read(paired)) == code(jupytext.read(source)), f"{paired} and {source} differ"
+
+
+# --- the study's notebooks with the kernel in notebooks/, as JupyterLab and the pipeline start it ---
+
+
+@pytest.fixture(scope="module")
+def lab_study(tmp_path_factory, data_root) -> Path:
+    """A study root (the smoke profile's params.yaml, dvc.yaml, the notebooks) with shapes-rope_mixed trained by
+    notebooks/train.py, run as a DVC stage runs it: from the root, the kernel starting in notebooks/."""
+    root = tmp_path_factory.mktemp("lab")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(data_root)))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        run_notebook(Path("notebooks/train.py"), Path("results/runs/shapes-rope_mixed"),
+                     {"dataset": "shapes", "variant": "rope_mixed", "progress": False}, log_output=False)
+    return root
+
+
+def test_train_notebook_writes_under_the_repo_root(lab_study):
+    run = lab_study / "results" / "runs" / "shapes-rope_mixed"
+    assert (run / "model.pt").is_file() and (run / "live" / "metrics.json").is_file() and (run / "curves.png").is_file()
+    assert sorted(p.name for p in (lab_study / "notebooks").iterdir() if p.is_dir()) == []  # nothing written there
+    assert list((lab_study / "checkpoints").iterdir()) == []  # the finished run's checkpoint is deleted
+    # run from the root, the runner passes its paths relative: the executed notebook reads the same on any machine
+    assert 'out_dir = "results/runs/shapes-rope_mixed.partial"' in (run / "train.ipynb").read_text().replace('\\"', '"')
+
+
+def shown(executed: Path) -> tuple[str, int, bool]:
+    """(printed text, number of PNG outputs, whether a widget is shown) of an executed notebook."""
+    outputs = [o for cell in json.loads(executed.read_text())["cells"] for o in cell.get("outputs", [])]
+    return ("".join("".join(o["text"]) for o in outputs if o["output_type"] == "stream"),
+            sum("image/png" in o.get("data", {}) for o in outputs),
+            any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs))
+
+
+def test_explore_runs_through_the_runner(lab_study, monkeypatch):
+    monkeypatch.chdir(lab_study)
+    executed = run_notebook(Path("notebooks/explore.py"), Path("explored"), {}, log_output=False)
+    printed, images, widgets = shown(executed)
+    assert "trained runs: shapes-rope_mixed" in printed
+    assert images >= 2 and widgets  # the curves and the attention view, with its sliders
+
+
+def test_explore_notebook_opened_as_jupyterlab_opens_it(lab_study, tmp_path, monkeypatch):
+    """The reported bug: the paired .ipynb, its own defaults (no injected parameters), the kernel in notebooks/."""
+    monkeypatch.chdir(tmp_path)  # wherever the user started `jupyter lab`: only the kernel's folder matters
+    executed = tmp_path / "explore.ipynb"
+    papermill.execute_notebook(str(lab_study / "notebooks" / "explore.ipynb"), str(executed),
+                               cwd=str(lab_study / "notebooks"), kernel_name=KERNEL_NAME, progress_bar=False)
+    printed, images, widgets = shown(executed)
+    assert "trained runs: shapes-rope_mixed" in printed
+    assert images >= 2 and widgets

@@ -262,8 +262,9 @@ def test_rerun_gives_identical_metrics(study):
     weights = study / "results" / "runs" / "shapes-rope_mixed" / "model.pt"
     evaluation = study / "results" / "resolution" / "resolution.csv"
     before = metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes()
-    shutil.rmtree(study / "checkpoints")  # no resume: train from scratch again
-    dvc("repro", "--force", "--single-item", "train@shapes-rope_mixed", cwd=study)
+    assert not list((study / "checkpoints").glob("*.pt"))  # finished runs keep no checkpoint to resume
+    retrained = dvc("repro", "--force", "--single-item", "train@shapes-rope_mixed", cwd=study)
+    assert "resuming" not in retrained.stdout + retrained.stderr  # --force trains from scratch
     rerun = dvc("repro", "--force", "--single-item", "evaluate", cwd=study)
     assert (metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes()) == before
     # unchanged weights: the evaluation reuses every run's rows instead of evaluating again

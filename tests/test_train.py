@@ -1,12 +1,16 @@
-"""Training: determinism, resume after interruption (also SIGKILL), safe checkpoints, NaN guard."""
+"""Training: determinism, resume after interruption (also SIGKILL), no resume across configurations or data,
+safe checkpoints, NaN guard."""
 import os
 import pickle
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -14,8 +18,8 @@ import yaml
 import lib.train
 from lib.config import Params
 from lib.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from lib.train import NonFiniteLossError, train
-from tests.conftest import REPO, tiny_params_dict
+from lib.train import NonFiniteLossError, run_config, save_model, train
+from tests.conftest import REPO, tiny_params_dict, write_image_folder
 
 
 def metrics_of(history: list[dict]) -> list[dict]:
@@ -45,17 +49,19 @@ def test_learns_something(data_root, tmp_path):
     assert last["val/acc"] > 0.15  # 10 classes: chance is 0.1
 
 
+def interrupt_after_first_checkpoint(monkeypatch) -> None:
+    """The training process "dies" right after writing its first epoch's checkpoint."""
+    def save_then_die(obj, path):
+        save_atomic(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lib.train, "save_atomic", save_then_die)
+
+
 def test_resume_after_interruption_equals_uninterrupted(tiny_params, tmp_path, monkeypatch):
     full = train(tiny_params, "mnist", "rope_mixed", tmp_path / "full", tmp_path / "full.pt", progress=False)
 
-    saves = []
-
-    def save_then_die(obj, path):
-        save_atomic(obj, path)
-        saves.append(path)
-        raise KeyboardInterrupt  # the process "dies" right after the first epoch's checkpoint
-
-    monkeypatch.setattr(lib.train, "save_atomic", save_then_die)
+    interrupt_after_first_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_params, "mnist", "rope_mixed", tmp_path / "cut", tmp_path / "cut.pt", progress=False)
     monkeypatch.undo()
@@ -108,19 +114,85 @@ def test_sigkill_mid_epoch_resumes_to_the_same_result(data_root, tmp_path):
     assert final == [line for line in reference.stdout.splitlines() if line.startswith("FINAL")]
 
 
-def test_checkpoint_of_another_configuration_is_set_aside(tiny_params, tmp_path):
+def test_checkpoint_of_another_configuration_is_set_aside(tiny_params, tmp_path, capsys):
     path = tmp_path / "ck.pt"
     save_atomic({"config_id": "someone-else", "epoch": 1, "model": {}, "optimizer": {}, "history": []}, path)
     result = train(tiny_params, "mnist", "ape", tmp_path / "live", path, progress=False)
     assert result.resumed_from_epoch == 0
     assert (tmp_path / "ck.someone-else.stale.pt").exists()  # kept, not overwritten
+    # a checkpoint from before configs were stored cannot say what differs
+    assert f"{path}: written for another configuration; kept as ck.someone-else.stale.pt" in capsys.readouterr().out
+
+
+def test_changed_setting_is_named_and_trains_from_scratch(data_root, tmp_path, capsys, monkeypatch):
+    params = tiny_params_dict(data_root)
+    path = tmp_path / "ck.pt"
+    interrupt_after_first_checkpoint(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train(Params.model_validate(params), "mnist", "ape", tmp_path / "live", path, progress=False)
+    monkeypatch.undo()
+    params["train"]["lr"] /= 2
+    capsys.readouterr()
+    result = train(Params.model_validate(params), "mnist", "ape", tmp_path / "live", path, progress=False)
+    assert result.resumed_from_epoch == 0
+    stale = [line for line in capsys.readouterr().out.splitlines() if "another configuration" in line]
+    assert stale == [f"{path}: written for another configuration (changed: train.lr); "
+                     f"kept as {next(tmp_path.glob('ck.*.stale.pt')).name}, starting from scratch"]
+
+
+def test_changed_training_labels_are_not_resumed(data_root, tmp_path, capsys):
+    """The stale-resume bug: new labels with an old checkpoint gave the old model, bit for bit."""
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    params = tiny_params_dict(data)
+    old = train(Params.model_validate(params), "mnist", "ape", tmp_path / "live", tmp_path / "ck.pt", progress=False)
+    labels_file = data / "mnist" / "train_labels.npy"
+    labels = np.load(labels_file)
+    labels[:128] = (labels[:128] + 1) % 10  # within the 256 images the tiny runs train on
+    np.save(labels_file, labels)
+    capsys.readouterr()
+
+    rerun = train(Params.model_validate(params), "mnist", "ape", tmp_path / "live", tmp_path / "ck.pt", progress=False)
+    assert rerun.resumed_from_epoch == 0
+    assert "written for another configuration (changed: data)" in capsys.readouterr().out
+    assert not same_weights(old.model, rerun.model)
+    fresh = train(Params.model_validate(params), "mnist", "ape", tmp_path / "fresh", tmp_path / "fresh.pt", progress=False)
+    assert same_weights(fresh.model, rerun.model)  # from scratch on the new labels, nothing of the old run
+
+
+def test_user_data_is_fingerprinted_by_its_file_list(tiny_params, tmp_path):
+    """Image folders (and CIFAR) are not pinned by data.dvc: a manifest of paths, sizes and mtimes stands in."""
+    write_image_folder(tmp_path / "data")
+    params = tiny_params.model_copy(update={"data_root": str(tmp_path / "data")})
+    before = run_config(params, "imagenet", "ape")["data"]
+    assert run_config(params, "imagenet", "ape")["data"] == before  # stable while nothing changes
+    image = next((tmp_path / "data" / "imagenet" / "train").rglob("*.png"))
+    image.write_bytes(image.read_bytes() + b"\0")  # a replaced file: new size and mtime
+    assert run_config(params, "imagenet", "ape")["data"] != before
+
+
+def test_finished_run_deletes_its_checkpoint_and_reruns_from_scratch(tiny_params, tmp_path):
+    """`dvc repro --force` on a finished stage retrains; checkpoints/ keeps no finished runs."""
+    checkpoint = tmp_path / "checkpoints" / "mnist-ape.pt"
+    first = train(tiny_params, "mnist", "ape", tmp_path / "live", checkpoint, progress=False)
+    assert load_checkpoint(checkpoint)["epoch"] == 2  # until the model is written, the run can resume
+    save_model(first, tmp_path / "model.pt")
+    assert not checkpoint.exists()
+    saved = load_checkpoint(tmp_path / "model.pt")
+    assert saved["config"] == run_config(tiny_params, "mnist", "ape")
+    assert all(torch.equal(saved["model"][k], v) for k, v in first.model.state_dict().items())
+
+    again = train(tiny_params, "mnist", "ape", tmp_path / "live", checkpoint, progress=False)
+    assert again.resumed_from_epoch == 0 and len(again.history) == 2
+    assert same_weights(first.model, again.model)
 
 
 def test_unreadable_checkpoint_stops_before_training(tiny_params, tmp_path):
     path = tmp_path / "ck.pt"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=str(path)):
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: unreadable checkpoint")) as info:
         train(tiny_params, "mnist", "ape", tmp_path / "live", path, progress=False)
+    assert f"delete it (rm {path}) to train this run from scratch" in str(info.value)
     assert path.read_bytes() == b"not a checkpoint"  # left as it was
     assert not (tmp_path / "live").exists()
 

@@ -7,7 +7,8 @@
 
 Nothing is downloaded. These folders are not part of data.dvc's pin (`.dvcignore`: DVC does not hash
 them; a hundred gigabytes would be copied into its cache), so the stages see a changed data set only
-through its parameters: re-run with `dvc repro --force` after replacing the files.
+through its parameters: re-run with `dvc repro --force` after replacing the files. Training never resumes
+a checkpoint across such a change (its fingerprint holds a manifest of the files, lib/data/pin.py).
 
 Splits: `test` is the official test split (CIFAR's test batch; ImageNet's labelled `val/` folder); `val`
 is a fixed held-out share of the official training split (a seeded permutation, the same on every

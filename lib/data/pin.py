@@ -45,6 +45,28 @@ def directory_hash(folder: Path) -> str:
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
+def manifest_hash(folder: Path) -> str:
+    """Hash of a folder's file list: each file's relative path, size and modification time (not its bytes).
+
+    For the user-provided data sets (lib/data/external.py), which the resume fingerprint must cover too:
+    reading every byte of ImageNet (~150 GB) at each training start would take minutes, while replacing or
+    editing files changes their size or mtime (extracting another archive, re-labelling, adding images).
+    A mere `touch` or a copy that drops mtimes counts as a change: an interrupted run then restarts from
+    scratch, the safe side.
+    """
+    folder = Path(folder)
+    entries = sorted((path.relative_to(folder).as_posix(), path.stat().st_size, path.stat().st_mtime_ns)
+                     for path in folder.rglob("*") if path.is_file())
+    return hashlib.md5(json.dumps(entries).encode()).hexdigest() + ".manifest"
+
+
+def dataset_hash(data_root: Path, dataset: str) -> str:
+    """The hash of the files a run trains on, `data_root/<dataset>`: DVC's directory hash for the embedded data
+    sets (as data.dvc pins them, from the bytes, under 0.1 s), a manifest hash for the user-provided ones."""
+    folder = Path(data_root) / dataset
+    return manifest_hash(folder) if dataset in EXTERNAL_DATASETS else directory_hash(folder)
+
+
 def _pinned_files(folder: Path) -> list[Path]:
     """The files of data/ that the pin covers: all but the user-provided data sets (data/cifar100, ...), which
     .dvcignore hides from DVC as well."""
