@@ -37,8 +37,10 @@ from lib.config import load_params
 from lib.extrapolation.figures import plot_accuracy_vs_scale, plot_entropy_vs_scale, plot_rescalings
 from lib.extrapolation.summary import (accuracy_markdown, check_complete, difference_grid, entropy_summary, findings,
                                        heo_ordering, paired_table, ramp_summary, read_cells, seed_table)
+from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
 
+chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 out = Path(out_dir)
 cells = params.rq1.cells

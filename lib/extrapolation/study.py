@@ -16,14 +16,13 @@ import pandas as pd
 import torch
 
 from lib.analysis.metrics import attention_entropy
-from lib.checkpoint import save_atomic
 from lib.config import Params
 from lib.data import ImageSet, dataset_info
 from lib.evaluate import wilson_interval
 from lib.extrapolation.protocols import load_scaled_set, scaled_grid
 from lib.layers.rope_rescale import RopeRescaled, ramp_weights
 from lib.study import build_model, normalize
-from lib.train import run_config, train
+from lib.train import save_model, train
 
 TRAINED = "trained"  # the method column of a model tested as trained (no test-time rescaling)
 
@@ -137,8 +136,8 @@ def run_seed(params: Params, cell: str, seed: int, weights_dir: Path, checkpoint
     with tempfile.TemporaryDirectory() as live_dir:  # per-epoch records are kept in history.csv instead
         result = train(seeded, dataset, variant, live_dir=Path(live_dir), checkpoint_path=checkpoint_dir / f"{cell}-seed{seed}.pt",
                        progress=False)
+    save_model(result, weights_dir / f"seed{seed}.pt")  # and delete the finished run's checkpoint
     model = result.model.eval()
-    save_atomic({"model": model.state_dict(), "config": run_config(seeded, dataset, variant)}, weights_dir / f"seed{seed}.pt")
     accuracy, entropy = evaluate_seed(seeded, cell, seed, model)
     history = [{"cell": cell, "seed": seed, **record} for record in result.history]
     return {"accuracy": accuracy, "entropy": entropy, "history": history, "ramp": ramp_rows(seeded, cell, seed, model)}
