@@ -174,7 +174,7 @@ def test_dataset_train_overrides_merge_nested_keys(tmp_path):
     shapes, mnist = loaded.train_for("shapes"), loaded.train_for("mnist")
     assert shapes.epochs == 5 and shapes.augment.scale == 0.0
     assert shapes.augment.translate == loaded.train.augment.translate  # untouched nested key kept
-    assert mnist == loaded.train
+    assert mnist == loaded.train.model_copy(update={"epochs": 10})  # mnist: only its own override, epochs 10
 
 
 def test_variant_overrides_apply(tmp_path):

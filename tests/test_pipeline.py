@@ -339,6 +339,8 @@ def shrink_paper_profile(root: Path) -> None:
                             **{k: v for k, v in smoke["safety"].items() if k != "runs"})
     params["safety"]["corruptions"] = ["gaussian_noise", "fog"]
     params["safety"]["example_corruptions"] = ["fog"]
+    params["rq1"].update(cells=["cifar100-rrc-rope_mixed", "imagenet-rrc-ape"], seeds=[0, 1], scales=[0.5, 1.0, 1.5],
+                         test_images=20, entropy_images=4)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     write_cifar100(root / "data", train=200, test=40)
     write_image_folder(root / "data", classes=3, train=12, val=4)
@@ -367,6 +369,13 @@ def test_paper_profile_runs_every_stage_on_user_data(paper_study):
     assert len(shifts[shifts["family"] != "resolution"]) == 1 + 2 * 2
     convex = pd.read_csv(paper_study / "results" / "convex" / "summary.csv")
     assert convex["test_accuracy"].between(0, 1).all()
+    # RQ1 on user data: zoom only (field of view needs a scene or a canvas), the rescalings on RoPE-Mixed
+    rq1 = {cell: pd.read_csv(paper_study / "results" / "rq1" / "runs" / cell / "accuracy.csv")
+           for cell in ("cifar100-rrc-rope_mixed", "imagenet-rrc-ape")}
+    assert set(rq1["cifar100-rrc-rope_mixed"]["method"]) == {"trained", "pi", "ntk", "yarn"}
+    assert (rq1["cifar100-rrc-rope_mixed"]["n"] == 20).all() and (rq1["imagenet-rrc-ape"]["n"] == 12).all()
+    assert set(rq1["imagenet-rrc-ape"]["resolution"]) == {16, 32, 48}  # grids 1, 2, 3 at patch 16
+    assert set(pd.concat(rq1.values())["protocol"]) == {"zoom"}
     readme = (paper_study / "results" / "README.md").read_text()
     assert all(f"## RQ{i}." in readme for i in range(1, 6))
     assert json.loads(dvc("status", "--json", cwd=paper_study).stdout) == {}

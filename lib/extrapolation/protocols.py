@@ -36,8 +36,7 @@ def load_scaled_set(root: Path, dataset: str, train_resolution: int, resolution:
         if dataset in ("shapes", "signs"):  # render only the images used, not the whole split
             scenes, labels = load_scenes(root, dataset, split)
             return scene_image_set(dataset, scenes[:limit], labels[:limit], resolution)
-        data = load_split(Path(root), dataset, split, resolution)
-        return data.subset(range(min(limit, len(data))))
+        return load_split(Path(root), dataset, split, resolution, limit=limit)  # in memory, also for image folders
     if dataset not in FIELD_OF_VIEW_DATASETS:
         raise ValueError(f"field_of_view: defined for {FIELD_OF_VIEW_DATASETS}, not {dataset!r}")
     if resolution < train_resolution:

@@ -74,7 +74,9 @@ def mean_attention_entropy(model: torch.nn.Module, images: torch.Tensor) -> tupl
     _, maps = model.forward_with_attention(normalize(images))
     maps = torch.stack(maps, dim=1)  # (B, L, heads, N, N)
     patches = maps.shape[-1] - model.num_prefix_tokens
-    entropy = attention_entropy(maps, model.num_prefix_tokens) / math.log(patches) if patches > 1 else torch.zeros(1)
+    if patches < 2:  # one patch: nothing to spread attention over
+        return 0.0, 0.0
+    entropy = attention_entropy(maps, model.num_prefix_tokens) / math.log(patches)
     return float(entropy.mean()), float(entropy[:, -1].mean())
 
 
