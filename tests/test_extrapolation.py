@@ -12,7 +12,7 @@ from lib.config import AugmentParams
 from lib.data import load_scenes, scene_image_set
 from lib.data.shapes import widen_field_of_view
 from lib.extrapolation.protocols import centre_on_canvas, load_scaled_set, scaled_grid
-from lib.extrapolation.summary import heo_ordering, paired_table, seed_table
+from lib.extrapolation.summary import findings, heo_ordering, paired_table, seed_table, unconverged
 from lib.layers.rope import RopeMixed
 from lib.layers.rope_rescale import RopeRescaled, ramp_weights, rescale_factors
 from lib.models import VisionTransformer
@@ -185,3 +185,16 @@ def test_paired_table_pairs_by_seed_and_names_only_supported_differences():
     one = seeds[(seeds["variant"] == "rope_mixed") & (seeds["scale"] == 2.0)].iloc[0]
     assert one["seeds"] == 4 and math.isclose(one["accuracy"], accuracy.query("variant == 'rope_mixed' and scale == 2.0")["accuracy"].mean())
     assert one["ci_low"] < one["accuracy"] < one["ci_high"] and one["wilson_low"] < one["accuracy"] < one["wilson_high"]
+
+
+def test_cells_far_below_the_best_at_the_training_resolution_are_flagged():
+    accuracy = synthetic_accuracy()
+    slow = accuracy["variant"] == "ape"
+    accuracy.loc[slow & (accuracy["scale"] == 1.0), "accuracy"] = 0.6  # APE learned far less than the others
+    seeds = seed_table(accuracy)
+    flagged = unconverged(seeds)
+    assert list(flagged["variant"]) == ["ape"] and flagged["best"].iloc[0] == pytest.approx(0.95)
+    lines = findings(seeds, paired_table(accuracy), pd.DataFrame())
+    assert any(line.startswith("**shapes: not converged at this training budget**") and "rrc/ape 60.0%" in line
+               for line in lines)
+    assert unconverged(seed_table(synthetic_accuracy())).empty
