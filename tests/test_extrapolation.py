@@ -195,6 +195,6 @@ def test_cells_far_below_the_best_at_the_training_resolution_are_flagged():
     flagged = unconverged(seeds)
     assert list(flagged["variant"]) == ["ape"] and flagged["best"].iloc[0] == pytest.approx(0.95)
     lines = findings(seeds, paired_table(accuracy), pd.DataFrame())
-    assert any(line.startswith("**shapes: not converged at this training budget**") and "rrc/ape 60.0%" in line
+    assert any(line.startswith("**shapes: under-trained at this budget**") and "rrc/ape 60.0%" in line
                for line in lines)
     assert unconverged(seed_table(synthetic_accuracy())).empty
