@@ -42,8 +42,10 @@ def test_same_seed_same_weights_and_metrics(tiny_params, tmp_path):
 def test_learns_something(data_root, tmp_path):
     params = tiny_params_dict(data_root)
     params["train"].update(epochs=3, train_subset=1024, batch_size=32, lr=3e-3)
+    params["datasets"]["mnist"].pop("train", None)  # the profile's per-dataset epochs would win over train.epochs
     result = train(Params.model_validate(params), "mnist", "ape", tmp_path / "live", tmp_path / "ck.pt", progress=False)
-    # small ViTs leave the initial plateau slowly; the default study reaches 92.7-94.9% on MNIST (README)
+    assert len(result.history) == 3
+    # small ViTs leave the initial plateau slowly; with light augmentation and 20 epochs MNIST reached 92.7-94.9%
     first, last = result.history[0], result.history[-1]
     assert last["val/loss"] < first["val/loss"] - 0.05
     assert last["val/acc"] > 0.15  # 10 classes: chance is 0.1
