@@ -271,20 +271,14 @@ class Rq1Params(Strict):
     entropy_images: PositiveInt = 32       # attention entropy on the first N of them (zoom protocol)
     workers: PositiveInt = 2               # seeds trained at once, one process each
 
-    @field_validator("protocols")
+    @field_validator("protocols", "rescalings")
     @classmethod
-    def _known_protocols(cls, value: list[str]) -> list[str]:
+    def _known_names(cls, value: list[str], info) -> list[str]:
         from lib.extrapolation.protocols import PROTOCOLS
-        for name in value:
-            _known(name, PROTOCOLS, "protocol")
-        return value
-
-    @field_validator("rescalings")
-    @classmethod
-    def _known_rescalings(cls, value: list[str]) -> list[str]:
         from lib.layers.rope_rescale import RESCALINGS
+        choices, what = {"protocols": (PROTOCOLS, "protocol"), "rescalings": (RESCALINGS, "test-time rescaling")}[info.field_name]
         for name in value:
-            _known(name, RESCALINGS, "test-time rescaling")
+            _known(name, choices, what)
         return value
 
     @model_validator(mode="after")

@@ -67,7 +67,6 @@ class Table:
 
 TABLES = {
     "resolution": Table("resolution/resolution.csv", "evaluate"),
-    "seeds": Table("resolution/seeds_summary.csv", "evaluate"),
     "seed_maps": Table("resolution/seed_map_stability.csv", "evaluate"),
     "cost": Table("efficiency/cost_vs_tokens.csv", "efficiency"),
     "scaling": Table("efficiency/scaling.csv", "efficiency"),

@@ -149,13 +149,6 @@ def results(tmp_path) -> Path:
         table.to_csv(path, index=False)
 
     put("resolution/resolution.csv", _resolution())
-    put("resolution/seeds_summary.csv", pd.DataFrame([
-        {"dataset": "shapes", "variant": "ape", "resolution": 24, "train_resolution": 24, "seeds": 3, "accuracy": 0.95,
-         "ci_low": 0.93, "ci_high": 0.97, "std": 0.01, "min": 0.94, "max": 0.96},
-        {"dataset": "shapes", "variant": "ape", "resolution": 48, "train_resolution": 24, "seeds": 3, "accuracy": 0.9,
-         "ci_low": 0.8, "ci_high": 0.99, "std": 0.04, "min": 0.86, "max": 0.94},
-        {"dataset": "shapes", "variant": "rope_mixed", "resolution": 24, "train_resolution": 24, "seeds": 1,
-         "accuracy": 0.99, "ci_low": np.nan, "ci_high": np.nan, "std": np.nan, "min": 0.99, "max": 0.99}]))
     put("resolution/seed_map_stability.csv", pd.DataFrame([
         {"dataset": "shapes", "variant": "rope_mixed", "pos_embed": "rope_mixed", "seed": 0, "other_seed": other,
          "prediction_agreement": agreement, "method": method, "metric": metric, "mean": value + 0.02 * other,
