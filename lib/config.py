@@ -14,7 +14,7 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -269,7 +269,9 @@ class Rq1Params(Strict):
     rescalings: list[str] = []             # test-time rules on the weights of every RoPE-Mixed cell
     test_images: PositiveInt = 200         # the first N test images, the same for every cell, seed and scale
     entropy_images: PositiveInt = 32       # attention entropy on the first N of them (zoom protocol)
+    max_test_grid: PositiveInt | None = None  # test grids above this many patches per side are skipped (cost)
     workers: PositiveInt = 2               # seeds trained at once, one process each
+    threads: PositiveInt = 1               # torch threads of each process: the floats depend on it, not on workers
 
     @field_validator("protocols", "rescalings")
     @classmethod
@@ -289,12 +291,27 @@ class Rq1Params(Strict):
             raise ValueError(f"seeds: {self.seeds} gives no confidence interval over seeds; list at least 2")
         return self
 
-    def parse(self, cell: str) -> tuple[str, str, str]:
-        """(dataset, augmentation, variant) of a cell name '<dataset>-<augmentation>-<variant>'."""
+    def parse(self, cell: str) -> "Rq1Cell":
+        """The parts of a cell name '<dataset>-<augmentation>-<variant>', optionally '-g<grid>': trained on a
+        grid x grid patch grid instead of the dataset's `train_resolution`."""
         parts = cell.split("-")
+        grid = None
+        if len(parts) == 4 and parts[3].startswith("g"):
+            if not parts[3][1:].isdigit() or int(parts[3][1:]) < 2:
+                raise ValueError(f"rq1.cells: {cell!r}: {parts[3]!r} is not a training grid 'g<patches per side>' (at least g2)")
+            grid = int(parts[3][1:])
+            parts = parts[:3]
         if len(parts) != 3 or not all(parts):
-            raise ValueError(f"rq1.cells: {cell!r} is not '<dataset>-<augmentation>-<variant>'")
-        return parts[0], parts[1], parts[2]
+            raise ValueError(f"rq1.cells: {cell!r} is not '<dataset>-<augmentation>-<variant>' or "
+                             f"'<dataset>-<augmentation>-<variant>-g<grid>'")
+        return Rq1Cell(*parts, train_grid=grid)
+
+
+class Rq1Cell(NamedTuple):
+    dataset: str
+    augmentation: str
+    variant: str
+    train_grid: int | None = None  # patches per side it is trained at; None: the dataset's train_resolution
 
 
 # The DVC matrices that train runs (dvc.yaml: train, train-zoo, train-case-study); no run in two of them.
@@ -408,7 +425,7 @@ class Params(Strict):
         """Every cell names a defined dataset, augmentation and trained variant; field of view fits its data sets."""
         from lib.extrapolation.protocols import FIELD_OF_VIEW_DATASETS
         for cell in self.rq1.cells:
-            dataset, augmentation, variant = self.rq1.parse(cell)
+            dataset, augmentation, variant, _ = self.rq1.parse(cell)
             _known(dataset, self.datasets, "dataset defined under 'datasets'", key=f"rq1.cells: {cell}")
             _known(augmentation, self.rq1.augmentations, "augmentation defined under 'rq1.augmentations'", key=f"rq1.cells: {cell}")
             _known(variant, self.variants, "variant defined under 'variants'", key=f"rq1.cells: {cell}")

@@ -194,7 +194,7 @@ def resolution_full_table(resolution: pd.DataFrame) -> pd.DataFrame:
 
 
 def rq1_ordering_table(ordering: pd.DataFrame) -> pd.DataFrame:
-    """RQ1: per data set, augmentation, protocol and scale above 1, the three paired differences of Heo et al.'s
+    """RQ1: per data set, training grid, augmentation, protocol and scale above 1, the three paired differences of Heo et al.'s
     ordering and whether it holds."""
     return ordering.rename(columns={"mixed_vs_axial": "RoPE-Mixed - RoPE-Axial", "axial_vs_ape": "RoPE-Axial - APE",
                                     "mixed_vs_ape": "RoPE-Mixed - APE"})
@@ -205,7 +205,7 @@ def rq1_accuracy_table(accuracy: pd.DataFrame) -> pd.DataFrame:
     table = accuracy.copy()
     table["cell"] = [format_ci(a, lo, hi) for a, lo, hi in zip(table["accuracy"], table["ci_low"], table["ci_high"])]
     table["test"] = [f"{p.replace('field_of_view', 'fov')} {s:g}x" for p, s in zip(table["protocol"], table["scale"])]
-    wide = table.pivot_table(index=["dataset", "augmentation", "variant", "method"], columns="test", values="cell",
+    wide = table.pivot_table(index=["dataset", "train_grid", "augmentation", "variant", "method"], columns="test", values="cell",
                              aggfunc="first", sort=False)
     return wide.reset_index()
 
@@ -507,7 +507,10 @@ def _best(frame: pd.DataFrame, column: str, lowest: bool = False) -> pd.Series:
 def rq1_lines(findings: str, accuracy: pd.DataFrame) -> list[str]:
     """RQ1's answer: the sentences `rq1-summary` computed from the seed tables (findings.md), after the design."""
     seeds = int(accuracy["seeds"].min())
-    design = (f"- Design: every cell (data set x training augmentation x position encoding) trained with {seeds} seeds; "
+    grids = "; ".join(f"{dataset} " + " and ".join(f"{g}x{g}" for g in sorted(set(part)))
+                      for dataset, part in accuracy.groupby("dataset", sort=False)["train_grid"])
+    design = (f"- Design: every cell (data set x training grid x training augmentation x position encoding; training "
+              f"grids: {grids}) trained with {seeds} seeds; "
               f"each seed tested on the same {int(accuracy['n'].iloc[0])} test images at every scale and protocol. "
               "Values are seed means [95% t-interval over seeds]; differences are paired by seed index on the same "
               "images, in accuracy points, and a difference is stated only where its interval excludes 0.")

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # RQ1: one cell of the resolution study, every training seed
 #
-# Trains `cell` = `<dataset>-<augmentation>-<variant>` (params.yaml `rq1.cells`) once per seed of
+# Trains `cell` = `<dataset>-<augmentation>-<variant>[-g<grid>]` (params.yaml `rq1.cells`) once per seed of
 # `rq1.seeds`, with the cell's augmentation (`rq1.augmentations`) and everything else as the study trains that
 # dataset; then tests every seed on the same first `rq1.test_images` test images at every scale of
 # `rq1.scales` (test grid / training grid) under every protocol of `rq1.protocols` (zoom: the same picture at
@@ -41,9 +41,9 @@ from lib.paths import chdir_repo_root
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
-dataset, augmentation, variant = params.rq1.parse(cell)
+dataset, augmentation, variant, train_grid = params.rq1.parse(cell)
 print(f"{cell}: {params.variants[variant]}; augmentation {params.rq1.augmentations[augmentation]}; "
-      f"seeds {params.rq1.seeds}, {params.rq1.workers} at a time")
+      f"training grid {train_grid or 'of datasets.' + dataset}; seeds {params.rq1.seeds}, {params.rq1.workers} at a time")
 
 # %%
 started = time.perf_counter()

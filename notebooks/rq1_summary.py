@@ -21,12 +21,15 @@
 # images as a secondary column) and the paired differences that the study's questions need (`paired.csv`: same
 # seed index, same test images): Heo et al.'s ordering RoPE-Mixed > RoPE-Axial > APE, each fix (normalised
 # coordinates, FIRE, test-time rescalings) against RoPE-Mixed, the augmentation and the protocol. A difference is
-# named only where its interval excludes 0 (`findings.md`, which results/README.md quotes).
+# named only where its interval excludes 0 (`findings.md`, which results/README.md quotes). Where the same cells were
+# rerun with other floats (`rq1.threads` changed: results/rq1/float_check/), every verdict is compared with the
+# rerun's (`verdict_stability.csv`).
 
 # %% tags=["parameters"]
 params_file = "params.yaml"
 runs_dir = "results/rq1/runs"
 out_dir = "results/rq1/summary"
+float_check_dir = "results/rq1/float_check"  # the same cells rerun with other floats (lib/extrapolation/stability.py)
 
 # %%
 from pathlib import Path
@@ -35,6 +38,7 @@ from IPython.display import Markdown, display
 
 from lib.config import load_params
 from lib.extrapolation.figures import plot_accuracy_vs_scale, plot_entropy_vs_scale, plot_rescalings
+from lib.extrapolation.stability import float_check_lines
 from lib.extrapolation.summary import (accuracy_markdown, check_complete, difference_grid, entropy_summary, findings,
                                        heo_ordering, paired_table, ramp_summary, read_cells, seed_table)
 from lib.paths import chdir_repo_root
@@ -58,7 +62,7 @@ entropy_summary(entropy).to_csv(out / "entropy.csv", index=False)
 ramp_summary(ramp).to_csv(out / "ramp.csv", index=False)
 (out / "accuracy.md").write_text(accuracy_markdown(seeds))
 (out / "paired.md").write_text(difference_grid(paired).to_markdown(index=False) + "\n")
-lines = findings(seeds, paired, ramp)
+lines = findings(seeds, paired, ramp) + float_check_lines(params, paired, Path(float_check_dir), out_dir=out)
 (out / "findings.md").write_text("".join(f"- {line}\n" for line in lines))
 display(Markdown("".join(f"- {line}\n" for line in lines)))
 ordering

@@ -112,6 +112,9 @@ BAD = [
     ("rq1.cells", ["shapes-rrc-rope_mixd"], ["rq1.cells: shapes-rrc-rope_mixd", "did you mean 'rope_mixed'"]),
     ("rq1.cells", ["shapes-rope_mixed"], ["rq1.cells", "'shapes-rope_mixed' is not '<dataset>-<augmentation>-<variant>'"]),
     ("rq1.cells", ["signs-rrc-ape"], ["rq1.protocols: field_of_view is defined for", "signs-rrc-ape"]),
+    ("rq1.cells", ["shapes-rrc-ape-gx"], ["rq1.cells: 'shapes-rrc-ape-gx'", "'gx' is not a training grid 'g<patches per side>'"]),
+    ("rq1.cells", ["shapes-rrc-ape-g1"], ["rq1.cells: 'shapes-rrc-ape-g1'", "(at least g2)"]),
+    ("rq1.cells", ["shapes-rrc-ape-9"], ["rq1.cells", "is not '<dataset>-<augmentation>-<variant>' or"]),
     ("rq1.cells", ["shapes-rrc-rope_adaptive_res"], ["rq1.cells: shapes-rrc-rope_adaptive_res", "test-time variant"]),
     ("rq1.cells", ["shapes-rrc-ape", "shapes-rrc-ape"], ["rq1.cells: a cell is listed twice"]),
     ("rq1.scales", [0.5, 2.0], ["rq1", "scales: [0.5, 2.0] must include 1.0"]),
@@ -174,7 +177,7 @@ def test_dataset_train_overrides_merge_nested_keys(tmp_path):
     shapes, mnist = loaded.train_for("shapes"), loaded.train_for("mnist")
     assert shapes.epochs == 5 and shapes.augment.scale == 0.0
     assert shapes.augment.translate == loaded.train.augment.translate  # untouched nested key kept
-    assert mnist == loaded.train.model_copy(update={"epochs": 10})  # mnist: only its own override, epochs 10
+    assert mnist == loaded.train.model_copy(update={"epochs": 10, "batch_size": 32})  # mnist: only its own overrides
 
 
 def test_variant_overrides_apply(tmp_path):

@@ -1,7 +1,9 @@
 """RQ1's building blocks: scale augmentation, the field-of-view protocol, test-time RoPE rescalings, the seed
 statistics, and the tables built from them."""
+import json
 import math
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,10 +13,14 @@ from lib.augment import random_affine, random_resized_crop
 from lib.config import AugmentParams
 from lib.data import load_scenes, scene_image_set
 from lib.data.shapes import widen_field_of_view
+from lib.extrapolation.figures import plot_accuracy_vs_scale, plot_entropy_vs_scale, plot_rescalings
 from lib.extrapolation.protocols import centre_on_canvas, load_scaled_set, scaled_grid
+from lib.extrapolation.stability import (compare_verdicts, float_check_lines, main as stability_main, rerun as stability_rerun,
+                                         stability_lines)
+from lib.extrapolation.study import cell_params, scale_plan
 from lib.extrapolation.summary import findings, heo_ordering, paired_table, seed_table, unconverged
 from lib.layers.rope import RopeMixed
-from lib.layers.rope_rescale import RopeRescaled, ramp_weights, rescale_factors
+from lib.layers.rope_rescale import RopeRescaled, periods_over_grid, ramp_weights, rescale_factors
 from lib.models import VisionTransformer
 from lib.stats import paired_difference, t_interval, verdict
 from lib.train import augment
@@ -136,6 +142,9 @@ def test_rescaling_formulas():
     assert torch.equal(rescale_factors(slow, (6, 6), (12, 12), "yarn"), rescale_factors(slow, (6, 6), (12, 12), "pi"))
     assert torch.equal(rescale_factors(fast, (6, 6), (12, 12), "yarn"), torch.ones_like(fast))
     assert torch.equal(ramp_weights(slow, (6, 6)), torch.zeros_like(slow))
+    # periods over a 4-row x 8-column grid: x turns f * 8 / 2pi times across the width, y f * 4 / 2pi down the height
+    turns = periods_over_grid(torch.full((2, 1, 1, 1), math.pi / 2), (4, 8))
+    assert torch.allclose(turns.flatten(), torch.tensor([2.0, 1.0]))
     with pytest.raises(ValueError, match="unknown rescaling 'linear'"):
         rescale_factors(freqs, (6, 6), (12, 12), "linear")
 
@@ -162,7 +171,7 @@ def synthetic_accuracy() -> pd.DataFrame:
         noise = rng.normal(0, 0.05)
         for variant, at2 in (("ape", 0.5 + noise), ("rope_axial", 0.5 + noise + rng.normal(0, 0.05)), ("rope_mixed", 0.6 + noise)):
             for scale, value in ((1.0, 0.95), (2.0, at2)):
-                rows.append({"cell": f"shapes-rrc-{variant}", "dataset": "shapes", "augmentation": "rrc", "variant": variant,
+                rows.append({"cell": f"shapes-rrc-{variant}", "dataset": "shapes", "train_grid": 6, "augmentation": "rrc", "variant": variant,
                              "method": "trained", "protocol": "zoom", "scale": scale, "grid": int(6 * scale),
                              "resolution": int(24 * scale), "grid_ratio": scale, "seed": seed, "accuracy": value, "n": 200})
     return pd.DataFrame(rows)
@@ -198,3 +207,107 @@ def test_cells_far_below_the_best_at_the_training_resolution_are_flagged():
     assert any(line.startswith("**shapes: under-trained at this budget**") and "rrc/ape 60.0%" in line
                for line in lines)
     assert unconverged(seed_table(synthetic_accuracy())).empty
+
+
+def test_a_cell_with_its_own_training_grid_trains_and_is_tested_on_that_grid(tiny_params):
+    params = tiny_params.model_copy(update={"rq1": tiny_params.rq1.model_copy(update={"scales": [0.5, 1.0, 2.0, 4.0],
+                                                                                       "max_test_grid": 12})})
+    assert params.rq1.parse("shapes-rrc-ape-g5") == ("shapes", "rrc", "ape", 5)
+    assert params.rq1.parse("shapes-rrc-ape").train_grid is None
+    seeded = cell_params(params, "shapes-rrc-ape-g5", seed=3)
+    patch = params.model_for("ape", "shapes").patch_size
+    assert seeded.seed == 3 and seeded.datasets["shapes"].train_resolution == 5 * patch
+    assert seeded.datasets["shapes"].train["augment"]["crop_area"] == params.rq1.augmentations["rrc"].crop_area
+    plan = scale_plan(seeded, "shapes-rrc-ape-g5")
+    # 4x (a 20x20 grid) lies above max_test_grid = 12: skipped; the rest keep their scale and report the 5x5 grid
+    assert [(p["protocol"], p["grid"]) for p in plan] == [("zoom", scaled_grid(5, 0.5)), ("zoom", 5), ("zoom", 10), ("field_of_view", 5),
+                                                          ("field_of_view", 10)]
+    assert {p["train_grid"] for p in plan} == {5} and all(p["resolution"] == p["grid"] * patch for p in plan)
+    default = scale_plan(cell_params(params, "shapes-rrc-ape", seed=0), "shapes-rrc-ape")
+    train_grid = params.datasets["shapes"].train_resolution // patch
+    assert {p["train_grid"] for p in default} == {train_grid}
+
+
+def test_training_grids_are_compared_paired_at_equal_scale():
+    small = synthetic_accuracy()
+    big = small.copy()
+    big["train_grid"] = 9
+    big.loc[big["scale"] == 2.0, "accuracy"] += 0.2  # the larger training grid extrapolates better on every seed
+    accuracy = pd.concat([small, big], ignore_index=True)
+    paired = paired_table(accuracy)
+    grid = paired[paired["factor"] == "train_grid"]
+    assert set(zip(grid["first"], grid["second"])) == {(9, 6)}
+    at2 = grid[(grid["scale"] == 2.0) & (grid["variant"] == "rope_mixed")].iloc[0]
+    assert math.isclose(at2["difference"], 0.2) and at2["verdict"] == "9 > 6"
+    assert grid[grid["scale"] == 1.0]["difference"].abs().max() == 0
+    ordering = heo_ordering(paired)  # one ordering per training grid, never pairing a 6x6 model with a 9x9 one
+    assert sorted(ordering["train_grid"]) == [6, 9]
+    lines = findings(seed_table(accuracy), paired, pd.DataFrame())
+    assert any("training grid 9x9 against 6x6" in line and "above 0 in" in line for line in lines)
+
+
+def test_verdict_stability_flags_every_flipped_verdict(tmp_path):
+    reference = paired_table(synthetic_accuracy())
+    same = compare_verdicts(reference, reference.copy())
+    assert same["same_verdict"].all() and (same["shift"] == 0).all()
+    other = reference.copy()
+    flip = (other["first"] == "rope_mixed") & (other["second"] == "ape") & (other["scale"] == 2.0)
+    assert reference.loc[flip, "verdict"].item() == "rope_mixed > ape"
+    other.loc[flip, ["difference", "ci_low", "ci_high", "verdict"]] = [0.01, -0.02, 0.04, "no difference detected"]
+    compared = compare_verdicts(reference, other)
+    assert (~compared["same_verdict"]).sum() == 1
+    lines = stability_lines(compared, "two threads")
+    assert lines[0].startswith(f"Rerun with other floats (two threads): {len(reference) - 1} of {len(reference)} verdicts unchanged")
+    assert len(lines) == 2 and "'rope_mixed > ape' -> +1.0 [-2.0, +4.0] 'no difference detected'" in lines[1]
+    with pytest.raises(ValueError, match="missing from the other run"):
+        compare_verdicts(reference, other[~flip])
+    reference.to_csv(tmp_path / "a.csv", index=False)
+    other.to_csv(tmp_path / "b.csv", index=False)
+    assert stability_main(["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "verdict_stability.md").read_text().count("\n- Changed:") == 1
+    assert stability_main(["compare", str(tmp_path / "nope.csv"), str(tmp_path / "b.csv"), str(tmp_path / "out")]) == 2
+
+
+@pytest.mark.slow
+def test_float_check_rerun_trains_every_cell_with_other_threads(tiny_params, tmp_path):
+    rq1 = tiny_params.rq1.model_copy(update={"cells": ["shapes-rrc-ape", "shapes-rrc-rope_mixed"], "scales": [1.0, 2.0],
+                                             "protocols": ["zoom"], "rescalings": [], "test_images": 8, "workers": 1})
+    params = tiny_params.model_copy(update={"rq1": rq1})
+    with pytest.raises(ValueError, match="equals rq1.threads"):
+        stability_rerun(params, params.rq1.threads, tmp_path / "same")
+    before = torch.get_num_threads()
+    try:
+        paired = stability_rerun(params, 2, tmp_path / "float_check", log=lambda *_: None)
+        assert torch.get_num_threads() == 2  # workers = 1 runs the seeds in this process
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((tmp_path / "float_check" / "settings.json").read_text())["threads"] == 2
+    accuracy = pd.read_csv(tmp_path / "float_check" / "accuracy.csv")
+    assert set(accuracy["cell"]) == set(rq1.cells) and set(accuracy["seed"]) == set(rq1.seeds)
+    assert set(zip(paired["first"], paired["second"])) == {("rope_mixed", "ape")} and set(paired["scale"]) == {1.0, 2.0}
+    # the summary's sentences: compared where the settings match, else why not
+    lines = float_check_lines(params, paired, tmp_path / "float_check", out_dir=tmp_path)
+    assert lines[0].startswith(f"Rerun with other floats (rq1.threads = 2 instead of 1, every cell and seed retrained): "
+                               f"{len(paired)} of {len(paired)} verdicts unchanged")
+    assert (tmp_path / "verdict_stability.csv").is_file()
+    longer = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 7})})
+    assert float_check_lines(longer, paired, tmp_path / "float_check")[0].startswith(
+        "Float check: stale, it ran with other settings (train differ from params.yaml)")
+    assert "not run" in float_check_lines(params, paired, tmp_path / "nowhere")[0]
+
+
+def test_figures_name_training_grids_where_panels_differ_in_them():
+    """One augmentation trained on two grids, another on one: every line of every panel gets its own style."""
+    base = synthetic_accuracy()
+    big = base.assign(train_grid=9)
+    light = base[base["variant"] != "rope_axial"].assign(augmentation="light")
+    rescaled = base[base["variant"] == "rope_mixed"].assign(method="pi")
+    accuracy = pd.concat([base, big, light, rescaled], ignore_index=True)
+    seeds = seed_table(accuracy)
+    entropy = seeds.assign(layers="all_layers", entropy=0.5).rename(columns={"accuracy": "unused"})
+    figure = plot_accuracy_vs_scale(seeds, "shapes")
+    labels = {text.get_text() for text in figure.legends[0].get_texts()}
+    assert "rope_mixed, 9x9 training grid" in labels and "rope_mixed, 6x6 training grid" in labels
+    plot_rescalings(seeds, "shapes")
+    plot_entropy_vs_scale(entropy, "shapes")
+    plt.close("all")

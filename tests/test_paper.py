@@ -124,14 +124,14 @@ def _rq1_accuracy() -> pd.DataFrame:
     for seed, wobble in enumerate((0.0, 0.01, -0.01, 0.02, -0.02)):
         for k, variant in enumerate(("ape", "rope_axial", "rope_mixed")):
             for scale, value in ((1.0, 0.95 + wobble / 4), (2.0, 0.5 + 0.1 * k + wobble + 0.003 * k * seed)):
-                rows.append({"cell": f"shapes-rrc-{variant}", "dataset": "shapes", "augmentation": "rrc", "variant": variant,
+                rows.append({"cell": f"shapes-rrc-{variant}", "dataset": "shapes", "train_grid": 6, "augmentation": "rrc", "variant": variant,
                              "method": "trained", "protocol": "zoom", "scale": scale, "grid": int(6 * scale),
                              "resolution": int(24 * scale), "grid_ratio": scale, "seed": seed, "accuracy": value, "n": 200})
     return pd.DataFrame(rows)
 
 
 def _rq1_entropy() -> pd.DataFrame:
-    return pd.DataFrame([{"dataset": "shapes", "augmentation": "rrc", "variant": v, "scale": s, "layers": layers,
+    return pd.DataFrame([{"dataset": "shapes", "train_grid": 6, "augmentation": "rrc", "variant": v, "scale": s, "layers": layers,
                           "entropy": 0.8 - 0.1 * s, "ci_low": 0.7 - 0.1 * s, "ci_high": 0.9 - 0.1 * s, "seeds": 5,
                           "grid_ratio": s}
                          for v in ("ape", "rope_axial", "rope_mixed") for s in (1.0, 2.0)

@@ -22,7 +22,8 @@ from tests.conftest import REPO, tiny_params_dict, write_cifar100, write_image_f
 
 pytestmark = pytest.mark.slow
 
-COPIED = ["lib", "notebooks", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore", "jupytext.toml", "pyproject.toml"]
+COPIED = ["lib", "notebooks", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore", "jupytext.toml", "pyproject.toml",
+          "results/rq1/float_check"]  # the default study's float check: a dependency of rq1-summary
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -123,7 +124,7 @@ def test_repro_writes_metrics_tables_and_figures(study):
 
 
 def test_rq1_cells_train_every_seed_and_the_summary_compares_them_paired(study):
-    cells = ["shapes-rrc-ape", "shapes-rrc-rope_mixed", "shapes-light-rope_mixed", "mnist-rrc-fire"]
+    cells = ["shapes-rrc-ape", "shapes-rrc-rope_mixed", "shapes-light-rope_mixed", "shapes-rrc-rope_mixed-g4", "mnist-rrc-fire"]
     for cell in cells:
         accuracy = pd.read_csv(study / "results" / "rq1" / "runs" / cell / "accuracy.csv")
         assert set(accuracy["seed"]) == {0, 1} and accuracy["accuracy"].between(0, 1).all()
@@ -156,7 +157,17 @@ def test_rq1_cells_train_every_seed_and_the_summary_compares_them_paired(study):
         for cell in ("shapes-rrc-rope_mixed", "shapes-rrc-ape")}
     assert one["difference"] == pytest.approx((per_seed["shapes-rrc-rope_mixed"] - per_seed["shapes-rrc-ape"]).mean())
     findings = (summary / "findings.md").read_text()
-    assert "shapes, rrc augmentation, at the training resolution" in findings and "no difference detected" in findings
+    assert "shapes, rrc augmentation, 8x8 training grid, at the training resolution" in findings
+    assert "no difference detected" in findings
+    # the -g4 cell trains on a 4x4 grid (16 px) and is compared with the 8x8 one seed by seed at equal scales
+    small = pd.read_csv(study / "results" / "rq1" / "runs" / "shapes-rrc-rope_mixed-g4" / "accuracy.csv")
+    assert set(small["train_grid"]) == {4} and set(small.loc[small["scale"] == 1.0, "resolution"]) == {16}
+    assert set(mixed["train_grid"]) == {8}
+    grids = paired[paired["factor"] == "train_grid"]
+    assert set(zip(grids["first"], grids["second"])) == {("8", "4")} and set(grids["variant"]) == {"rope_mixed"}
+    assert "shapes, rrc augmentation, 4x4 training grid, at the training resolution (seed mean" in findings
+    # the committed float check ran with the default study's settings, not the smoke profile's: never compared
+    assert "Float check: stale" in findings or "Float check: not run" in findings
     for figure in ("accuracy_vs_scale_shapes", "accuracy_vs_scale_mnist", "entropy_vs_scale_shapes", "rescalings_shapes"):
         assert (summary / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

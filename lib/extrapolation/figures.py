@@ -20,6 +20,12 @@ def _styles(names) -> dict:
             for name, marker, ls in zip(names, itertools.cycle(MARKERS), itertools.cycle(LINESTYLES))}
 
 
+def _arms(part: pd.DataFrame, name: str, several: bool):
+    """(label, rows) per value of `name` and training grid; the grid is named where the figure has `several`."""
+    for (value, grid), rows in part.groupby([name, "train_grid"], sort=False):
+        yield (f"{value}, {grid}x{grid} training grid" if several else str(value)), rows
+
+
 def _line(ax, rows: pd.DataFrame, style: dict, label: str, value: str = "accuracy", factor: float = 100.0) -> None:
     rows = rows.sort_values("grid_ratio")
     y = factor * rows[value].to_numpy()
@@ -34,12 +40,13 @@ def plot_accuracy_vs_scale(seeds: pd.DataFrame, dataset: str) -> plt.Figure:
     augmentations, protocols = list(dict.fromkeys(part["augmentation"])), list(dict.fromkeys(part["protocol"]))
     fig, axes = plt.subplots(len(augmentations), len(protocols), figsize=(4.4 * len(protocols), 3.3 * len(augmentations)),
                              squeeze=False, sharey=True)
-    styles = _styles(part["variant"])
+    several = part["train_grid"].nunique() > 1
+    styles = _styles(label for label, _ in _arms(part, "variant", several))
     for (i, augmentation), (j, protocol) in itertools.product(enumerate(augmentations), enumerate(protocols)):
         ax = axes[i][j]
         panel = part[(part["augmentation"] == augmentation) & (part["protocol"] == protocol)]
-        for variant, rows in panel.groupby("variant", sort=False):
-            _line(ax, rows, styles[variant], variant)
+        for label, rows in _arms(panel, "variant", several):
+            _line(ax, rows, styles[label], label)
         _decorate(ax, dataset, f"{augmentation} augmentation, {protocol.replace('_', ' ')}")
         ax.set_ylabel("test accuracy (%)" if j == 0 else "")
     _legend(fig, axes, "position encoding")
@@ -53,10 +60,11 @@ def plot_rescalings(seeds: pd.DataFrame, dataset: str) -> plt.Figure:
     part = seeds[(seeds["dataset"] == dataset) & (seeds["variant"] == "rope_mixed") & (seeds["protocol"] == "zoom")]
     augmentations = list(dict.fromkeys(part["augmentation"]))
     fig, axes = plt.subplots(1, max(len(augmentations), 1), figsize=(4.4 * max(len(augmentations), 1), 3.3), squeeze=False, sharey=True)
-    styles = _styles(part["method"])
+    several = part["train_grid"].nunique() > 1
+    styles = _styles(label for label, _ in _arms(part, "method", several))
     for ax, augmentation in zip(axes[0], augmentations):
-        for method, rows in part[part["augmentation"] == augmentation].groupby("method", sort=False):
-            _line(ax, rows, styles[method], method)
+        for label, rows in _arms(part[part["augmentation"] == augmentation], "method", several):
+            _line(ax, rows, styles[label], label)
         _decorate(ax, dataset, f"RoPE-Mixed, {augmentation} augmentation, zoom")
     axes[0][0].set_ylabel("test accuracy (%)")
     _legend(fig, axes, "test-time rule")
@@ -68,13 +76,14 @@ def plot_entropy_vs_scale(entropy: pd.DataFrame, dataset: str) -> plt.Figure:
     part = entropy[entropy["dataset"] == dataset]
     augmentations = list(dict.fromkeys(part["augmentation"]))
     fig, axes = plt.subplots(len(augmentations), 2, figsize=(8.8, 3.3 * len(augmentations)), squeeze=False, sharey=True)
-    styles = _styles(part["variant"])
+    several = part["train_grid"].nunique() > 1
+    styles = _styles(label for label, _ in _arms(part, "variant", several))
     for i, augmentation in enumerate(augmentations):
         for j, layers in enumerate(("all_layers", "last_layer")):
             ax = axes[i][j]
             panel = part[(part["augmentation"] == augmentation) & (part["layers"] == layers)]
-            for variant, rows in panel.groupby("variant", sort=False):
-                _line(ax, rows, styles[variant], variant, value="entropy", factor=1.0)
+            for label, rows in _arms(panel, "variant", several):
+                _line(ax, rows, styles[label], label, value="entropy", factor=1.0)
             ax.axvline(1.0, color="0.4", ls="--", lw=1)
             ax.set_xscale("log", base=2)
             ax.set(title=f"{dataset}: {augmentation}, {layers.replace('_', ' ')}", xlabel="test grid / training grid",

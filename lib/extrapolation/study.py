@@ -1,8 +1,10 @@
 """One cell of the resolution study: train every seed of (dataset, augmentation, variant), then test each seed at
 every scale under every protocol, and every RoPE-Mixed seed also with each test-time rescaling.
 
-Seeds run in `rq1.workers` processes of one thread each: a run's floats then do not depend on how many runs share
-the machine, and two single-threaded runs use 2 cores better than one run's two threads on these small models.
+Seeds run in `rq1.workers` processes of `rq1.threads` torch threads each: a run's floats then depend on the thread
+count but not on how many runs share the machine, and two single-threaded runs use 2 cores better than one run's two
+threads on these small models. Changing `rq1.threads` changes the floats, which is how the study checks that its
+verdicts do not hang on them.
 Every seed is tested on the same first `rq1.test_images` images of the test split, so two cells (or two
 rescalings of one model) are compared on the same images, seed index by seed index.
 """
@@ -20,7 +22,7 @@ from lib.config import Params
 from lib.data import ImageSet, dataset_info
 from lib.evaluate import wilson_interval
 from lib.extrapolation.protocols import load_scaled_set, scaled_grid
-from lib.layers.rope_rescale import RopeRescaled, ramp_weights
+from lib.layers.rope_rescale import RopeRescaled, periods_over_grid, ramp_weights
 from lib.study import build_model, normalize
 from lib.train import save_model, train
 
@@ -28,27 +30,34 @@ TRAINED = "trained"  # the method column of a model tested as trained (no test-t
 
 
 def cell_params(params: Params, cell: str, seed: int) -> Params:
-    """`params` for one seed of `cell`: the cell's augmentation replaces the dataset's training augmentation."""
-    dataset, augmentation, _ = params.rq1.parse(cell)
+    """`params` for one seed of `cell`: the cell's augmentation replaces the dataset's training augmentation, and a
+    cell with its own training grid ('-g<grid>') trains at grid x patch pixels."""
+    dataset, augmentation, variant, train_grid = params.rq1.parse(cell)
     spec = params.datasets[dataset]
-    augment = params.rq1.augmentations[augmentation].model_dump()
-    datasets = {**params.datasets, dataset: spec.model_copy(update={"train": {**spec.train, "augment": augment}})}
+    update = {"train": {**spec.train, "augment": params.rq1.augmentations[augmentation].model_dump()}}
+    if train_grid is not None:
+        update["train_resolution"] = train_grid * params.model_for(variant, dataset).patch_size
+    datasets = {**params.datasets, dataset: spec.model_copy(update=update)}
     return params.model_copy(update={"seed": seed, "datasets": datasets})
 
 
 def scale_plan(params: Params, cell: str) -> list[dict]:
-    """Every (protocol, scale) tested for `cell`: grid, resolution and the grid ratio actually tested."""
-    dataset, _, variant = params.rq1.parse(cell)
+    """Every (protocol, scale) tested for `cell` (`params` from `cell_params`): grid, resolution and the grid ratio
+    actually tested."""
+    dataset, _, variant, _ = params.rq1.parse(cell)
     patch = params.model_for(variant, dataset).patch_size
     train_resolution = params.datasets[dataset].train_resolution
     train_grid = train_resolution // patch
+    largest = params.rq1.max_test_grid
     plan = []
     for protocol in params.rq1.protocols:
         for scale in params.rq1.scales:
             grid = scaled_grid(train_grid, scale)
             if protocol == "field_of_view" and grid < train_grid:
                 continue  # a smaller canvas would cut objects: zoom only
-            plan.append({"protocol": protocol, "scale": scale, "grid": grid, "resolution": grid * patch,
+            if largest is not None and grid > max(largest, train_grid):
+                continue  # rq1.max_test_grid: attention's cost grows with the square of the tokens
+            plan.append({"protocol": protocol, "scale": scale, "train_grid": train_grid, "grid": grid, "resolution": grid * patch,
                          "grid_ratio": grid / train_grid, "train_resolution": train_resolution})
     return plan
 
@@ -82,7 +91,7 @@ def mean_attention_entropy(model: torch.nn.Module, images: torch.Tensor) -> tupl
 
 def evaluate_seed(params: Params, cell: str, seed: int, model: torch.nn.Module, cache: dict | None = None) -> tuple[list, list]:
     """Accuracy rows (every protocol, scale and method) and attention-entropy rows (zoom, trained model) of one seed."""
-    dataset, augmentation, variant = params.rq1.parse(cell)
+    dataset, augmentation, variant, _ = params.rq1.parse(cell)
     cache = {} if cache is None else cache
     trained_grid = model.patch_embed.grid_size
     trained_rope = model.rope
@@ -120,10 +129,10 @@ def evaluate_seed(params: Params, cell: str, seed: int, model: torch.nn.Module, 
 def ramp_rows(params: Params, cell: str, seed: int, model: torch.nn.Module) -> list[dict]:
     """YaRN's ramp weight gamma of every learned frequency component of a RoPE-Mixed model: the shares that the
     `yarn` rule interpolates (gamma = 0: exactly position interpolation), blends, or keeps (gamma = 1)."""
-    if "yarn" not in rescalings_for(params, params.rq1.parse(cell)[2]):
+    if "yarn" not in rescalings_for(params, params.rq1.parse(cell).variant):
         return []
-    gamma = ramp_weights(model.rope.freqs.detach(), model.patch_embed.grid_size)
-    periods = model.rope.freqs.detach().abs() * torch.tensor(model.patch_embed.grid_size[::-1]).view(2, 1, 1, 1) / (2 * math.pi)
+    freqs, grid = model.rope.freqs.detach(), model.patch_embed.grid_size
+    gamma, periods = ramp_weights(freqs, grid), periods_over_grid(freqs, grid)
     return [{"cell": cell, "seed": seed, "axis": axis, "components": gamma[i].numel(),
              "interpolated": float((gamma[i] == 0).float().mean()), "blended": float(((gamma[i] > 0) & (gamma[i] < 1)).float().mean()),
              "kept": float((gamma[i] == 1).float().mean()), "median_periods": float(periods[i].median()),
@@ -133,7 +142,7 @@ def ramp_rows(params: Params, cell: str, seed: int, model: torch.nn.Module) -> l
 
 def run_seed(params: Params, cell: str, seed: int, weights_dir: Path, checkpoint_dir: Path) -> dict:
     """Train (or resume) one seed of `cell`, save its weights, test it; return its tables as row lists."""
-    dataset, _, variant = params.rq1.parse(cell)
+    dataset, _, variant, _ = params.rq1.parse(cell)
     seeded = cell_params(params, cell, seed)
     with tempfile.TemporaryDirectory() as live_dir:  # per-epoch records are kept in history.csv instead
         result = train(seeded, dataset, variant, live_dir=Path(live_dir), checkpoint_path=checkpoint_dir / f"{cell}-seed{seed}.pt",
@@ -145,23 +154,24 @@ def run_seed(params: Params, cell: str, seed: int, weights_dir: Path, checkpoint
     return {"accuracy": accuracy, "entropy": entropy, "history": history, "ramp": ramp_rows(seeded, cell, seed, model)}
 
 
-def _single_thread() -> None:
-    torch.set_num_threads(1)
+def _set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
 
 
 def run_cell(params: Params, cell: str, weights_dir: Path, checkpoint_dir: Path, log=print) -> dict[str, pd.DataFrame]:
-    """Every seed of `cell` (rq1.workers at a time, one thread each); tables ordered by seed."""
+    """Every seed of `cell` (rq1.workers at a time, rq1.threads threads each); tables ordered by seed."""
     weights_dir, checkpoint_dir = Path(weights_dir), Path(checkpoint_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    dataset_info(params.rq1.parse(cell)[0], Path(params.data_root))  # a missing data set fails here, not in a worker
+    dataset_info(params.rq1.parse(cell).dataset, Path(params.data_root))  # a missing data set fails here, not in a worker
     seeds = list(params.rq1.seeds)
     workers = min(params.rq1.workers, len(seeds))
     if workers == 1:
-        _single_thread()
+        _set_threads(params.rq1.threads)
         results = [run_seed(params, cell, seed, weights_dir, checkpoint_dir) for seed in seeds]
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_single_thread) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_set_threads,
+                                 initargs=(params.rq1.threads,)) as pool:
             futures = [pool.submit(run_seed, params, cell, seed, weights_dir, checkpoint_dir) for seed in seeds]
             results = []
             for seed, future in zip(seeds, futures):

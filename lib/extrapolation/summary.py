@@ -15,7 +15,7 @@ import pandas as pd
 from lib.evaluate import wilson_interval
 from lib.stats import paired_difference, t_interval, verdict
 
-KEYS = ["dataset", "augmentation", "variant", "method", "protocol", "scale"]
+KEYS = ["dataset", "train_grid", "augmentation", "variant", "method", "protocol", "scale"]
 
 # (factor that differs, first level, second level, what the comparison tests). A variant comparison pairs models
 # trained the same way (same dataset, augmentation and seed index) and tested as trained; a method comparison
@@ -40,6 +40,21 @@ COMPARISONS: list[tuple[str, str, str, str]] = [
 TRAINED = "trained"
 
 
+def grid_comparisons(accuracy: pd.DataFrame) -> list[tuple[str, int, int, str]]:
+    """Each larger training grid against each smaller one of the same data set (the cells decide which exist)."""
+    comparisons = set()
+    for _, grids in accuracy.groupby("dataset")["train_grid"]:
+        levels = sorted(set(grids))
+        comparisons |= {(big, small) for big in levels for small in levels if big > small}
+    return [("train_grid", big, small, f"training grid {big}x{big} against {small}x{small} (longer offsets seen in training)")
+            for big, small in sorted(comparisons, reverse=True)]
+
+
+def main_grids(table: pd.DataFrame) -> dict[str, int]:
+    """Per dataset, the training grid most cells use (others are named where they appear)."""
+    return {dataset: int(grids.mode().iloc[0]) for dataset, grids in table.groupby("dataset")["train_grid"]}
+
+
 def seed_table(accuracy: pd.DataFrame) -> pd.DataFrame:
     """Seed mean, 95% t-interval over seeds, spread and the secondary Wilson interval, per cell x method x test."""
     rows = []
@@ -57,8 +72,10 @@ def seed_table(accuracy: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_table(accuracy: pd.DataFrame, comparisons=COMPARISONS) -> pd.DataFrame:
-    """Every comparison the table allows: mean paired difference over seeds with its 95% t-interval and verdict."""
+def paired_table(accuracy: pd.DataFrame, comparisons=None) -> pd.DataFrame:
+    """Every comparison the table allows (default: COMPARISONS and the training grids'): mean paired difference over
+    seeds with its 95% t-interval and verdict."""
+    comparisons = COMPARISONS + grid_comparisons(accuracy) if comparisons is None else comparisons
     rows = []
     for factor, first, second, what in comparisons:
         fixed = [k for k in KEYS if k != factor]
@@ -90,30 +107,31 @@ def format_accuracy(row) -> str:
 
 
 def heo_ordering(paired: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, augmentation, protocol, scale above 1): whether RoPE-Mixed > RoPE-Axial > APE holds, i.e. both
+    """Per (dataset, training grid, augmentation, protocol, scale above 1): whether RoPE-Mixed > RoPE-Axial > APE holds, i.e. both
     adjacent paired differences have intervals above zero; 'reversed' where either lies below zero."""
     pairs = {("rope_mixed", "rope_axial"): "mixed_vs_axial", ("rope_axial", "ape"): "axial_vs_ape",
              ("rope_mixed", "ape"): "mixed_vs_ape"}
     part = paired[(paired["factor"] == "variant") & (paired["scale"] > 1)
                   & paired[["first", "second"]].apply(tuple, axis=1).isin(list(pairs))]
     rows = []
-    for key, group in part.groupby(["dataset", "augmentation", "protocol", "scale"], sort=False):
+    where = ["dataset", "train_grid", "augmentation", "protocol", "scale"]
+    for key, group in part.groupby(where, sort=False):
         found = {pairs[(r["first"], r["second"])]: r for _, r in group.iterrows()}
         if len(found) < 3:
             continue
         above = all(found[name]["ci_low"] > 0 for name in ("mixed_vs_axial", "axial_vs_ape"))
         below = any(found[name]["ci_high"] < 0 for name in ("mixed_vs_axial", "axial_vs_ape"))
-        rows.append({**dict(zip(["dataset", "augmentation", "protocol", "scale"], key)),
+        rows.append({**dict(zip(where, key)),
                      **{name: format_difference(found[name]) for name in pairs.values()},
                      "ordering": "holds" if above else "contradicted" if below else "not shown (an interval includes 0)"})
-    return pd.DataFrame(rows, columns=["dataset", "augmentation", "protocol", "scale", *pairs.values(), "ordering"])
+    return pd.DataFrame(rows, columns=[*where, *pairs.values(), "ordering"])
 
 
 def difference_grid(paired: pd.DataFrame, scales=(0.5, 1.5, 2.0, 4.0)) -> pd.DataFrame:
     """The paired differences at the issue's scales, one column per scale ('+d [lo, hi]'; '*' where the CI excludes 0)."""
     part = paired[paired["scale"].isin(scales)].copy()
     part["cell"] = part.apply(lambda r: format_difference(r) + (" *" if r["ci_low"] > 0 or r["ci_high"] < 0 else ""), axis=1)
-    index = ["dataset", "factor", "first", "second", "augmentation", "variant", "method", "protocol"]
+    index = ["dataset", "factor", "first", "second", "train_grid", "augmentation", "variant", "method", "protocol"]
     for column in index:  # the compared factor's column holds 'first - second'; keep it as text for the pivot
         part[column] = part[column].astype(str)
     wide = part.pivot_table(index=index, columns="scale", values="cell", aggfunc="first", sort=False)
@@ -143,13 +161,16 @@ def unconverged(seeds: pd.DataFrame) -> pd.DataFrame:
 def findings(seeds: pd.DataFrame, paired: pd.DataFrame, ramp: pd.DataFrame) -> list[str]:
     """Sentences for results/README.md, each computed from the tables (no number typed by hand)."""
     lines = []
+    grids = main_grids(seeds)
+    grid_name = lambda dataset, grid: "" if grid == grids[dataset] else f"{grid}x{grid} training grid/"
     at_train = seeds[(seeds["scale"] == 1.0) & (seeds["method"] == TRAINED) & (seeds["protocol"] == seeds["protocol"].iloc[0])]
-    for (dataset, augmentation), group in at_train.groupby(["dataset", "augmentation"], sort=False):
+    for (dataset, grid, augmentation), group in at_train.groupby(["dataset", "train_grid", "augmentation"], sort=False):
         listed = "; ".join(f"{r['variant']} {format_accuracy(r)}" for _, r in group.iterrows())
-        lines.append(f"{dataset}, {augmentation} augmentation, at the training resolution (seed mean [95% t-CI], "
-                     f"{int(group['seeds'].min())} seeds): {listed}.")
+        lines.append(f"{dataset}, {augmentation} augmentation, {grid}x{grid} training grid, at the training resolution "
+                     f"(seed mean [95% t-CI], {int(group['seeds'].min())} seeds): {listed}.")
     for dataset, cells in unconverged(seeds).groupby("dataset", sort=False):
-        listed = "; ".join(f"{r['augmentation']}/{r['variant']} {100 * r['accuracy']:.1f}%" for _, r in cells.iterrows())
+        listed = "; ".join(f"{grid_name(dataset, r['train_grid'])}{r['augmentation']}/{r['variant']} {100 * r['accuracy']:.1f}%"
+                           for _, r in cells.iterrows())
         lines.append(f"**{dataset}: under-trained at this budget** (more than {100 * CONVERGED_WITHIN:.0f} points below "
                      f"the data set's best cell, {100 * cells['best'].iloc[0]:.1f}%, at the training resolution): {listed}. "
                      f"Where such a cell loses a comparison at another resolution, under-training may explain it; where "
@@ -158,7 +179,8 @@ def findings(seeds: pd.DataFrame, paired: pd.DataFrame, ramp: pd.DataFrame) -> l
     for dataset, group in ordering.groupby("dataset", sort=False):
         holds = group[group["ordering"] == "holds"]
         contradicted = group[group["ordering"] == "contradicted"]
-        where = lambda g: ", ".join(f"{r['augmentation']}/{r['protocol']} {r['scale']:g}x" for _, r in g.iterrows()) or "none"
+        where = lambda g: ", ".join(f"{grid_name(dataset, r['train_grid'])}{r['augmentation']}/{r['protocol']} {r['scale']:g}x"
+                                    for _, r in g.iterrows()) or "none"
         lines.append(f"{dataset}: Heo et al.'s ordering RoPE-Mixed > RoPE-Axial > APE above the training resolution holds "
                      f"(both paired CIs above 0) in {len(holds)} of {len(group)} conditions ({where(holds)}); it is "
                      f"contradicted (an adjacent difference below 0) in {len(contradicted)} ({where(contradicted)}); "
@@ -169,7 +191,8 @@ def findings(seeds: pd.DataFrame, paired: pd.DataFrame, ramp: pd.DataFrame) -> l
         beyond = group[group["scale"] != 1.0]
         better = beyond[beyond["ci_low"] > 0]
         worse = beyond[beyond["ci_high"] < 0]
-        span = lambda g: ", ".join(f"{_context(r, factor)} {r['scale']:g}x {format_difference(r)}" for _, r in g.iterrows())
+        span = lambda g: ", ".join(f"{'' if factor == 'train_grid' else grid_name(dataset, r['train_grid'])}"
+                                   f"{_context(r, factor)} {r['scale']:g}x {format_difference(r)}" for _, r in g.iterrows())
         text = f"{dataset}, {first} - {second} ({group['tests'].iloc[0]}), accuracy points away from the training resolution: "
         text += f"above 0 in {len(better)} of {len(beyond)} conditions" + (f" ({span(better)})" if len(better) else "")
         text += f"; below 0 in {len(worse)}" + (f" ({span(worse)})" if len(worse) else "")
@@ -200,7 +223,7 @@ def accuracy_markdown(seeds: pd.DataFrame) -> str:
         part = part.copy()
         part["cell"] = part.apply(format_accuracy, axis=1)
         part["test"] = part.apply(lambda r: f"{r['protocol']} {r['scale']:g}x", axis=1)
-        wide = part.pivot_table(index=["augmentation", "variant", "method"], columns="test", values="cell",
+        wide = part.pivot_table(index=["train_grid", "augmentation", "variant", "method"], columns="test", values="cell",
                                 aggfunc="first", sort=False)
         sections.append(f"### {dataset} (accuracy %, seed mean [95% t-CI over {int(part['seeds'].min())} seeds], "
                         f"n = {int(part['n'].iloc[0])} test images)\n\n" + wide.reset_index().to_markdown(index=False))
@@ -226,10 +249,11 @@ def check_complete(accuracy: pd.DataFrame, cells: list[str], seeds: list[int]) -
 def entropy_summary(entropy: pd.DataFrame) -> pd.DataFrame:
     """Seed mean and t-interval of the normalised attention entropy per cell and scale."""
     rows = []
-    for key, group in entropy.groupby(["dataset", "augmentation", "variant", "scale"], sort=False):
+    where = ["dataset", "train_grid", "augmentation", "variant", "scale"]
+    for key, group in entropy.groupby(where, sort=False):
         for column in ("entropy_all_layers", "entropy_last_layer"):
             mean, low, high = t_interval(group[column])
-            rows.append({**dict(zip(["dataset", "augmentation", "variant", "scale"], key)), "layers": column.removeprefix("entropy_"),
+            rows.append({**dict(zip(where, key)), "layers": column.removeprefix("entropy_"),
                          "entropy": mean, "ci_low": low, "ci_high": high, "seeds": group["seed"].nunique(),
                          "grid_ratio": float(group["grid_ratio"].iloc[0])})
     return pd.DataFrame(rows)

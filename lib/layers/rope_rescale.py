@@ -43,10 +43,16 @@ def axis_ratios(train_grid_hw: Sequence[int], grid_hw: Sequence[int]) -> tuple[f
     return train_grid_hw[1] / grid_hw[1], train_grid_hw[0] / grid_hw[0]
 
 
+def periods_over_grid(freqs: torch.Tensor, train_grid_hw: Sequence[int]) -> torch.Tensor:
+    """Full periods (2, ..., P) that each component of frequencies (2, ..., P) = (fx, fy) turns across the training
+    grid (x over its width, y over its height): YaRN's r."""
+    extents = freqs.new_tensor([train_grid_hw[1], train_grid_hw[0]]).view(2, *([1] * (freqs.dim() - 1)))
+    return extents * freqs.abs() / (2 * math.pi)
+
+
 def ramp_weights(freqs: torch.Tensor, train_grid_hw: Sequence[int], alpha: float = 1.0, beta: float = 2.0) -> torch.Tensor:
     """YaRN's gamma per component (2, ..., P) of frequencies (2, ..., P) on the training grid: 0 interpolate, 1 keep."""
-    extents = freqs.new_tensor([train_grid_hw[1], train_grid_hw[0]]).view(2, *([1] * (freqs.dim() - 1)))
-    return yarn_ramp(extents * freqs.abs() / (2 * math.pi), alpha, beta)
+    return yarn_ramp(periods_over_grid(freqs, train_grid_hw), alpha, beta)
 
 
 def rescale_factors(freqs: torch.Tensor, train_grid_hw: Sequence[int], grid_hw: Sequence[int], method: str,

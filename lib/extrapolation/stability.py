@@ -1,0 +1,149 @@
+"""Do RQ1's verdicts survive other floats? Rerun every cell with another thread count and compare verdicts.
+
+Floats differ between machines and with torch's thread count (`rq1.threads`), so training follows a slightly
+different path and every accuracy moves a little. A verdict ("a > b", "a < b", "no difference detected") that
+flips under such a rerun rests on noise.
+
+    python -m lib.extrapolation.stability rerun --threads 2   # every rq1 cell again -> results/rq1/float_check/
+    python -m lib.extrapolation.stability compare REFERENCE OTHER OUT_DIR
+
+`rerun` trains and tests every cell of `rq1.cells` as the `rq1` stage does, with `rq1.threads` replaced, and writes
+that run's per-seed accuracies, paired differences and settings to results/rq1/float_check/; the `rq1-summary`
+stage compares its verdicts with the study's each time it runs (`float_check_lines`), and says so where the check
+ran with other settings instead of comparing them.
+"""
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from lib.config import Params, load_params
+from lib.extrapolation.study import run_cell
+from lib.extrapolation.summary import check_complete, paired_table
+
+# what identifies one comparison in paired.csv (train_grid: where both runs have it)
+COMPARISON_KEYS = ["factor", "first", "second", "dataset", "train_grid", "augmentation", "variant", "method", "protocol",
+                   "scale"]
+
+
+def compare_verdicts(reference: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """One row per comparison of `reference`: both runs' difference, interval and verdict, and whether the verdict
+    is the same. A comparison missing from `other` is an error (the runs did not test the same things)."""
+    keys = [k for k in COMPARISON_KEYS if k in reference and k in other]
+    values = ["difference", "ci_low", "ci_high", "verdict"]
+    both = reference[keys + values].merge(other[keys + values], on=keys, how="left", suffixes=("", "_other"),
+                                          validate="one_to_one", indicator=True)
+    missing = both[both["_merge"] != "both"]
+    if len(missing):
+        first = missing.iloc[0]
+        raise ValueError(f"{len(missing)} comparisons of the reference run are missing from the other run, e.g. "
+                         f"{', '.join(f'{k}={first[k]}' for k in keys)}: compare runs of the same rq1 cells and scales")
+    both = both.drop(columns="_merge")
+    both["same_verdict"] = both["verdict"] == both["verdict_other"]
+    both["shift"] = both["difference_other"] - both["difference"]
+    return both
+
+
+def stability_lines(compared: pd.DataFrame, what: str) -> list[str]:
+    """Sentences for results/README.md: how many verdicts held, and each one that changed."""
+    decided = compared[compared["verdict"].str.contains(">|<")]
+    changed = compared[~compared["same_verdict"]]
+    lines = [f"Rerun with other floats ({what}): {int(compared['same_verdict'].sum())} of {len(compared)} verdicts "
+             f"unchanged ({len(decided) - int(decided['same_verdict'].sum())} of the {len(decided)} stated differences "
+             f"changed); paired differences moved by a median {100 * compared['shift'].abs().median():.1f} and at most "
+             f"{100 * compared['shift'].abs().max():.1f} accuracy points."]
+    for _, row in changed.iterrows():
+        where = "/".join(str(row[k]) for k in ("dataset", "augmentation", "variant", "method", "protocol") if k in row)
+        grid = f" ({row['train_grid']}x{row['train_grid']} training grid)" if "train_grid" in row else ""
+        lines.append(f"Changed: {row['first']} - {row['second']}, {where}{grid} at {row['scale']:g}x: "
+                     f"{100 * row['difference']:+.1f} [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] "
+                     f"'{row['verdict']}' -> {100 * row['difference_other']:+.1f} [{100 * row['ci_low_other']:+.1f}, "
+                     f"{100 * row['ci_high_other']:+.1f}] '{row['verdict_other']}'.")
+    return lines
+
+
+def study_settings(params: Params) -> dict:
+    """What decides RQ1's numbers apart from the floats: the model, training, data and every rq1 key but the
+    thread and worker counts. A float check is comparable with the study only where these are equal."""
+    rq1 = params.rq1.model_dump(exclude={"threads", "workers"})
+    return json.loads(json.dumps({"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump(),
+                                  "datasets": {k: v.model_dump() for k, v in params.datasets.items()},
+                                  "variants": {k: v.model_dump() for k, v in params.variants.items()},
+                                  "evaluate": params.evaluate.model_dump(), "rq1": rq1}, sort_keys=True, default=str))
+
+
+def write_float_check(params: Params, accuracy: pd.DataFrame, threads: int, out_dir: Path) -> pd.DataFrame:
+    """The rerun's per-seed accuracies, its paired differences and the settings it ran with, into `out_dir`."""
+    check_complete(accuracy, params.rq1.cells, params.rq1.seeds)
+    paired = paired_table(accuracy)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accuracy.to_csv(out_dir / "accuracy.csv", index=False)
+    paired.to_csv(out_dir / "paired.csv", index=False)
+    (out_dir / "settings.json").write_text(json.dumps({"threads": threads, "study": study_settings(params)}, indent=1) + "\n")
+    return paired
+
+
+def rerun(params: Params, threads: int, out_dir: Path, log=print) -> pd.DataFrame:
+    """Every cell of `params.rq1.cells`, every seed, with `threads` torch threads per process, as the `rq1` stage
+    runs them; writes the float check to `out_dir` (write_float_check) and returns its paired table."""
+    if threads == params.rq1.threads:
+        raise ValueError(f"--threads {threads} equals rq1.threads: the rerun would repeat the study's floats exactly")
+    rerun_params = params.model_copy(update={"rq1": params.rq1.model_copy(update={"threads": threads})})
+    with tempfile.TemporaryDirectory() as scratch:  # weights of the rerun are not kept
+        accuracy = pd.concat([run_cell(rerun_params, cell, Path(scratch) / "weights" / cell, Path(scratch) / "checkpoints",
+                                       log)["accuracy"] for cell in params.rq1.cells], ignore_index=True)
+    return write_float_check(params, accuracy, threads, out_dir)
+
+
+def float_check_lines(params: Params, paired: pd.DataFrame, float_dir: Path, out_dir: Path | None = None) -> list[str]:
+    """The float check's sentences for findings.md: verdicts compared where the check ran with this study's
+    settings, else one line saying why there is no comparison. `out_dir` gets verdict_stability.csv."""
+    settings = Path(float_dir) / "settings.json"
+    if not settings.is_file():
+        return [f"Float check: not run ({settings} missing; `python -m lib.extrapolation.stability rerun`)."]
+    recorded = json.loads(settings.read_text())
+    if recorded["study"] != study_settings(params):
+        changed = sorted(k for k in recorded["study"] if recorded["study"][k] != study_settings(params).get(k))
+        return [f"Float check: stale, it ran with other settings ({', '.join(changed)} differ from params.yaml); "
+                f"rerun it with `python -m lib.extrapolation.stability rerun` before quoting verdict stability."]
+    compared = compare_verdicts(paired, pd.read_csv(Path(float_dir) / "paired.csv"))
+    if out_dir is not None:
+        compared.to_csv(Path(out_dir) / "verdict_stability.csv", index=False)
+    what = f"rq1.threads = {recorded['threads']} instead of {params.rq1.threads}, every cell and seed retrained"
+    return stability_lines(compared, what)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    again = commands.add_parser("rerun", help="every rq1 cell again with another thread count")
+    again.add_argument("--threads", type=int, default=2, help="torch threads per process (the study: rq1.threads)")
+    again.add_argument("--params", type=Path, default=Path("params.yaml"))
+    again.add_argument("--out-dir", type=Path, default=Path("results/rq1/float_check"))
+    compare = commands.add_parser("compare", help="verdicts of two paired.csv tables side by side")
+    compare.add_argument("reference", type=Path, help="paired.csv of the study's run")
+    compare.add_argument("other", type=Path, help="paired.csv of the rerun with other floats")
+    compare.add_argument("out_dir", type=Path, help="where verdict_stability.csv and .md go")
+    compare.add_argument("--what", default="rq1.threads = 2 instead of 1", help="how the rerun's floats differ")
+    args = parser.parse_args(argv)
+    if args.command == "rerun":
+        rerun(load_params(args.params), args.threads, args.out_dir)
+        return 0
+    for path in (args.reference, args.other):
+        if not path.is_file():
+            print(f"{path}: file not found (expected a results/rq1/summary/paired.csv)", file=sys.stderr)
+            return 2
+    compared = compare_verdicts(pd.read_csv(args.reference), pd.read_csv(args.other))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    compared.to_csv(args.out_dir / "verdict_stability.csv", index=False)
+    lines = stability_lines(compared, args.what)
+    (args.out_dir / "verdict_stability.md").write_text("".join(f"- {line}\n" for line in lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
