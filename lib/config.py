@@ -587,13 +587,59 @@ def fingerprint(data: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def effective_settings(params: Params) -> list[dict]:
+    """What each trained run actually uses once every override is applied (dataset `train` and `model` overrides,
+    the variant's `model`, an RQ1 cell's augmentation and training grid): one row per stage and run."""
+    def augmentation(augment: AugmentParams) -> str:
+        if augment.crop_area is not None:
+            return f"crop {augment.crop_area[0]:g}-{augment.crop_area[1]:g}" + (" flip" if augment.hflip else "")
+        return f"shift {augment.translate:g} zoom {augment.scale:g}" + (" flip" if augment.hflip else "")
+
+    def row(stage: str, run: str, dataset: str, variant: str, seeds: list[int], train: TrainParams, resolution: int) -> dict:
+        arch = params.model_for(variant, dataset)
+        return {"stage": stage, "run": run, "pos_embed": params.variants[variant].pos_embed,
+                "attention": params.variants[variant].attention, "seeds": ",".join(map(str, seeds)),
+                "epochs": train.epochs, "batch": train.batch_size, "lr": train.lr, "warmup": train.warmup_epochs,
+                "augment": augmentation(train.augment), "px": resolution, "grid": resolution // arch.patch_size,
+                "dim": arch.embed_dim, "depth": arch.depth, "heads": arch.num_heads}
+
+    rows = []
+    extra = {(d, v): list(params.seeds.seeds) for d, v in params.seeds.runs.pairs()}
+    for group in TRAINING_MATRICES:
+        for dataset, variant in getattr(params, group).pairs():
+            rows.append(row(f"train ({group})", f"{dataset}-{variant}", dataset, variant,
+                            [params.seed] + extra.get((dataset, variant), []), params.train_for(dataset),
+                            params.datasets[dataset].train_resolution))
+    for cell in params.rq1.cells if params.rq1 is not None else []:
+        dataset, augment, variant, grid = params.rq1.parse(cell)
+        train = params.train_for(dataset).model_copy(update={"augment": params.rq1.augmentations[augment]})
+        resolution = grid * params.model_for(variant, dataset).patch_size if grid else params.datasets[dataset].train_resolution
+        rows.append(row("rq1", cell, dataset, variant, list(params.rq1.seeds), train, resolution))
+    return rows
+
+
+def print_effective(params: Params) -> None:
+    """`effective_settings` as an aligned text table."""
+    rows = effective_settings(params)
+    columns = list(rows[0])
+    text = [[str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(columns)]
+    for line in [columns, *text]:
+        print("  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip())
+
+
 def main(argv: list[str]) -> int:
+    effective = "--effective" in argv
+    argv = [arg for arg in argv if arg != "--effective"]
     path = argv[0] if argv else "params.yaml"
     try:
         params = load_params(path)
     except ParamsError as err:
         print(err, file=sys.stderr)
         return 2
+    if effective:  # python -m lib.config --effective [params.yaml]: the values each run actually uses
+        print_effective(params)
+        return 0
     matrices = ", ".join(f"{group} {getattr(params, group).datasets} x {getattr(params, group).variants}"
                          for group in TRAINING_MATRICES)
     test_time = (f"; {len(params.test_time_runs())} evaluated with another run's weights: test_time "

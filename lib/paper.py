@@ -382,6 +382,40 @@ def figure_resolution_attention(resolution: pd.DataFrame) -> plt.Figure | None:
     return _figure_legend(plot_accuracy_vs_resolution(part, hue="variant"), "attention")
 
 
+def training_curves(results_dir: Path | str) -> pd.DataFrame:
+    """Validation accuracy per epoch of every trained run (results/runs/<run>/live: one seed each): run, dataset,
+    epoch, accuracy. Empty where no run has curves."""
+    frames = []
+    for path in sorted(Path(results_dir).glob("runs/*/live/plots/metrics/val/acc.tsv")):
+        run = path.parents[4].name  # runs/<run>/live/plots/metrics/val/acc.tsv; dvclive's step 0 is epoch 1
+        curve = pd.read_csv(path, sep="\t")
+        frames.append(pd.DataFrame({"run": run, "dataset": run.split("-")[0], "epoch": curve["step"] + 1,
+                                    "accuracy": curve["acc"]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "dataset", "epoch", "accuracy"])
+
+
+def figure_training_curves(curves: pd.DataFrame) -> plt.Figure | None:
+    """Validation accuracy against epoch, every trained run in one chart per data set (colour and line style per
+    run, so the lines stay apart in grey print)."""
+    if curves.empty:
+        return None
+    datasets = list(dict.fromkeys(curves["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.6 * len(datasets), 3.6), squeeze=False)
+    styles = ("-", "--", "-.", ":")
+    for ax, dataset in zip(axes[0], datasets):
+        part = curves[curves["dataset"] == dataset]
+        runs = list(dict.fromkeys(part["run"]))
+        colours = palette_for(runs)
+        for i, (run, rows) in enumerate(part.groupby("run", sort=False)):
+            ax.plot(rows["epoch"], 100 * rows["accuracy"], color=colours[run], ls=styles[i % len(styles)], lw=1.3,
+                    label=run.removeprefix(f"{dataset}-"))
+        ax.set(title=f"{dataset}: every trained run (one seed)", xlabel="epoch", ylabel="validation accuracy (%)",
+               ylim=(0, 101))
+        ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
 def figure_cost(cost: pd.DataFrame) -> plt.Figure:
     """RQ2: time, memory and throughput against tokens, log-log."""
     return plot_cost_vs_tokens(cost.assign(variant=cost["variant"].map(label)))
@@ -682,6 +716,7 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
                          *zoo_resolution_lines(t["resolution"]), "", p["resolution"].to_markdown(index=False), "",
                          fig("accuracy_vs_resolution", "accuracy vs resolution, position encodings"),
                          fig("accuracy_vs_resolution_attention", "accuracy vs resolution, attention variants"),
+                         fig("training_curves", "validation accuracy per epoch, every trained run"),
                          tab("resolution"), tab("resolution_full")]
     return "\n".join(sections).rstrip() + "\n"
 
@@ -748,6 +783,7 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
                                                      "attention"),
         "safety": figure_safety(tables["shift"], tables["risk_coverage"]),
         "convex_heads": figure_convex(tables["convex"]),
+        "training_curves": figure_training_curves(training_curves(results_dir)),
     }
     for dataset in dict.fromkeys(tables["rq1_accuracy"]["dataset"]):
         figures[f"rq1_accuracy_vs_scale_{dataset}"] = plot_accuracy_vs_scale(tables["rq1_accuracy"], dataset)

@@ -198,6 +198,14 @@ def _changes(params_file: Path, raw: dict, name: str) -> dict[KeyPath, Any]:
     profiles = raw.get("profiles") or {}
     if name not in profiles:
         raise ProfileError(f"{params_file}: unknown profile {name!r}; expected one of {sorted(profiles)}")
+    missing = [path for path in leaves(profiles.get("default") or {}) if not _has(raw, path)]
+    if missing:  # a misspelt or deleted key: say so the schema's way (with its "did you mean") before anything else
+        from lib.config import Params, describe_errors  # lib.config calls this module
+
+        schema = describe_errors(Params, {**raw, "profiles": {}})
+        lines = schema + [f"{dotted(path)}: missing, but the profiles set it (profiles.default.{dotted(path)})"
+                          for path in missing]
+        raise ProfileError("\n".join(f"{params_file}: {line}" for line in lines))
     changes = {path: value for path, value in profile_values(raw, name).items() if _get(raw, path) != value}
     if raw.get("profile", "default") != name:
         changes[("profile",)] = name
@@ -231,9 +239,14 @@ def _value_spans(text: str, changes: dict[KeyPath, Any]) -> list[tuple[int, int,
     spans = []
     for path in changes:
         parent = _get(document, path[:-1]) if len(path) > 1 else document
-        _, _, line, col = parent.lc.data[path[-1]]
+        key_line, key_col, line, col = parent.lc.data[path[-1]]
         start = starts[line] + col
         in_flow = bool(getattr(parent, "fa", None) and parent.fa.flow_style())
+        if parent[path[-1]] is None and (line != key_line or text[start] in "#\n"):
+            # a null written as nothing after the colon (`dvc exp run -S` writes null so): the value starts there
+            start = text.index(":", starts[key_line] + key_col) + 1
+            spans.append((start, start, path, in_flow))
+            continue
         spans.append((start, _value_end(text, start, in_flow), path, in_flow))
     return sorted(spans, reverse=True)
 
@@ -274,8 +287,9 @@ def _rewrite(text: str, changes: dict[KeyPath, Any]) -> str:
     if not changes:
         return text
     for start, end, path, in_flow in _value_spans(text, changes):
-        column = start - (text.rfind("\n", 0, start) + 1)
-        new = _flow(changes[path]) if in_flow else _wrapped(changes[path], column)
+        empty = start == end  # nothing after the colon: the new value needs its blank
+        column = start - (text.rfind("\n", 0, start) + 1) + empty
+        new = (" " if empty else "") + (_flow(changes[path]) if in_flow else _wrapped(changes[path], column))
         line_end = text.find("\n", end)
         line_end = len(text) if line_end < 0 else line_end
         rest = text[end:line_end]

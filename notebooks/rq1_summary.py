@@ -23,7 +23,7 @@
 # coordinates, FIRE, test-time rescalings) against RoPE-Mixed, the augmentation and the protocol. A difference is
 # named only where its interval excludes 0 (`findings.md`, which results/README.md quotes). Where the same cells were
 # rerun with other floats (`rq1.threads` changed: results/rq1/float_check/), every verdict is compared with the
-# rerun's (`verdict_stability.csv`).
+# rerun's (`verdict_stability.csv`). `crops.csv`: how often a training crop cuts an object out of view.
 
 # %% tags=["parameters"]
 params_file = "params.yaml"
@@ -37,6 +37,7 @@ from pathlib import Path
 from IPython.display import Markdown, display
 
 from lib.config import load_params
+from lib.extrapolation.crops import cell_crops, crop_label_noise, crop_lines
 from lib.extrapolation.figures import plot_accuracy_vs_scale, plot_entropy_vs_scale, plot_rescalings
 from lib.extrapolation.stability import float_check_lines
 from lib.extrapolation.summary import (accuracy_markdown, check_complete, difference_grid, entropy_summary, findings,
@@ -62,7 +63,9 @@ entropy_summary(entropy).to_csv(out / "entropy.csv", index=False)
 ramp_summary(ramp).to_csv(out / "ramp.csv", index=False)
 (out / "accuracy.md").write_text(accuracy_markdown(seeds))
 (out / "paired.md").write_text(difference_grid(paired).to_markdown(index=False) + "\n")
-lines = findings(seeds, paired, ramp) + float_check_lines(params, paired, Path(float_check_dir), out_dir=out)
+crops = crop_label_noise(Path(params.data_root), cell_crops(params), params.rq1.augmentations)
+crops.to_csv(out / "crops.csv", index=False)
+lines = findings(seeds, paired, ramp) + crop_lines(crops) + float_check_lines(params, paired, Path(float_check_dir), out_dir=out)
 (out / "findings.md").write_text("".join(f"- {line}\n" for line in lines))
 display(Markdown("".join(f"- {line}\n" for line in lines)))
 ordering

@@ -1,4 +1,5 @@
 """params.yaml validation: every bad input stops with a message naming the key and what was expected."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,22 @@ def test_run_folders_name_every_missing_table(tmp_path):
     (tmp_path / "shapes-rope_mixed").mkdir()
     (tmp_path / "shapes-rope_mixed" / "layer_head.csv").write_text("x\n")
     assert [p.name for p in run_folders(tmp_path, runs, "layer_head.csv", "analysis")] == ["shapes-ape", "shapes-rope_mixed"]
+
+
+def test_effective_settings_show_what_each_run_uses_after_every_override():
+    """`python -m lib.config --effective`: per-dataset epochs win over train.epochs, an RQ1 cell gets its own
+    augmentation and training grid, MNIST its own batch size."""
+    result = subprocess.run([sys.executable, "-m", "lib.config", "--effective"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    header, *lines = [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines()]
+    rows = {(fields[0], fields[1]): dict(zip(header, fields)) for fields in lines}
+    params = load_params(REPO / "params.yaml")
+    assert len(rows) == len(lines) == len(params.runs()) + len(params.rq1.cells)
+    assert params.train.epochs != params.train_for("shapes").epochs  # the case the table exists for
+    study = rows[("train (study)", "shapes-ape")]
+    assert (study["epochs"], study["batch"], study["augment"]) == (str(params.train_for("shapes").epochs), "128",
+                                                                    "shift 0.05 zoom 0.05")
+    grid_cell = rows[("rq1", "shapes-rrc-rope_mixed-g9")]
+    assert (grid_cell["augment"], grid_cell["px"], grid_cell["grid"]) == ("crop 0.25-1", "36", "9")
+    mnist = rows[("rq1", "mnist-rrc_mild-ape")]
+    assert (mnist["epochs"], mnist["batch"], mnist["augment"], mnist["seeds"]) == ("10", "32", "crop 0.5-1", "0,1,2,3,4,5")

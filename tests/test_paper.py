@@ -325,3 +325,17 @@ def test_missing_rq1_findings_are_named(results, tmp_path):
     (results / "rq1" / "summary" / "findings.md").unlink()
     with pytest.raises(FileNotFoundError, match=r"findings\.md.*`rq1-summary` stage"):
         paper.build_all(results, tmp_path / "paper")
+
+
+def test_training_curves_put_every_run_in_one_chart_per_dataset(tmp_path):
+    for run, values in (("shapes-ape", [0.25, 0.5, 0.9]), ("shapes-rope_mixed", [0.3, 0.95, 1.0]), ("signs-ape", [0.2, 0.4, 0.6])):
+        folder = tmp_path / "runs" / run / "live" / "plots" / "metrics" / "val"
+        folder.mkdir(parents=True)
+        (folder / "acc.tsv").write_text("step\tacc\n" + "".join(f"{i}\t{v}\n" for i, v in enumerate(values)))
+    curves = paper.training_curves(tmp_path)
+    assert list(curves.columns) == ["run", "dataset", "epoch", "accuracy"] and len(curves) == 9
+    assert curves.query("run == 'shapes-ape'")["epoch"].tolist() == [1, 2, 3]  # dvclive's step 0 is epoch 1
+    figure = paper.figure_training_curves(curves)
+    assert [ax.get_title() for ax in figure.axes] == ["shapes: every trained run (one seed)", "signs: every trained run (one seed)"]
+    assert len(figure.axes[0].get_lines()) == 2
+    assert paper.figure_training_curves(paper.training_curves(tmp_path / "nowhere")) is None

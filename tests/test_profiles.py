@@ -119,3 +119,28 @@ def test_set_args_make_the_same_switch_as_dvc_exp_run_arguments(params_file):
             node = node[part]
         node[last] = yaml.safe_load(value)
     assert raw == applied(raw, "paper")
+
+
+def test_switch_works_on_a_file_that_dvc_exp_run_rewrote(params_file):
+    """`dvc exp run -S` rewrites params.yaml with ruamel: nulls become empty values, flow mappings lose their
+    alignment. Switching afterwards must still rewrite exactly the profile keys (it once wrote into the next line)."""
+    from dvc.utils.serialize import modify_yaml
+
+    with modify_yaml(params_file) as data:
+        data["analysis"]["head_fusion"] = "max"  # an ablation of a key no profile sets
+    assert "  max_images:              #" in params_file.read_text()  # null written as nothing
+    rewritten = yaml.safe_load(params_file.read_text())
+    for name in ("paper", "smoke", "default"):
+        switch(params_file, name)
+        assert yaml.safe_load(params_file.read_text()) == {**applied(rewritten, name), "analysis": {
+            **applied(rewritten, name)["analysis"], "head_fusion": "max"}}
+
+
+def test_a_misspelt_profile_key_is_named_the_schema_way(params_file):
+    params_file.write_text(params_file.read_text().replace("\n  epochs: 20 ", "\n  epocs: 20 ", 1))
+    before = params_file.read_text()
+    result = subprocess.run([sys.executable, "-m", "lib.profiles", "--params", str(params_file)], capture_output=True,
+                            text=True, cwd=REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train.epocs: unknown key (did you mean 'epochs'?)" in result.stderr
+    assert "train.epochs: missing, but the profiles set it" in result.stderr and params_file.read_text() == before
