@@ -45,7 +45,6 @@ def test_link_extraction_skips_code_and_finds_links():
     assert slug("Results (default study, CPU)") == "results-default-study-cpu"
 
 
-@pytest.mark.xfail(strict=False, reason="Results section is being shortened")
 def test_readme_is_at_most_10000_characters():
     assert len(README.read_text(encoding="utf-8")) <= 10_000
 
