@@ -277,6 +277,7 @@ def test_rerun_gives_identical_metrics(study):
     retrained = dvc("repro", "--force", "--single-item", "train@shapes-rope_mixed", cwd=study)
     assert "resuming" not in retrained.stdout + retrained.stderr  # --force trains from scratch
     rerun = dvc("repro", "--force", "--single-item", "evaluate", cwd=study)
+    dvc("repro", "--single-item", "paper-figures", cwd=study)  # it charts every run's curve: the rerun rewrote them
     assert (metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes()) == before
     # unchanged weights: the evaluation reuses every run's rows instead of evaluating again
     evaluated = len(RUNS) + 2  # and the test_time run shapes-rope_adaptive_res, the extra seed shapes-rope_mixed-seed1
