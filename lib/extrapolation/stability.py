@@ -87,11 +87,14 @@ def write_float_check(params: Params, accuracy: pd.DataFrame, threads: int, out_
 
 
 def rerun(params: Params, threads: int, out_dir: Path, log=print) -> pd.DataFrame:
-    """Every cell of `params.rq1.cells`, every seed, with `threads` torch threads per process, as the `rq1` stage
-    runs them; writes the float check to `out_dir` (write_float_check) and returns its paired table."""
+    """Every cell of `params.rq1.cells`, every seed, with `threads` torch threads per process (and as many
+    processes at a time as keep the study's total thread count), as the `rq1` stage runs them; writes the float
+    check to `out_dir` (write_float_check) and returns its paired table."""
     if threads == params.rq1.threads:
         raise ValueError(f"--threads {threads} equals rq1.threads: the rerun would repeat the study's floats exactly")
-    rerun_params = params.model_copy(update={"rq1": params.rq1.model_copy(update={"threads": threads})})
+    # as many threads in all as the study used: more than the cores makes each thread wait (4x slower measured)
+    workers = max(1, params.rq1.workers * params.rq1.threads // threads)
+    rerun_params = params.model_copy(update={"rq1": params.rq1.model_copy(update={"threads": threads, "workers": workers})})
     with tempfile.TemporaryDirectory() as scratch:  # weights of the rerun are not kept
         accuracy = pd.concat([run_cell(rerun_params, cell, Path(scratch) / "weights" / cell, Path(scratch) / "checkpoints",
                                        log)["accuracy"] for cell in params.rq1.cells], ignore_index=True)
