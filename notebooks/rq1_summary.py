@@ -65,7 +65,7 @@ ramp_summary(ramp).to_csv(out / "ramp.csv", index=False)
 (out / "paired.md").write_text(difference_grid(paired).to_markdown(index=False) + "\n")
 crops = crop_label_noise(Path(params.data_root), cell_crops(params), params.rq1.augmentations)
 crops.to_csv(out / "crops.csv", index=False)
-lines = findings(seeds, paired, ramp) + crop_lines(crops) + float_check_lines(params, paired, Path(float_check_dir), out_dir=out)
+lines = findings(seeds, paired, ramp) + crop_lines(crops) + float_check_lines(params, accuracy, Path(float_check_dir), out_dir=out)
 (out / "findings.md").write_text("".join(f"- {line}\n" for line in lines))
 display(Markdown("".join(f"- {line}\n" for line in lines)))
 ordering

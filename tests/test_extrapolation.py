@@ -17,7 +17,7 @@ from lib.extrapolation.crops import crop_label_noise, crop_lines, crop_visibilit
 from lib.extrapolation.figures import plot_accuracy_vs_scale, plot_entropy_vs_scale, plot_rescalings
 from lib.extrapolation.protocols import centre_on_canvas, load_scaled_set, scaled_grid
 from lib.extrapolation.stability import (compare_verdicts, float_check_lines, main as stability_main, rerun as stability_rerun,
-                                         stability_lines)
+                                         stability_lines, write_float_check)
 from lib.extrapolation.study import cell_params, scale_plan
 from lib.extrapolation.summary import findings, heo_ordering, paired_table, seed_table, unconverged
 from lib.layers.rope import RopeMixed
@@ -290,14 +290,18 @@ def test_float_check_rerun_trains_every_cell_with_other_threads(tiny_params, tmp
     assert set(accuracy["cell"]) == set(rq1.cells) and set(accuracy["seed"]) == set(rq1.seeds)
     assert set(zip(paired["first"], paired["second"])) == {("rope_mixed", "ape")} and set(paired["scale"]) == {1.0, 2.0}
     # the summary's sentences: compared where the settings match, else why not
-    lines = float_check_lines(params, paired, tmp_path / "float_check", out_dir=tmp_path)
-    assert lines[0].startswith(f"Rerun with other floats (rq1.threads = 2 instead of 1, every cell and seed retrained): "
+    lines = float_check_lines(params, accuracy, tmp_path / "float_check", out_dir=tmp_path)
+    assert lines[0].startswith(f"Rerun with other floats (rq1.threads = 2 instead of 1, every cell, every seed retrained): "
                                f"{len(paired)} of {len(paired)} verdicts unchanged")
     assert (tmp_path / "verdict_stability.csv").is_file()
     longer = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 7})})
-    assert float_check_lines(longer, paired, tmp_path / "float_check")[0].startswith(
+    assert float_check_lines(longer, accuracy, tmp_path / "float_check")[0].startswith(
         "Float check: stale, it ran with other settings (train differ from params.yaml)")
-    assert "not run" in float_check_lines(params, paired, tmp_path / "nowhere")[0]
+    assert "not run" in float_check_lines(params, accuracy, tmp_path / "nowhere")[0]
+    # a check under way covers some cells: only the comparisons among them, and it says so
+    part = tmp_path / "partial"
+    write_float_check(params, accuracy[accuracy["cell"] == "shapes-rrc-ape"], 2, part)
+    assert "1 of the 2 cells so far (shapes-rrc-ape)" in float_check_lines(params, accuracy, part)[0]
 
 
 def test_figures_name_training_grids_where_panels_differ_in_them():

@@ -76,8 +76,10 @@ def study_settings(params: Params) -> dict:
 
 
 def write_float_check(params: Params, accuracy: pd.DataFrame, threads: int, out_dir: Path) -> pd.DataFrame:
-    """The rerun's per-seed accuracies, its paired differences and the settings it ran with, into `out_dir`."""
-    check_complete(accuracy, params.rq1.cells, params.rq1.seeds)
+    """The rerun's per-seed accuracies, its paired differences and the settings it ran with, into `out_dir`.
+    The rerun may cover some of `rq1.cells` (a check still under way), each of them with every seed."""
+    cells = [cell for cell in params.rq1.cells if cell in set(accuracy["cell"])]
+    check_complete(accuracy, cells, params.rq1.seeds)
     paired = paired_table(accuracy)
     out_dir.mkdir(parents=True, exist_ok=True)
     accuracy.to_csv(out_dir / "accuracy.csv", index=False)
@@ -101,9 +103,10 @@ def rerun(params: Params, threads: int, out_dir: Path, log=print) -> pd.DataFram
     return write_float_check(params, accuracy, threads, out_dir)
 
 
-def float_check_lines(params: Params, paired: pd.DataFrame, float_dir: Path, out_dir: Path | None = None) -> list[str]:
-    """The float check's sentences for findings.md: verdicts compared where the check ran with this study's
-    settings, else one line saying why there is no comparison. `out_dir` gets verdict_stability.csv."""
+def float_check_lines(params: Params, accuracy: pd.DataFrame, float_dir: Path, out_dir: Path | None = None) -> list[str]:
+    """The float check's sentences for findings.md: the verdicts among the cells the rerun covers, computed from the
+    study's per-seed `accuracy` and the rerun's, where the check ran with this study's settings; else one line
+    saying why there is no comparison. `out_dir` gets verdict_stability.csv."""
     settings = Path(float_dir) / "settings.json"
     if not settings.is_file():
         return [f"Float check: not run ({settings} missing; `python -m lib.extrapolation.stability rerun`)."]
@@ -112,10 +115,14 @@ def float_check_lines(params: Params, paired: pd.DataFrame, float_dir: Path, out
         changed = sorted(k for k in recorded["study"] if recorded["study"][k] != study_settings(params).get(k))
         return [f"Float check: stale, it ran with other settings ({', '.join(changed)} differ from params.yaml); "
                 f"rerun it with `python -m lib.extrapolation.stability rerun` before quoting verdict stability."]
-    compared = compare_verdicts(paired, pd.read_csv(Path(float_dir) / "paired.csv"))
+    other = pd.read_csv(Path(float_dir) / "accuracy.csv")
+    cells = [cell for cell in params.rq1.cells if cell in set(other["cell"])]
+    compared = compare_verdicts(paired_table(accuracy[accuracy["cell"].isin(cells)]), paired_table(other))
     if out_dir is not None:
         compared.to_csv(Path(out_dir) / "verdict_stability.csv", index=False)
-    what = f"rq1.threads = {recorded['threads']} instead of {params.rq1.threads}, every cell and seed retrained"
+    covered = ("every cell" if len(cells) == len(params.rq1.cells)
+               else f"{len(cells)} of the {len(params.rq1.cells)} cells so far ({', '.join(cells)}): the comparisons among them")
+    what = f"rq1.threads = {recorded['threads']} instead of {params.rq1.threads}, {covered}, every seed retrained"
     return stability_lines(compared, what)
 
 
