@@ -490,6 +490,11 @@ class Params(Strict):
             arch = _override(ModelParams, arch, self.variants[variant].model, f"variants.{variant}.model")
         return arch
 
+    def rq1_train_resolution(self, cell: str) -> int:
+        """Pixels per side an RQ1 cell trains at: its '-g<grid>' times the patch size, else the dataset's."""
+        dataset, _, variant, grid = self.rq1.parse(cell)
+        return grid * self.model_for(variant, dataset).patch_size if grid else self.datasets[dataset].train_resolution
+
     def train_for(self, dataset: str) -> "TrainParams":
         """Training settings for `dataset`: `train` with the dataset's `train` overrides applied."""
         return _override(TrainParams, self.train, self.datasets[dataset].train, f"datasets.{dataset}.train")
@@ -611,10 +616,9 @@ def effective_settings(params: Params) -> list[dict]:
                             [params.seed] + extra.get((dataset, variant), []), params.train_for(dataset),
                             params.datasets[dataset].train_resolution))
     for cell in params.rq1.cells if params.rq1 is not None else []:
-        dataset, augment, variant, grid = params.rq1.parse(cell)
+        dataset, augment, variant, _ = params.rq1.parse(cell)
         train = params.train_for(dataset).model_copy(update={"augment": params.rq1.augmentations[augment]})
-        resolution = grid * params.model_for(variant, dataset).patch_size if grid else params.datasets[dataset].train_resolution
-        rows.append(row("rq1", cell, dataset, variant, list(params.rq1.seeds), train, resolution))
+        rows.append(row("rq1", cell, dataset, variant, list(params.rq1.seeds), train, params.rq1_train_resolution(cell)))
     return rows
 
 

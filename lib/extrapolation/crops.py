@@ -65,11 +65,7 @@ def crop_label_noise(root: Path, cells: list[tuple[str, str, int]], augmentation
 
 def cell_crops(params) -> list[tuple[str, str, int]]:
     """(dataset, augmentation, training resolution) of every RQ1 cell, in cell order, without repeats."""
-    triples = []
-    for cell in params.rq1.cells:
-        dataset, augmentation, variant, grid = params.rq1.parse(cell)
-        resolution = grid * params.model_for(variant, dataset).patch_size if grid else params.datasets[dataset].train_resolution
-        triples.append((dataset, augmentation, resolution))
+    triples = [(*params.rq1.parse(cell)[:2], params.rq1_train_resolution(cell)) for cell in params.rq1.cells]
     return list(dict.fromkeys(triples))
 
 
