@@ -30,6 +30,13 @@ def save_atomic(obj: Any, path: Path) -> None:
         raise
 
 
+def _reason(err: Exception) -> str:
+    """The lines of torch.load's error that say what is wrong: its first, and for a refused pickle the
+    "Unsupported global: GLOBAL <class>" (or "Unsupported operand") line, which torch puts after its advice."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines[:1] + [line for line in lines[1:] if "Unsupported" in line])
+
+
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint written by `save_atomic`; any failure names the file and what was expected."""
     path = Path(path)
@@ -40,7 +47,7 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as err:  # corrupt file, truncated write, or a pickle that is not plain weights
         raise CheckpointError(
             f"{path}: unreadable checkpoint (expected a torch.save'd dict of tensors and plain values, "
-            f"loadable with weights_only=True): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            f"loadable with weights_only=True): {type(err).__name__}: {_reason(err)}"
         ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(state).__name__}")

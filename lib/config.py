@@ -21,7 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from lib.data import DATASETS, EXTERNAL_DATASETS
 from lib.layers.attention import ATTENTION_LAYERS
-from lib.layers.position import POSITION_ENCODINGS
+from lib.layers.position import POSITION_ENCODINGS, create_position_encoding
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Resolution = Annotated[int, Field(ge=4, le=4096)]
@@ -95,6 +95,7 @@ class TrainParams(Strict):
     augment: AugmentParams = AugmentParams()
     train_subset: PositiveInt | None = None
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward pass (GPU profiles)
+    compile: bool = False  # torch.compile the training step (lib/compiling.py); eager where a variant cannot
 
     @model_validator(mode="after")
     def _warmup_fits(self):
@@ -125,6 +126,7 @@ class VariantParams(Strict):
     attention: str
     pos_embed: str
     attention_kwargs: dict[str, Any] = {}
+    pos_embed_kwargs: dict[str, Any] = {}  # constructor arguments of the encoding (lib.layers.position)
     model: dict[str, Any] = {}
     weights_from: str | None = None  # never trained: evaluated with this variant's weights (see Params.test_time)
 
@@ -145,6 +147,10 @@ class VariantParams(Strict):
         accepted = set(inspect.signature(ATTENTION_LAYERS[self.attention].__init__).parameters) - shared
         for key in self.attention_kwargs:
             _known(key, accepted, f"argument of attention {self.attention!r}", key=f"attention_kwargs.{key}")
+        part = POSITION_ENCODINGS[self.pos_embed].configurable
+        for key in self.pos_embed_kwargs:
+            _known(key, part.accepted_kwargs() if part else [], f"argument of position encoding {self.pos_embed!r}",
+                   key=f"pos_embed_kwargs.{key}")
         return self
 
 
@@ -393,6 +399,11 @@ class Params(Strict):
             if POSITION_ENCODINGS[variant.pos_embed].bias and not ATTENTION_LAYERS[variant.attention].supports_bias:
                 raise ValueError(f"variants.{name}: position encoding {variant.pos_embed!r} adds a bias to the "
                                  f"attention logits, which attention {variant.attention!r} does not take (use 'softmax')")
+            try:  # the encoding's own argument checks, at the variant's shape
+                create_position_encoding(variant.pos_embed, model.embed_dim, model.num_heads, model.depth, (2, 2),
+                                         model.rope_theta, variant.pos_embed_kwargs)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"variants.{name}.pos_embed_kwargs: {err}") from None
         for name, variant in self.variants.items():
             if variant.weights_from is not None:
                 self._check_weights_from(name, variant)

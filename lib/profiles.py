@@ -309,6 +309,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--set-args", action="store_true", help="print `dvc exp run -S` arguments instead")
     args = parser.parse_args(argv)
     try:
+        if not isinstance(yaml.safe_load(args.params.read_text()), dict):
+            raise ProfileError(f"{args.params}: expected a params file (a YAML mapping of the study's keys)")
         name = args.profile or yaml.safe_load(args.params.read_text()).get("profile", "default")
         if args.set_args:
             print(" ".join(set_args(args.params, name)))

@@ -51,6 +51,7 @@ def build_model(params: Params, dataset: str, variant: str) -> VisionTransformer
         attention=spec.attention,
         attention_kwargs=dict(spec.attention_kwargs),
         pos_embed=spec.pos_embed,
+        pos_embed_kwargs=dict(spec.pos_embed_kwargs),
         rope_theta=arch.rope_theta,
         drop_path_rate=arch.drop_path_rate,
         init_values=arch.init_values,

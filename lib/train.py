@@ -33,6 +33,7 @@ from tqdm import tqdm
 from lib import distributed as dist
 from lib.augment import random_affine, random_hflip, random_resized_crop
 from lib.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from lib.compiling import compile_or_eager
 from lib.config import Params, fingerprint
 from lib.data import collate, load_split, take
 from lib.data.pin import check_pinned, dataset_hash
@@ -154,6 +155,15 @@ def train(
 
     start_epoch, history = _resume(checkpoint_path, config, model, optimizer)
     parallel = dist.wrap(model, device)  # train through this: with several processes DDP averages their gradients
+    if cfg.compile:
+        first = collate([train_set[i] for i in range(min(cfg.batch_size // world, len(train_set)))])[0].to(device)
+
+        def warmup(compiled):  # one training forward and backward, as the steps below run them
+            with autocast(device, cfg.precision):
+                loss = compiled(normalize(first)).float().sum()
+            loss.backward()
+        parallel = compile_or_eager(parallel, f"{dataset}-{variant}", warmup,
+                                    log=lambda line: print(line, flush=True) if dist.is_main() else None)
     live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) if dist.is_main() else None
     for past in history:  # a resumed run re-logs what came before, so the curves are whole
         _log_epoch(live, past)

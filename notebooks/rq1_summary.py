@@ -23,7 +23,8 @@
 # coordinates, FIRE, test-time rescalings) against RoPE-Mixed, the augmentation and the protocol. A difference is
 # named only where its interval excludes 0 (`findings.md`, which results/README.md quotes). Where the same cells were
 # rerun with other floats (`rq1.threads` changed: results/rq1/float_check/), every verdict is compared with the
-# rerun's (`verdict_stability.csv`). `crops.csv`: how often a training crop cuts an object out of view.
+# rerun's (`verdict_stability.csv`, and `paired.csv`'s `replicated` column), and `findings.md` marks every verdict
+# the rerun overturned with †. `crops.csv`: how often a training crop cuts an object out of view.
 
 # %% tags=["parameters"]
 params_file = "params.yaml"
@@ -39,9 +40,9 @@ from IPython.display import Markdown, display
 from lib.config import load_params
 from lib.extrapolation.crops import cell_crops, crop_label_noise, crop_lines
 from lib.extrapolation.figures import plot_accuracy_vs_scale, plot_entropy_vs_scale, plot_rescalings
-from lib.extrapolation.stability import float_check_lines
+from lib.extrapolation.stability import float_check, with_replication
 from lib.extrapolation.summary import (accuracy_markdown, check_complete, difference_grid, entropy_summary, findings,
-                                       heo_ordering, paired_table, ramp_summary, read_cells, seed_table)
+                                       heo_ordering, onset_line, paired_table, ramp_summary, read_cells, seed_table)
 from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
 
@@ -49,12 +50,15 @@ chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here
 params = load_params(params_file)
 out = Path(out_dir)
 cells = params.rq1.cells
-accuracy, entropy, ramp = (read_cells(runs_dir, cells, name) for name in ("accuracy", "entropy", "ramp"))
+accuracy, entropy, ramp, history = (read_cells(runs_dir, cells, name) for name in ("accuracy", "entropy", "ramp", "history"))
 check_complete(accuracy, cells, params.rq1.seeds)
 
 # %%
 seeds = seed_table(accuracy)
-paired = paired_table(accuracy)
+compared, float_lines = float_check(params, accuracy, Path(float_check_dir))
+if compared is not None:
+    compared.to_csv(out / "verdict_stability.csv", index=False)
+paired = with_replication(paired_table(accuracy), compared)  # `replicated`: the float check's verdict agrees
 ordering = heo_ordering(paired)
 seeds.to_csv(out / "accuracy.csv", index=False)
 paired.to_csv(out / "paired.csv", index=False)
@@ -65,7 +69,7 @@ ramp_summary(ramp).to_csv(out / "ramp.csv", index=False)
 (out / "paired.md").write_text(difference_grid(paired).to_markdown(index=False) + "\n")
 crops = crop_label_noise(Path(params.data_root), cell_crops(params), params.rq1.augmentations)
 crops.to_csv(out / "crops.csv", index=False)
-lines = findings(seeds, paired, ramp) + crop_lines(crops) + float_check_lines(params, accuracy, Path(float_check_dir), out_dir=out)
+lines = findings(seeds, paired, ramp) + [onset_line(history, "Learning onset")] + crop_lines(crops) + float_lines
 (out / "findings.md").write_text("".join(f"- {line}\n" for line in lines))
 display(Markdown("".join(f"- {line}\n" for line in lines)))
 ordering

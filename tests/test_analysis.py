@@ -237,6 +237,8 @@ def test_mean_distance_of_uniform_and_identity_maps(grid):
     pairwise = sum(math.dist(a, b) for a, b in itertools.product(positions, positions)) / len(positions) ** 2
     assert mean_attention_distance(uniform, grid).item() == pytest.approx(pairwise, rel=1e-5)
     assert mean_attention_distance(identity, grid).item() == 0
+    in_float64 = mean_attention_distance(uniform.double(), grid)  # maps from an fp64 analysis (it raised)
+    assert in_float64.dtype == torch.float64 and in_float64.item() == pytest.approx(pairwise, rel=1e-12)
 
 
 def test_entropy_and_concentration_closed_forms():

@@ -17,7 +17,7 @@ from lib.extrapolation.crops import crop_label_noise, crop_lines, crop_visibilit
 from lib.extrapolation.figures import plot_accuracy_vs_scale, plot_entropy_vs_scale, plot_rescalings
 from lib.extrapolation.protocols import centre_on_canvas, load_scaled_set, scaled_grid
 from lib.extrapolation.stability import (compare_verdicts, float_check_lines, main as stability_main, rerun as stability_rerun,
-                                         stability_lines, write_float_check)
+                                         stability_lines, with_replication, write_float_check)
 from lib.extrapolation.study import cell_params, scale_plan
 from lib.extrapolation.summary import findings, heo_ordering, paired_table, seed_table, unconverged
 from lib.layers.rope import RopeMixed
@@ -272,6 +272,29 @@ def test_verdict_stability_flags_every_flipped_verdict(tmp_path):
     assert stability_main(["compare", str(tmp_path / "nope.csv"), str(tmp_path / "b.csv"), str(tmp_path / "out")]) == 2
 
 
+def test_findings_mark_every_verdict_the_float_check_overturned():
+    accuracy = synthetic_accuracy()
+    paired = paired_table(accuracy)
+    unmarked = findings(seed_table(accuracy), with_replication(paired, None), pd.DataFrame())
+    assert with_replication(paired, None)["replicated"].isna().all() and not any("†" in line for line in unmarked)
+    assert unmarked == findings(seed_table(accuracy), paired, pd.DataFrame())  # no float check: as before
+    other = paired.copy()
+    flip = (other["first"] == "rope_mixed") & (other["second"] == "rope_axial") & (other["scale"] == 2.0)
+    assert paired.loc[flip, "verdict"].item() == "rope_mixed > rope_axial"  # Axial - APE is not: ordering not shown
+    other.loc[flip, ["difference", "ci_low", "ci_high", "verdict"]] = [0.01, -0.02, 0.04, "no difference detected"]
+    marked = with_replication(paired, compare_verdicts(paired, other))
+    assert list(marked.index) == list(paired.index) and (marked.drop(columns="replicated") == paired).all().all()
+    assert (~marked["replicated"]).sum() == 1 and not marked.loc[flip, "replicated"].item()
+    lines = findings(seed_table(accuracy), marked, pd.DataFrame())
+    assert lines[0].startswith("† marks a verdict that the float check overturned")
+    daggers = [line for line in lines[1:] if "†" in line]
+    assert len(daggers) == 1 and "Heo et al.'s ordering" in daggers[0]
+    assert daggers[0].endswith("elsewhere no difference detected (rrc/zoom 2x †).")
+    # a rerun that covers some comparisons only: the others are not marked either way
+    partial = with_replication(paired, compare_verdicts(paired[~flip], other[~flip]))
+    assert partial.loc[flip, "replicated"].isna().item() and partial["replicated"].sum() == (~flip).sum()
+
+
 @pytest.mark.slow
 def test_float_check_rerun_trains_every_cell_with_other_threads(tiny_params, tmp_path):
     rq1 = tiny_params.rq1.model_copy(update={"cells": ["shapes-rrc-ape", "shapes-rrc-rope_mixed"], "scales": [1.0, 2.0],
@@ -344,3 +367,14 @@ def test_crop_label_noise_per_dataset_uses_masks_or_the_digit(data_root, tiny_pa
     assert (table["removed"] <= table["cut"]).all()
     assert object_masks(data_root, "mnist", 28, 5).shape == (5, 1, 28, 28)  # MNIST: the digit's ink
     assert crop_lines(table)[0].startswith("shapes at 24 px, rrc crops: ")
+
+
+def test_learning_onset_is_the_first_epoch_at_the_threshold():
+    from lib.extrapolation.summary import learning_onset, onset_line
+    history = pd.DataFrame({"cell": ["a"] * 6 + ["b"] * 3, "seed": [0, 0, 0, 1, 1, 1, 0, 0, 0],
+                            "epoch": [1, 2, 3] * 3, "val/acc": [0.25, 0.6, 0.4, 0.2, 0.3, 0.45, 0.5, 0.9, 0.95]})
+    onset = learning_onset(history)
+    assert onset["onset_epoch"].tolist()[0] == 2 and pd.isna(onset["onset_epoch"].tolist()[1])
+    assert onset["onset_epoch"].tolist()[2] == 1 and onset["final_val_acc"].tolist() == [0.4, 0.45, 0.95]
+    assert onset_line(history, "Onset") == ("Onset: the epoch at which each seed's validation accuracy first reached "
+                                            "50% (seeds in order): a 2, never (of 3); b 1 (of 3).")

@@ -42,7 +42,7 @@ def offset_groups(grid):
 
 def test_registered():
     spec = POSITION_ENCODINGS["fire"]
-    assert spec.bias == "fire" and spec.rotary is None and spec.absolute is None
+    assert spec.bias.module is FireBias and spec.rotary is None and spec.absolute is None
     absolute, rotary, bias = create_position_encoding("fire", 32, HEADS, DEPTH, (6, 8))
     assert absolute is None and rotary is None and type(bias) is FireBias
     assert bias.train_grid_hw == (6, 8) and torch.equal(bias.threshold, torch.tensor([[8.0, 6.0]] * DEPTH))

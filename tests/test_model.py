@@ -1,4 +1,6 @@
 """The ViT backbone: any resolution, every position encoding, APE resampling, timm registration."""
+import inspect
+
 import pytest
 import timm
 import torch
@@ -119,3 +121,39 @@ def test_bad_names_are_rejected_with_the_choices():
 def test_image_not_divisible_by_patch_is_an_error():
     with pytest.raises(Exception, match="divisible|patch"):
         tiny(pos_embed="ape")(torch.randn(1, 1, 30, 28))
+
+
+def test_pos_embed_kwargs_reach_the_encodings_constructor(tiny_params):
+    """model.rope_theta and pos_embed_kwargs.theta build the same RoPE; an encoding's other arguments (FIRE's MLP
+    width) reach its module; params.yaml's variants.<name>.pos_embed_kwargs pass through build_model."""
+    def built(**kwargs):
+        torch.manual_seed(0)
+        return VisionTransformer(img_size=24, patch_size=4, in_chans=1, num_classes=4, **kwargs)
+    by_theta = built(pos_embed="rope_mixed", rope_theta=50.0)
+    by_kwargs = built(pos_embed="rope_mixed", pos_embed_kwargs={"theta": 50.0})
+    default = built(pos_embed="rope_mixed")
+    assert torch.equal(by_theta.rope.freqs, by_kwargs.rope.freqs)
+    assert not torch.equal(by_kwargs.rope.freqs, default.rope.freqs)
+    fire = built(pos_embed="fire", attention="softmax", pos_embed_kwargs={"hidden_dim": 8})
+    assert fire.pos_bias.hidden_dim == 8 and fire.pos_bias.fc1_weight.shape[-1] == 8
+    from lib.study import build_model  # params.yaml -> model
+    fire_variant = tiny_params.variants["fire"].model_copy(update={"pos_embed_kwargs": {"hidden_dim": 8}})
+    ablated = tiny_params.model_copy(update={"variants": {**tiny_params.variants, "fire": fire_variant}})
+    assert build_model(ablated, "shapes", "fire").pos_bias.hidden_dim == 8
+    with pytest.raises(ValueError, match="theta given twice"):
+        built(pos_embed="rope_mixed", rope_theta=50.0, pos_embed_kwargs={"theta": 20.0})
+    with pytest.raises(ValueError, match="'ape' takes no argument 'theta'"):
+        built(pos_embed="ape", pos_embed_kwargs={"theta": 20.0})
+
+
+@pytest.mark.parametrize("name", sorted(POSITION_ENCODINGS))
+def test_every_encoding_lists_the_arguments_it_takes(name):
+    """Every argument an encoding accepts builds (at its class default) and nothing else is accepted."""
+    part = POSITION_ENCODINGS[name].configurable
+    accepted = part.accepted_kwargs() if part else []
+    assert not {"embed_dim", "head_dim", "num_heads", "depth", "grid_hw", "train_grid_hw"} & set(accepted)
+    if part is not None:
+        defaults = {k: v.default for k, v in inspect.signature(part.module.__init__).parameters.items() if k in accepted}
+        assert set(defaults) == set(accepted) and all(v is not inspect.Parameter.empty for v in defaults.values())
+        VisionTransformer(img_size=24, patch_size=4, in_chans=1, num_classes=4, pos_embed=name, attention="softmax",
+                          pos_embed_kwargs=defaults)

@@ -144,3 +144,13 @@ def test_a_misspelt_profile_key_is_named_the_schema_way(params_file):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "train.epocs: unknown key (did you mean 'epochs'?)" in result.stderr
     assert "train.epochs: missing, but the profiles set it" in result.stderr and params_file.read_text() == before
+
+
+@pytest.mark.parametrize("content", ["", "- a list\n"])
+def test_a_file_that_is_no_params_file_is_named(tmp_path, content, capsys):
+    from lib.profiles import main
+    bad = tmp_path / "params.yaml"
+    bad.write_text(content)
+    assert main(["smoke", "--params", str(bad)]) == 2
+    assert f"{bad}: expected a params file" in capsys.readouterr().err
+    assert bad.read_text() == content

@@ -89,3 +89,35 @@ def test_every_doc_links_back_to_readme(doc):
     lines = doc.read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith("# ")
     assert "../README.md" in {t.split("#", 1)[0] for t in relative_links(doc)}
+
+
+def ablation_overrides(path: Path) -> list[str]:
+    """The `-S` overrides of every `dvc exp run` line inside the fenced code blocks of `path`."""
+    found = []
+    for block in FENCE.finditer(path.read_text(encoding="utf-8")):
+        for line in block.group(0).splitlines():
+            line = line.removeprefix("$ ").split("  #")[0]
+            if line.startswith("dvc exp run"):
+                found += [arg.strip("'\"") for arg in re.findall(r"-S\s+('[^']*'|\"[^\"]*\"|\S+)", line)]
+    return found
+
+
+EXAMPLES = [(path.name, override) for path in (README, ROOT / "docs" / "ablations.md")
+            for override in ablation_overrides(path)]
+
+
+def test_the_readme_has_ablation_examples():
+    assert sum(name == "README.md" for name, _ in EXAMPLES) >= 3
+
+
+@pytest.mark.parametrize("where, override", EXAMPLES)
+def test_ablation_examples_parse_in_dvc_and_validate(where, override, tmp_path):
+    """Each documented `dvc exp run -S` goes through DVC's own override parser (as `dvc exp run` applies it to
+    params.yaml), and the result passes the schema: an example that DVC or the study would refuse fails here."""
+    from dvc.utils.hydra import apply_overrides
+
+    from lib.config import load_params
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(str(params_file), [override])
+    load_params(params_file)

@@ -212,9 +212,17 @@ def test_malicious_checkpoint_cannot_run_code(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
         pickle.dump({"model": _Exploit(marker)}, f)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="weights_only") as info:
         load_checkpoint(path)
     assert not marker.exists()
+    assert "Unsupported operand" in str(info.value)  # says what the unpickler refused
+
+
+def test_checkpoint_holding_a_class_names_it(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"model": CheckpointError("any class outside the allowed ones")}, path)
+    with pytest.raises(CheckpointError, match="Unsupported global: GLOBAL lib.checkpoint.CheckpointError"):
+        load_checkpoint(path)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_params, tmp_path, monkeypatch):

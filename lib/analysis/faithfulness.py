@@ -12,7 +12,9 @@ One sweep per direction serves two protocols each:
 - Least relevant first ("negative perturbation"); read backwards it is RISE "insertion": at insertion
   fraction f the most relevant f * P patches are shown on the baseline image, which is the least-relevant-
   first sweep at fraction 1 - f (RISE inserts onto a blurred image; here onto the same baseline image, so
-  the two protocols share forward passes).
+  the two protocols share forward passes). Where f * P is a half-integer k + 1/2 the sweep removes
+  round(P - f * P) = P - k patches, so insertion shows k, one patch fewer than RISE's round(f * P) = k + 1
+  (on the study's grids with 10 steps: only MNIST's 49 patches at f = 0.5).
 
 Curves (per image, over fractions f in [0, 1]):
 - probability: softmax probability of the explained (predicted) class; deletion AUC = ∫ p df over the

@@ -55,7 +55,7 @@ def mean_attention_distance(maps: torch.Tensor, grid_hw: tuple[int, int], num_pr
 
     References: Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words" (arXiv 2010.11929), Fig. 7 and App. D.7.
     """
-    positions = patch_positions(grid_hw, maps.device)
+    positions = patch_positions(grid_hw, maps.device).to(maps.dtype)  # float64 maps stay float64
     distances = torch.cdist(positions, positions)
     per_query = torch.einsum("...ij,ij->...i", patch_distribution(maps, num_prefix_tokens), distances)
     return per_query.mean(dim=-1)

@@ -33,9 +33,11 @@ Their derivations, in short (s tokens, d features, c classes, m hidden units / h
     given t_j is s ||t_j||^2, so for linear sigma:  f(X) = sum_{b,k} X[b,k] Z[b, (k, :)],
     Z = sum_j t_j vec(B_j^T)^T (s x dc, an s x d grid of 1 x c blocks), penalty beta sqrt(s) ||Z||_*.
     The gated version gates the pooled mixture per channel, sigma(X^T t_j)[k] -> D_g[k] (X^T t_j)[k]
-    with D_g[k] = 1{X[:, k]^T h_g >= 0} (h_g Gaussian in R^s, h_0 = 0): Phi_g[b, k] = D_g[k] X[b,k] / s
-    and beta sum_g ||Z_g||_*. Exact for this pool-then-activate two-layer mixer with fixed gates (the
-    activation of a full Mixer acts per token before pooling: that is not what is convexified here).
+    with D_g[k] = 1{X[:, k]^T h_g >= 0} (h_g Gaussian in R^s, h_0 = 0). The design carries the 1/s:
+    Phi_g[b, k] = D_g[k] X[b,k] / s, so its weights are Z'_g = s Z_g and the program's penalty
+    beta' sum_g ||Z'_g||_* is the network's weight decay beta = beta' sqrt(s) (beta' is set as a ratio of
+    beta_max, so only this reading changes). Exact for this pool-then-activate two-layer mixer with fixed
+    gates (the activation of a full Mixer acts per token before pooling: that is not convexified here).
 (d) FNO head: an FNO layer mixes channels per Fourier mode of the token grid. Hidden unit r of mode
     w in Omega (low modes of the h x w grid, half-plane), H[a] = Re(e_w[a] Xhat_w^T W1_{w,r}) with
     Xhat_w = sum_a conj(e_w[a]) x_a (orthonormal DFT, W1 complex), gated ReLU D_g[a] = 1{x_a^T h_g >= 0},

@@ -22,7 +22,7 @@ import pandas as pd
 
 from lib.config import Params, load_params
 from lib.extrapolation.study import run_cell
-from lib.extrapolation.summary import check_complete, paired_table
+from lib.extrapolation.summary import check_complete, onset_line, paired_table
 
 # what identifies one comparison in paired.csv (train_grid: where both runs have it)
 COMPARISON_KEYS = ["factor", "first", "second", "dataset", "train_grid", "augmentation", "variant", "method", "protocol",
@@ -75,14 +75,18 @@ def study_settings(params: Params) -> dict:
                                   "evaluate": params.evaluate.model_dump(), "rq1": rq1}, sort_keys=True, default=str))
 
 
-def write_float_check(params: Params, accuracy: pd.DataFrame, threads: int, out_dir: Path) -> pd.DataFrame:
-    """The rerun's per-seed accuracies, its paired differences and the settings it ran with, into `out_dir`.
-    The rerun may cover some of `rq1.cells` (a check still under way), each of them with every seed."""
+def write_float_check(params: Params, accuracy: pd.DataFrame, threads: int, out_dir: Path,
+                      history: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The rerun's per-seed accuracies, its paired differences, its training curves (`history`, per cell, seed and
+    epoch) and the settings it ran with, into `out_dir`. The rerun may cover some of `rq1.cells` (a check still
+    under way), each of them with every seed."""
     cells = [cell for cell in params.rq1.cells if cell in set(accuracy["cell"])]
     check_complete(accuracy, cells, params.rq1.seeds)
     paired = paired_table(accuracy)
     out_dir.mkdir(parents=True, exist_ok=True)
     accuracy.to_csv(out_dir / "accuracy.csv", index=False)
+    if history is not None:
+        history.to_csv(out_dir / "history.csv", index=False)
     paired.to_csv(out_dir / "paired.csv", index=False)
     (out_dir / "settings.json").write_text(json.dumps({"threads": threads, "study": study_settings(params)}, indent=1) + "\n")
     return paired
@@ -98,32 +102,55 @@ def rerun(params: Params, threads: int, out_dir: Path, log=print) -> pd.DataFram
     workers = max(1, params.rq1.workers * params.rq1.threads // threads)
     rerun_params = params.model_copy(update={"rq1": params.rq1.model_copy(update={"threads": threads, "workers": workers})})
     with tempfile.TemporaryDirectory() as scratch:  # weights of the rerun are not kept
-        accuracy = pd.concat([run_cell(rerun_params, cell, Path(scratch) / "weights" / cell, Path(scratch) / "checkpoints",
-                                       log)["accuracy"] for cell in params.rq1.cells], ignore_index=True)
-    return write_float_check(params, accuracy, threads, out_dir)
+        results = [run_cell(rerun_params, cell, Path(scratch) / "weights" / cell, Path(scratch) / "checkpoints", log)
+                   for cell in params.rq1.cells]
+    accuracy, history = (pd.concat([r[name] for r in results], ignore_index=True) for name in ("accuracy", "history"))
+    return write_float_check(params, accuracy, threads, out_dir, history)
 
 
-def float_check_lines(params: Params, accuracy: pd.DataFrame, float_dir: Path, out_dir: Path | None = None) -> list[str]:
-    """The float check's sentences for findings.md: the verdicts among the cells the rerun covers, computed from the
-    study's per-seed `accuracy` and the rerun's, where the check ran with this study's settings; else one line
-    saying why there is no comparison. `out_dir` gets verdict_stability.csv."""
+def float_check(params: Params, accuracy: pd.DataFrame, float_dir: Path) -> tuple[pd.DataFrame | None, list[str]]:
+    """The study's verdicts against the rerun's (`compare_verdicts`) among the cells the rerun covers, computed from
+    the study's per-seed `accuracy` and the rerun's, with the sentences for findings.md; where the check is missing
+    or ran with other settings, no table and one line saying why."""
     settings = Path(float_dir) / "settings.json"
     if not settings.is_file():
-        return [f"Float check: not run ({settings} missing; `python -m lib.extrapolation.stability rerun`)."]
+        return None, [f"Float check: not run ({settings} missing; `python -m lib.extrapolation.stability rerun`)."]
     recorded = json.loads(settings.read_text())
     if recorded["study"] != study_settings(params):
         changed = sorted(k for k in recorded["study"] if recorded["study"][k] != study_settings(params).get(k))
-        return [f"Float check: stale, it ran with other settings ({', '.join(changed)} differ from params.yaml); "
-                f"rerun it with `python -m lib.extrapolation.stability rerun` before quoting verdict stability."]
+        return None, [f"Float check: stale, it ran with other settings ({', '.join(changed)} differ from params.yaml); "
+                      f"rerun it with `python -m lib.extrapolation.stability rerun` before quoting verdict stability."]
     other = pd.read_csv(Path(float_dir) / "accuracy.csv")
     cells = [cell for cell in params.rq1.cells if cell in set(other["cell"])]
     compared = compare_verdicts(paired_table(accuracy[accuracy["cell"].isin(cells)]), paired_table(other))
-    if out_dir is not None:
-        compared.to_csv(Path(out_dir) / "verdict_stability.csv", index=False)
     covered = ("every cell" if len(cells) == len(params.rq1.cells)
                else f"{len(cells)} of the {len(params.rq1.cells)} cells so far ({', '.join(cells)}): the comparisons among them")
     what = f"rq1.threads = {recorded['threads']} instead of {params.rq1.threads}, {covered}, every seed retrained"
-    return stability_lines(compared, what)
+    lines = stability_lines(compared, what)
+    if (Path(float_dir) / "history.csv").is_file():
+        lines.append(onset_line(pd.read_csv(Path(float_dir) / "history.csv"), "The rerun's learning onset"))
+    return compared, lines
+
+
+def float_check_lines(params: Params, accuracy: pd.DataFrame, float_dir: Path, out_dir: Path | None = None) -> list[str]:
+    """`float_check`'s sentences; `out_dir` gets its table as verdict_stability.csv."""
+    compared, lines = float_check(params, accuracy, float_dir)
+    if compared is not None and out_dir is not None:
+        compared.to_csv(Path(out_dir) / "verdict_stability.csv", index=False)
+    return lines
+
+
+def with_replication(paired: pd.DataFrame, compared: pd.DataFrame | None) -> pd.DataFrame:
+    """`paired` with a `replicated` column: True where the rerun with other floats reached the same verdict, False
+    where it did not, missing where the rerun did not cover the comparison (or there is no current float check).
+    `findings` marks the False ones: a verdict that other floats overturn is not established."""
+    paired = paired.copy()
+    if compared is None:
+        paired["replicated"] = pd.Series(pd.NA, index=paired.index, dtype="boolean")
+        return paired
+    keys = [k for k in COMPARISON_KEYS if k in paired and k in compared]
+    marked = paired.merge(compared[keys + ["same_verdict"]], on=keys, how="left", validate="one_to_one")
+    return marked.rename(columns={"same_verdict": "replicated"}).astype({"replicated": "boolean"})
 
 
 def main(argv=None) -> int:

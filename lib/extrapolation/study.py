@@ -32,11 +32,10 @@ TRAINED = "trained"  # the method column of a model tested as trained (no test-t
 def cell_params(params: Params, cell: str, seed: int) -> Params:
     """`params` for one seed of `cell`: the cell's augmentation replaces the dataset's training augmentation, and a
     cell with its own training grid ('-g<grid>') trains at grid x patch pixels."""
-    dataset, augmentation, variant, train_grid = params.rq1.parse(cell)
+    dataset, augmentation, _, _ = params.rq1.parse(cell)
     spec = params.datasets[dataset]
-    update = {"train": {**spec.train, "augment": params.rq1.augmentations[augmentation].model_dump()}}
-    if train_grid is not None:
-        update["train_resolution"] = train_grid * params.model_for(variant, dataset).patch_size
+    update = {"train": {**spec.train, "augment": params.rq1.augmentations[augmentation].model_dump()},
+              "train_resolution": params.rq1_train_resolution(cell)}
     datasets = {**params.datasets, dataset: spec.model_copy(update=update)}
     return params.model_copy(update={"seed": seed, "datasets": datasets})
 

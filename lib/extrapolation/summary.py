@@ -106,9 +106,17 @@ def format_accuracy(row) -> str:
     return f"{100 * row['accuracy']:.1f} [{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]"
 
 
+def overturned(row) -> bool:
+    """Whether the float check reached another verdict for this comparison (`replicated` False; see
+    lib.extrapolation.stability.with_replication)."""
+    value = row.get("replicated", pd.NA)
+    return value is not pd.NA and not pd.isna(value) and not bool(value)
+
+
 def heo_ordering(paired: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, training grid, augmentation, protocol, scale above 1): whether RoPE-Mixed > RoPE-Axial > APE holds, i.e. both
-    adjacent paired differences have intervals above zero; 'reversed' where either lies below zero."""
+    adjacent paired differences have intervals above zero; 'contradicted' where either lies below zero. `overturned`:
+    the float check reached another verdict for one of the two adjacent differences that decide it."""
     pairs = {("rope_mixed", "rope_axial"): "mixed_vs_axial", ("rope_axial", "ape"): "axial_vs_ape",
              ("rope_mixed", "ape"): "mixed_vs_ape"}
     part = paired[(paired["factor"] == "variant") & (paired["scale"] > 1)
@@ -123,8 +131,9 @@ def heo_ordering(paired: pd.DataFrame) -> pd.DataFrame:
         below = any(found[name]["ci_high"] < 0 for name in ("mixed_vs_axial", "axial_vs_ape"))
         rows.append({**dict(zip(where, key)),
                      **{name: format_difference(found[name]) for name in pairs.values()},
-                     "ordering": "holds" if above else "contradicted" if below else "not shown (an interval includes 0)"})
-    return pd.DataFrame(rows, columns=[*where, *pairs.values(), "ordering"])
+                     "ordering": "holds" if above else "contradicted" if below else "not shown (an interval includes 0)",
+                     "overturned": any(overturned(found[name]) for name in ("mixed_vs_axial", "axial_vs_ape"))})
+    return pd.DataFrame(rows, columns=[*where, *pairs.values(), "ordering", "overturned"])
 
 
 def difference_grid(paired: pd.DataFrame, scales=(0.5, 1.5, 2.0, 4.0)) -> pd.DataFrame:
@@ -158,9 +167,39 @@ def unconverged(seeds: pd.DataFrame) -> pd.DataFrame:
     return at_train[at_train["accuracy"] < at_train["best"] - CONVERGED_WITHIN]
 
 
+ONSET_ACCURACY = 0.5  # the validation accuracy whose first epoch marks when a seed started to learn
+
+
+def learning_onset(history: pd.DataFrame, threshold: float = ONSET_ACCURACY) -> pd.DataFrame:
+    """Per cell and seed, the first epoch whose validation accuracy reaches `threshold` (NaN: never), of how many.
+    A late onset means the seed spent its first epochs near chance: fewer epochs left to learn in."""
+    rows = []
+    for (cell, seed), group in history.groupby(["cell", "seed"], sort=False):
+        reached = group.loc[group["val/acc"] >= threshold, "epoch"]
+        rows.append({"cell": cell, "seed": seed, "onset_epoch": reached.min() if len(reached) else float("nan"),
+                     "epochs": int(group["epoch"].max()), "final_val_acc": float(group.sort_values("epoch")["val/acc"].iloc[-1])})
+    return pd.DataFrame(rows)
+
+
+def onset_line(history: pd.DataFrame, what: str, threshold: float = ONSET_ACCURACY) -> str:
+    """One sentence: per cell, the epochs at which its seeds first reached `threshold` validation accuracy."""
+    onset = learning_onset(history, threshold)
+    epoch = lambda value: "never" if pd.isna(value) else str(int(value))
+    per_cell = "; ".join(f"{cell} {', '.join(epoch(v) for v in group['onset_epoch'])} (of {group['epochs'].max()})"
+                         for cell, group in onset.groupby("cell", sort=False))
+    return (f"{what}: the epoch at which each seed's validation accuracy first reached {100 * threshold:.0f}% "
+            f"(seeds in order): {per_cell}.")
+
+
 def findings(seeds: pd.DataFrame, paired: pd.DataFrame, ramp: pd.DataFrame) -> list[str]:
-    """Sentences for results/README.md, each computed from the tables (no number typed by hand)."""
+    """Sentences for results/README.md, each computed from the tables (no number typed by hand). Where `paired`
+    has a `replicated` column (the float check), a verdict that the rerun with other floats overturned is
+    marked † wherever it is listed."""
     lines = []
+    dagger = lambda r: " †" if overturned(r) else ""
+    if "replicated" in paired and paired.apply(overturned, axis=1).any():
+        lines.append("† marks a verdict that the float check overturned (every seed retrained with other floats, "
+                     "last lines): it rests on float noise, so it is not established.")
     grids = main_grids(seeds)
     grid_name = lambda dataset, grid: "" if grid == grids[dataset] else f"{grid}x{grid} training grid/"
     at_train = seeds[(seeds["scale"] == 1.0) & (seeds["method"] == TRAINED) & (seeds["protocol"] == seeds["protocol"].iloc[0])]
@@ -180,11 +219,13 @@ def findings(seeds: pd.DataFrame, paired: pd.DataFrame, ramp: pd.DataFrame) -> l
         holds = group[group["ordering"] == "holds"]
         contradicted = group[group["ordering"] == "contradicted"]
         where = lambda g: ", ".join(f"{grid_name(dataset, r['train_grid'])}{r['augmentation']}/{r['protocol']} {r['scale']:g}x"
-                                    for _, r in g.iterrows()) or "none"
+                                    f"{' †' if r['overturned'] else ''}" for _, r in g.iterrows()) or "none"
         lines.append(f"{dataset}: Heo et al.'s ordering RoPE-Mixed > RoPE-Axial > APE above the training resolution holds "
                      f"(both paired CIs above 0) in {len(holds)} of {len(group)} conditions ({where(holds)}); it is "
                      f"contradicted (an adjacent difference below 0) in {len(contradicted)} ({where(contradicted)}); "
-                     f"elsewhere no difference detected.")
+                     f"elsewhere no difference detected"
+                     + (f" ({where(unsettled)})." if len(unsettled := group[(group["ordering"].str.startswith("not shown"))
+                                                                           & group["overturned"]]) else "."))
     condition = ["dataset", "train_grid", "augmentation", "protocol", "scale"]
     ordered = set(ordering[condition].itertuples(index=False, name=None))
     for (dataset, factor, first, second), group in paired.groupby(["dataset", "factor", "first", "second"], sort=False):
@@ -197,7 +238,8 @@ def findings(seeds: pd.DataFrame, paired: pd.DataFrame, ramp: pd.DataFrame) -> l
         better = beyond[beyond["ci_low"] > 0]
         worse = beyond[beyond["ci_high"] < 0]
         span = lambda g: ", ".join(f"{'' if factor == 'train_grid' else grid_name(dataset, r['train_grid'])}"
-                                   f"{_context(r, factor)} {r['scale']:g}x {format_difference(r)}" for _, r in g.iterrows())
+                                   f"{_context(r, factor)} {r['scale']:g}x {format_difference(r)}{dagger(r)}"
+                                   for _, r in g.iterrows())
         text = f"{dataset}, {first} - {second} ({group['tests'].iloc[0]}), accuracy points away from the training resolution: "
         text += f"above 0 in {len(better)} of {len(beyond)} conditions" + (f" ({span(better)})" if len(better) else "")
         text += f"; below 0 in {len(worse)}" + (f" ({span(worse)})" if len(worse) else "")

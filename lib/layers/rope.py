@@ -17,7 +17,10 @@ property. Positions are integer patch indices, so a larger test image simply ext
 Channel pairs are interleaved, (x0, x1), (x2, x3), ..., as in naver-ai/rope-vit and timm's
 `RotaryEmbeddingMixed`. Prefix tokens (CLS) are not rotated: their tables hold cos = 1, sin = 0.
 A pair (a, b) is rotated as the complex number a + i b times e^{i phi}: one elementwise product, no
-pair-swapping copies, and one (cos + i sin) table per forward pass for all layers.
+pair-swapping copies, and one (cos + i sin) table per forward pass for all layers. Under `torch.compile`
+and `torch.export` the same rotation runs in real arithmetic, (a c - b s, b c + a s) on a real (..., P, 2)
+table of (cos, sin): Dynamo cannot trace `view_as_complex` and Inductor has no complex kernels, while eager
+keeps the complex product, the faster one on this CPU.
 
 References: Su et al. 2021, "RoFormer" (arXiv 2104.09864); Heo et al. 2024, "Rotary Position
 Embedding for Vision Transformer" (arXiv 2403.13298).
@@ -84,11 +87,22 @@ def rotate_complex(x: torch.Tensor, phasors: torch.Tensor) -> torch.Tensor:
 
     One elementwise product over whole rows (forward and backward), with no copies of x for pair swaps.
     Heads stored inside tokens (x a (B, H, N, D) view of the qkv projection's (B, N, H, D) memory) are
-    rotated in that token-major order, so that neither pass needs a layout copy.
+    rotated in that token-major order, so that neither pass needs a layout copy. `phasors` may also be the
+    real form (..., N, P, 2) of (cos, sin) that `RotaryTables` builds under compile: `rotate_real`.
     """
+    if not phasors.is_complex():
+        return rotate_real(x, phasors)
     if x.dim() >= 3 and phasors.dim() >= 3 and x.stride(-3) < x.stride(-2):
         return rotate_complex(x.transpose(-3, -2), phasors.transpose(-3, -2)).transpose(-3, -2)
     return torch.view_as_real(as_complex_pairs(x) * phasors).flatten(-2).to(x.dtype)
+
+
+def rotate_real(x: torch.Tensor, cos_sin: torch.Tensor) -> torch.Tensor:
+    """`rotate_complex` in real arithmetic: pairs (a, b) of x (..., N, 2P) by (c, s) = cos_sin (..., N, P, 2) become
+    (a c - b s, b c + a s), in float32 as the complex product. Traceable by torch.compile and torch.export."""
+    pairs = rearrange(x.float(), "... (p two) -> ... p two", two=2)
+    a, b, c, s = pairs[..., 0], pairs[..., 1], cos_sin[..., 0], cos_sin[..., 1]
+    return rearrange(torch.stack([a * c - b * s, b * c + a * s], dim=-1), "... p two -> ... (p two)").to(x.dtype)
 
 
 def full_width(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,35 +124,44 @@ class RotaryTables(NamedTuple):
     and `layer` give the same rotations as full-width real tables (see `rotate`).
     """
 
-    phasors: torch.Tensor
+    phasors: torch.Tensor  # complex (L, B, H, N, P); under compile real (L, B, H, N, P, 2) holding (cos, sin)
 
     @classmethod
-    def from_angles(cls, angles: torch.Tensor, num_prefix_tokens: int) -> "RotaryTables":
-        """Tables for angles (L, B, H, N_patches, P), prefixed by identity rotations for the prefix tokens."""
+    def from_angles(cls, angles: torch.Tensor, num_prefix_tokens: int, real: bool | None = None) -> "RotaryTables":
+        """Tables for angles (L, B, H, N_patches, P), prefixed by identity rotations for the prefix tokens.
+
+        real: the real (cos, sin) form instead of complex numbers; default: only while torch.compile or
+        torch.export traces the model."""
         angles = F.pad(angles, (0, 0, num_prefix_tokens, 0))
+        if real if real is not None else torch.compiler.is_compiling():
+            return cls(torch.stack([angles.cos(), angles.sin()], dim=-1))
         phasors = torch.polar(torch.ones_like(angles), angles)
         # stored token-major (N before H in memory), the layout of the qkv projection's output that
         # queries and keys are views of: the product then runs on matching strides, 2.5x faster on CPU
         return cls(phasors.transpose(-3, -2).contiguous().transpose(-3, -2))
 
+    def _cos_sin(self, rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if rotation.is_complex():
+            return rotation.real, rotation.imag
+        return rotation[..., 0], rotation[..., 1]
+
     @property
     def cos(self) -> torch.Tensor:
         """Full-width cos table (L, B, H, N, D): (c0, c0, c1, c1, ...)."""
-        return full_width(self.phasors.real, self.phasors.imag)[0]
+        return full_width(*self._cos_sin(self.phasors))[0]
 
     @property
     def sin(self) -> torch.Tensor:
         """Full-width sin table (L, B, H, N, D): (-s0, s0, -s1, s1, ...)."""
-        return full_width(self.phasors.real, self.phasors.imag)[1]
+        return full_width(*self._cos_sin(self.phasors))[1]
 
     def rotation(self, index: int) -> torch.Tensor:
-        """Complex rotations (B, H, N, P) for block `index`, as `rotate_complex` takes them."""
+        """Rotations for block `index` as `rotate_complex` takes them: complex (B, H, N, P), or real (B, H, N, P, 2)."""
         return self.phasors[index if self.phasors.shape[0] > 1 else 0]
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-width (cos, sin) for block `index`, each (B, H, N, D)."""
-        rotation = self.rotation(index)
-        return full_width(rotation.real, rotation.imag)
+        return full_width(*self._cos_sin(self.rotation(index)))
 
 
 def axial_frequencies(head_dim: int, theta: float) -> torch.Tensor:

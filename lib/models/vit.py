@@ -78,6 +78,7 @@ class VisionTransformer(nn.Module):
         attention: str = "softmax",
         attention_kwargs: dict | None = None,
         pos_embed: str = "rope_mixed",
+        pos_embed_kwargs: dict | None = None,
         rope_theta: float | None = None,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
@@ -102,6 +103,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.abs_pos, self.rope, self.pos_bias = create_position_encoding(
             pos_embed, embed_dim, num_heads, depth, self.patch_embed.grid_size, rope_theta=rope_theta,
+            pos_embed_kwargs=pos_embed_kwargs,
         )
         make_attention = partial(
             create_attention, attention, dim=embed_dim, num_heads=num_heads, qkv_bias=qkv_bias,
