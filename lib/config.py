@@ -239,28 +239,75 @@ class SafetyParams(Strict):
         return value
 
 
-class ConvexParams(Strict):
-    """Convex heads on frozen features of one trained run (notebooks/convex.py; defaults fit ~75 s on 2 CPUs)."""
+class ConvexSetting(NamedTuple):
+    """One backbone -> data pairing of the convex-head study, written '<backbone>-><dataset>' in params.yaml (no blanks:
+    a profile's values must survive a shell: `dvc exp run $(python -m lib.profiles paper --set-args)`)."""
 
-    dataset: str = "shapes"
-    variant: str = "rope_mixed"       # the frozen backbone: the run <dataset>-<variant>
+    backbone: str                     # an rq1 cell: its seed-k weights are seed k's frozen backbone
+    dataset: str                      # the data set the heads are fitted and tested on (another one: transfer)
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}->{self.dataset}"
+
+    @classmethod
+    def parse(cls, text: str) -> "ConvexSetting":
+        parts = [part.strip() for part in text.split("->")]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"{text!r} is not '<backbone rq1 cell>-><dataset>'")
+        return cls(*parts)
+
+
+class ConvexParams(Strict):
+    """Convex heads on frozen tokens of RQ1's trained seeds (notebooks/convex.py, DVC stage `convex`)."""
+
+    settings: Annotated[list[str], Field(min_length=1)]  # '<backbone rq1 cell>-><dataset>'
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Increasing] = [0, 1, 2, 3, 4]
+    heads: list[str] | None = None    # the heads compared (lib.convex.compare.HEADS); null: all of them
     layer: Annotated[int, Field(ge=0)] = 2
     dim: PositiveInt = 8              # projected token dimension d
     train_size: PositiveInt = 500     # training images per seed
-    grid_size: PositiveInt = 3        # regularization grid length of every head (equal tuning budgets)
+    grid_size: Annotated[int, Field(ge=3)] = 6  # regularization grid length of every head (equal tuning budgets)
     beta_ratio_max: Annotated[float, Field(gt=0, le=1)] = 0.3
-    beta_ratio_min: Annotated[float, Field(gt=0, le=1)] = 0.003
-    weight_decay_max: Annotated[float, Field(gt=0)] = 0.1
-    weight_decay_min: Annotated[float, Field(gt=0)] = 0.0001
+    beta_ratio_min: Annotated[float, Field(gt=0, le=1)] = 3e-5
+    weight_decay_max: Annotated[float, Field(gt=0)] = 1.0
+    weight_decay_min: Annotated[float, Field(gt=0)] = 1e-6
     gates: PositiveInt = 8
     fno_modes: PositiveInt = 2
     num_heads: PositiveInt = 8
     softmax_heads: PositiveInt = 2
-    max_iter: PositiveInt = 1500
+    max_iter: PositiveInt = 4000
     gap_tol: Annotated[float, Field(gt=0, lt=1)] = 1e-4
     steps: PositiveInt = 150
-    num_seeds: PositiveInt = 3
     num_clusters: PositiveInt = 3
+    cluster_images: PositiveInt = 50  # token groups vs object masks on the first N test images
+
+    @field_validator("seeds")
+    @classmethod
+    def _enough_seeds(cls, value: list[int]) -> list[int]:
+        if len(value) < 2:
+            raise ValueError(f"{value} gives no confidence interval over seeds; list at least 2")
+        return value
+
+    @field_validator("settings")
+    @classmethod
+    def _pairings(cls, value: list[str]) -> list[str]:
+        names = [ConvexSetting.parse(text).name for text in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a backbone -> dataset pairing is listed twice in {names}")
+        return names
+
+    def pairings(self) -> list[ConvexSetting]:
+        return [ConvexSetting.parse(text) for text in self.settings]
+
+    @field_validator("heads")
+    @classmethod
+    def _known_heads(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            from lib.convex.compare import HEADS
+            for name in value:
+                _known(name, HEADS, "convex head", key="convex.heads")
+        return value
 
 
 class Rq1Params(Strict):
@@ -345,7 +392,7 @@ class Params(Strict):
     efficiency: EfficiencyParams
     analysis: AnalysisParams
     safety: SafetyParams
-    convex: ConvexParams = ConvexParams()
+    convex: ConvexParams | None = None
     rq1: Rq1Params | None = None
     profiles: dict[str, dict[str, Any]] = {}  # name -> the keys that profile sets (checked by lib/profiles.py)
 
@@ -375,14 +422,12 @@ class Params(Strict):
                     source = self.variants[variant].weights_from if variant in self.variants else None
                     hint = f" ({variant} runs on {dataset}-{source}'s weights: use that run)" if source else ""
                     raise ValueError(f"{group}.runs: {dataset}-{variant} is not trained by any of {TRAINING_MATRICES}{hint}")
-        if (self.convex.dataset, self.convex.variant) not in trained:
-            raise ValueError(f"convex: {self.convex.dataset}-{self.convex.variant} is not trained by any of {TRAINING_MATRICES}")
         if self.seed in self.seeds.seeds:
             raise ValueError(f"seeds.seeds: {self.seed} is the study's own `seed` (its runs are trained already)")
         if self.rq1 is not None:
             self._check_rq1()
-        if self.convex.layer > self.model_for(self.convex.variant, self.convex.dataset).depth:
-            raise ValueError(f"convex.layer: {self.convex.layer} exceeds the model depth")
+        if self.convex is not None:
+            self._check_convex()
         _known(self.analysis.reference_pos_embed, POSITION_ENCODINGS, "position encoding", key="analysis.reference_pos_embed")
         _known(self.safety.baseline_variant, self.variants, "variant defined under 'variants'", key="safety.baseline_variant")
         for name in self.datasets:
@@ -448,6 +493,23 @@ class Params(Strict):
                                  f"not for cell {cell}'s {dataset}")
         if len(set(self.rq1.cells)) != len(self.rq1.cells):
             raise ValueError(f"rq1.cells: a cell is listed twice in {self.rq1.cells}")
+
+    def _check_convex(self) -> None:
+        """Every setting's backbone is an RQ1 cell trained for every convex seed, its data set is defined."""
+        if self.rq1 is None:
+            raise ValueError("convex.settings: the backbones are rq1 cells, but params has no rq1 section")
+        missing = sorted(set(self.convex.seeds) - set(self.rq1.seeds))
+        if missing:
+            raise ValueError(f"convex.seeds: {missing} not in rq1.seeds {self.rq1.seeds} (seed k's backbone is the cell's "
+                             f"seed-k weights)")
+        for setting in self.convex.pairings():
+            key = f"convex.settings ({setting.name})"
+            _known(setting.backbone, self.rq1.cells, "rq1 cell (rq1.cells)", key=f"{key} backbone")
+            _known(setting.dataset, self.datasets, "dataset defined under 'datasets'", key=f"{key} dataset")
+            _, _, variant, _ = self.rq1.parse(setting.backbone)
+            depth = self.model_for(variant, self.rq1.parse(setting.backbone).dataset).depth
+            if self.convex.layer > depth:
+                raise ValueError(f"convex.layer: {self.convex.layer} exceeds the depth {depth} of backbone {setting.backbone}")
 
     def _matrix_names_resolve(self, group: str) -> None:
         """Every dataset and variant of the matrix `group` is defined under `datasets` / `variants`."""

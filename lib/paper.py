@@ -339,11 +339,14 @@ def safety_table(shift: pd.DataFrame) -> pd.DataFrame:
 
 
 def convex_table(convex: pd.DataFrame) -> pd.DataFrame:
-    """RQ5: every head's test accuracy (%) over seeds, mean [95% t-CI], with size, rank and duality gap."""
+    """RQ5: every head's test accuracy (%) per setting over seeds, mean [95% t-CI], with the validation choice,
+    size, rank and duality gap."""
     return pd.DataFrame({
-        "head": convex["head"], "family": convex["family"], "seeds": convex["seeds"].astype(int),
+        "setting": convex["setting"], "head": convex["head"], "features / fit": convex["family"],
+        "seeds": convex["seeds"].astype(int),
         "test acc. (%) [95% CI]": [format_ci(m, m - h, m + h) for m, h in zip(convex["test_accuracy"], convex["ci95"])],
-        "val. acc. (%)": (100 * convex["val_accuracy"]).round(1),
+        "chosen": [f"{r} = {v:.2g}" for r, v in zip(convex["regularizer"], convex["chosen_value"])],
+        "at grid edge": convex["at_edge"].astype(int),
         "parameters": convex["parameters"].astype(int),
         "rank": [f"{r:.1f}" if np.isfinite(r) else "n/a" for r in convex["rank"]],
         "relative duality gap": [f"{g:.1e}" if np.isfinite(g) else "n/a" for g in convex["relative_gap"]],
@@ -500,18 +503,25 @@ def figure_safety(shift: pd.DataFrame, risk_coverage: pd.DataFrame) -> plt.Figur
 
 
 def figure_convex(convex: pd.DataFrame) -> plt.Figure:
-    """RQ5: test accuracy of every head (mean over seeds, 95% t-CI), coloured by family."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    """RQ5: test accuracy of every head (mean over seeds, 95% t-CI), one panel per setting, coloured by family."""
+    settings = list(dict.fromkeys(convex["setting"]))
+    heads = list(dict.fromkeys(convex["head"]))
     colours = palette_for(convex["family"])
-    y = np.arange(len(convex))[::-1]
-    for (_, row), yy in zip(convex.iterrows(), y):
-        ax.barh(yy, 100 * row["test_accuracy"], xerr=100 * row["ci95"], color=colours[row["family"]], capsize=2,
-                error_kw={"lw": 0.8})
-    ax.set_yticks(y, convex["head"])
-    ax.set(xlabel="test accuracy (%), mean over seeds [95% CI]",
-           xlim=(max(0, 100 * (convex["test_accuracy"] - convex["ci95"]).min() - 5), 100))
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.4 * len(settings) + 1.6, 0.32 * len(heads) + 1.4),
+                             sharey=True, squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        part = convex[convex["setting"] == setting].set_index("head")
+        for yy, head in zip(np.arange(len(heads))[::-1], heads):
+            if head in part.index:
+                row = part.loc[head]
+                ax.barh(yy, 100 * row["test_accuracy"], xerr=100 * row["ci95"], color=colours[row["family"]],
+                        capsize=2, error_kw={"lw": 0.8})
+        low = max(0, 100 * (part["test_accuracy"] - part["ci95"]).min() - 5)
+        ax.set(xlabel="test accuracy (%) [95% CI]", xlim=(low, 100), title=setting)
+        ax.title.set_fontsize(9)
+    axes[0][0].set_yticks(np.arange(len(heads))[::-1], heads)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
-    ax.legend(handles, list(colours), frameon=False, fontsize=8, loc="lower right")
+    axes[0][-1].legend(handles, list(colours), frameon=False, fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -652,27 +662,18 @@ def seed_map_lines(seed_maps: pd.DataFrame) -> list[str]:
     return lines
 
 
-def rq5_lines(convex: pd.DataFrame) -> list[str]:
-    def acc(row: pd.Series) -> str:
-        m, h = row["test_accuracy"], row["ci95"]
-        return f"{row['head']} {format_ci(m, m - h, m + h)}%"
-
-    families = dict(tuple(convex.groupby("family")))
-    lines = []
-    if "convex" in families:
-        lines.append(f"- best convex head: {acc(_best(families['convex'], 'test_accuracy'))}; "
-                     f"largest relative duality gap of the convex solves "
-                     f"{families['convex']['relative_gap'].max():.1e}.")
-    for family, part in families.items():
-        if family != "convex":
-            lines.append(f"- best {family} head: {acc(_best(part, 'test_accuracy'))}; worst: "
-                         f"{acc(_best(part, 'test_accuracy', lowest=True))}.")
-    lines.append(f"- test accuracy, mean over {int(convex['seeds'].max())} seeds [95% t-CI].")
-    return lines
+def rq5_lines(findings: str, convex: pd.DataFrame) -> list[str]:
+    """RQ5's answer: the design, then the verdicts the `convex` stage computed from paired seed differences."""
+    settings = ", ".join(f"`{name}`" for name in dict.fromkeys(convex["setting"]))
+    design = (f"Design: heads on frozen tokens of RQ1's trained seeds ({settings}; backbone -> the heads' data set), "
+              f"{int(convex['seeds'].min())} seeds (seed k: the backbone's k-th training seed), every head the same "
+              f"number of regularization values chosen on validation; differences are paired over seeds [95% t-CI] "
+              f"and stated only where the interval excludes 0. Findings:")
+    return [design, *[line for line in findings.splitlines() if line.strip()]]
 
 
 def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFrame], figures: dict[str, str],
-                 link_prefix: str = "", recommendation: str = "", findings: str = "") -> str:
+                 link_prefix: str = "", recommendation: str = "", findings: str = "", convex_findings: str = "") -> str:
     """The results README: per research question, the answer's numbers (from the tables), the main table
     in Markdown, and links to the figure and the table files. `figures` maps a name to its PNG's path relative
     to the paper folder; `link_prefix` is the paper folder seen from where the README is written ("" inside it)."""
@@ -706,7 +707,8 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
           tab("analysis"), tab("distance"), tab("faithfulness"), tab("localisation")]),
         ("RQ4", rq4_lines(t["shift"], recommendation, t["seed_maps"]), "safety",
          [fig("safety", "accuracy vs severity and risk-coverage"), tab("safety")]),
-        ("RQ5", rq5_lines(t["convex"]), "convex", [fig("convex_heads", "convex heads accuracy"), tab("convex")]),
+        ("RQ5", rq5_lines(convex_findings, t["convex"]), "convex",
+         [fig("convex_heads", "convex heads accuracy per setting"), tab("convex")]),
     ]
     for rq, lines, main_table, links in parts:
         sections += ["", f"## {rq}. {QUESTIONS[rq]}", "", *lines, "", p[main_table].to_markdown(index=False), "",
@@ -755,7 +757,9 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
         "faithfulness": "RQ3: faithfulness AUCs of each explanation method, value [95% bootstrap CI].",
         "localisation": "RQ3: localisation of each explanation method, value [95% CI].",
         "safety": "RQ4: clean accuracy and mean corrupted accuracy per severity (%) [95% CI], calibration, AURC.",
-        "convex": "RQ5: test accuracy (%) of every head on frozen tokens, mean over seeds [95% t-CI].",
+        "convex": "RQ5: test accuracy (%) of every head on frozen tokens per setting (backbone -> data), mean over seeds "
+                  "[95% t-CI]; the regularization chosen on validation (median over seeds) and how many seeds chose a "
+                  "grid edge.",
         "rq1_ordering": "RQ1: Heo et al.'s ordering above the training resolution, paired differences in accuracy "
                         "points [95% t-CI over seeds]; 'holds' where both adjacent differences are above 0.",
         "rq1_paired": "RQ1: paired differences (accuracy points, mean over seeds [95% t-CI]) at 0.5x, 1.5x, 2x and 4x "
@@ -809,10 +813,13 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
     if not findings_path.is_file():
         raise _missing(findings_path, "rq1-summary")
     findings = findings_path.read_text()
-    readme.write_text(build_readme(tables, products, links, recommendation=recommendation, findings=findings))
+    convex_path = Path(results_dir) / "convex" / "findings.md"
+    if not convex_path.is_file():
+        raise _missing(convex_path, "convex")
+    texts = {"recommendation": recommendation, "findings": findings, "convex_findings": convex_path.read_text()}
+    readme.write_text(build_readme(tables, products, links, **texts))
     written.append(readme)
     if results_readme is not None:
-        Path(results_readme).write_text(build_readme(tables, products, links, link_prefix=f"{paper_folder}/",
-                                                     recommendation=recommendation, findings=findings))
+        Path(results_readme).write_text(build_readme(tables, products, links, link_prefix=f"{paper_folder}/", **texts))
         written.append(Path(results_readme))
     return {"tables": products, "figures": links, "written": written, "readme": readme}

@@ -1,18 +1,21 @@
 """Convex heads: the torch solver reaches cvxpy's optimum, its certificate is honest, and the convex
 linear attention head is the multi-head network its Burer-Monteiro factors build."""
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import cvxpy as cp
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from einops import rearrange
 
-from lib.convex.compare import accuracy, grid_accuracies, ordering_markdown, select_on_validation, summarize
+from lib.convex.compare import (HEADS, accuracy, findings, grid_accuracies, head_specs, paired_comparisons,
+                                select_on_validation, summarize)
 from lib.convex.features import fit_projection, token_features
-from lib.convex.heads import (AttentionNetwork, ConvexAttentionHead, ConvexFNOHead, ConvexMixerHead,
-                              LinearAttentionHead, LinearHead, MLPHead, SoftmaxAttentionNetwork, attention_design,
-                              attention_gates, attention_masks, attention_network_from_convex, fit_path, fit_together)
+from lib.convex.heads import (AttentionNetwork, ConvexAttentionHead, ConvexFNOHead, ConvexHead, ConvexMixerHead,
+                              DesignLogisticHead, LinearAttentionHead, LinearHead, MLPHead, SoftmaxAttentionNetwork, attention_design,
+                              attention_gates, attention_masks, attention_network_from_convex, fit_design_path, fit_path,
+                              fit_together)
 from lib.convex.interpret import patch_labels
 from lib.convex.solver import (beta_max, block_nuclear_norms, block_ranks, certificate, logits, single_threaded, solve,
                                svt)
@@ -191,22 +194,70 @@ def test_patch_labels_follow_the_object_masks():
     assert patch_labels(masks, (2, 2)).tolist() == [[1, 0, 0, 2]]
 
 
-def test_selection_and_ordering_statement_come_from_the_numbers():
+def _selection_runs(grid=(0.8, 0.9), other=(0.7, 0.7), seeds=range(3)):
     import pandas as pd
 
     rows = []
-    for seed in range(3):
-        for head, family, accs in (("convex", "convex", (0.8, 0.9)), ("linear", "baseline", (0.7, 0.7))):
+    for seed in seeds:
+        for head, family, accs in (("convex", "convex", grid), ("linear", "baseline", other)):
             for position, val in enumerate(accs):
-                rows.append({"head": head, "family": family, "seed": seed, "regularizer": "r", "value": 10.0**-position,
-                             "grid_position": position, "val_accuracy": val, "test_accuracy": val - 0.01 * seed,
-                             "fit_seconds": 1.0, "parameters": 10})
-    selected = select_on_validation(pd.DataFrame(rows))
-    assert selected.set_index(["head", "seed"]).loc[("linear", 0), "grid_position"] == 0  # tie -> stronger
-    assert selected.set_index(["head", "seed"]).loc[("convex", 0), "grid_position"] == 1
+                rows.append({"setting": "a -> b", "head": head, "family": family, "seed": seed, "regularizer": "r",
+                             "value": 10.0**-position, "grid_position": position, "val_accuracy": val,
+                             "test_accuracy": val - 0.01 * seed, "fit_seconds": 1.0, "parameters": 10})
+    return pd.DataFrame(rows)
+
+
+def test_selection_marks_grid_edges_and_summary_comes_from_the_numbers():
+    selected = select_on_validation(_selection_runs(grid=(0.8, 0.9, 0.85)))
+    by_key = selected.set_index(["head", "seed"])
+    assert by_key.loc[("linear", 0), "grid_position"] == 0 and by_key.loc[("linear", 0), "at_edge"]  # tie -> stronger
+    assert by_key.loc[("convex", 0), "grid_position"] == 1 and not by_key.loc[("convex", 0), "at_edge"]
     summary = summarize(selected, ["convex", "linear"])
-    assert summary.loc[0, "test_accuracy"] == pytest.approx(0.89)
-    assert "**holds**" in ordering_markdown(summary, ["convex"], ["linear"])
+    assert summary.loc[0, "setting"] == "a -> b" and summary.loc[0, "test_accuracy"] == pytest.approx(0.89)
+    assert summary.loc[0, "at_edge"] == 0 and summary.loc[1, "at_edge"] == 3
+    two = pd.concat([_selection_runs().assign(setting="z -> y"), _selection_runs()], ignore_index=True)
+    assert list(dict.fromkeys(summarize(select_on_validation(two), ["convex", "linear"])["setting"])) == ["z -> y", "a -> b"]
+
+
+def test_paired_comparisons_match_a_hand_computed_t_interval_and_state_only_what_excludes_zero():
+    selected = select_on_validation(_selection_runs(seeds=range(4)))
+    rng = np.random.default_rng(0)
+    noise = {seed: rng.normal(0, 0.02) for seed in range(4)}
+    selected["test_accuracy"] += [noise[s] if h == "convex" else 0.0 for h, s in zip(selected["head"], selected["seed"])]
+    paired = paired_comparisons(selected, [("convex", "linear", "q one"), ("convex", "absent", "q two")])
+    assert len(paired) == 1  # a pair with a head that was not run is left out
+    differences = np.array([0.2 + noise[s] for s in range(4)])  # 0.9 - 0.7 plus the noise, seed by seed
+    half = 3.182446305284263 * differences.std(ddof=1) / 2  # t_{0.975, 3} * sd / sqrt(4)
+    row = paired.iloc[0]
+    assert row["difference"] == pytest.approx(differences.mean())
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((differences.mean() - half, differences.mean() + half))
+    assert row["verdict"] == "convex > linear" and row["seeds"] == 4
+    tied = paired_comparisons(select_on_validation(_selection_runs(grid=(0.7, 0.7))), [("convex", "linear", "q")])
+    summary = summarize(select_on_validation(_selection_runs()), ["convex", "linear"])
+    lines = findings(pd.concat([paired, tied.assign(question="q three")]), summary)
+    assert lines[0] == (f"- Q one: convex − linear = {100 * differences.mean():+.1f} points "
+                        f"[{100 * (differences.mean() - half):+.1f}, {100 * (differences.mean() + half):+.1f}] in "
+                        f"`a -> b`: **convex > linear**.")
+    assert lines[1].endswith("= +0.0 points [+0.0, +0.0] in `a -> b`: **no difference detected**.")
+    assert "Chosen at a grid edge" in lines[-1] and "linear (a -> b, 3 of 3 seeds)" in lines[-1]
+
+
+def test_head_specs_give_every_head_the_same_number_of_configurations():
+    from lib.config import ConvexParams
+
+    config = ConvexParams(settings=["shapes-light-rope_mixed->shapes"], grid_size=4)
+    specs = head_specs(config, (3, 3))
+    assert [spec.name for spec in specs] == list(HEADS)
+    assert {len(spec.grid) for spec in specs} == {4}
+    for spec in specs:
+        assert spec.grid == tuple(sorted(spec.grid, reverse=True))  # strongest first
+        assert spec.regularizer == ("beta / beta_max" if spec.family == "convex" or "Adam)" in spec.name
+                                    and "linear attention" in spec.name else "weight decay")
+    chosen = head_specs(config.model_copy(update={"heads": ["convex mixer", "MLP, pooled tokens"]}), (3, 3))
+    assert [spec.name for spec in chosen] == ["convex mixer", "MLP, pooled tokens"]
+    tokens, labels = random_tokens(40, 9, 3, 3)
+    flat = next(spec for spec in specs if spec.name == "linear, flattened tokens").fit_grid(tokens, labels, 0)
+    assert len(flat) == 4 and flat[0].module_.pool == "flatten"
 
 
 def test_working_set_and_block_scaling_keep_the_full_programs_optimum_and_certificate():
@@ -275,3 +326,113 @@ def test_single_threaded_restores_the_thread_count():
     with single_threaded():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+@dataclass(eq=False)
+class RowDesignHead(ConvexHead):
+    """A convex head whose only block is one row (p = 1): its nuclear norm is the Euclidean norm of the block."""
+
+    def sample_gates(self, tokens, generator):
+        return torch.zeros(0)
+
+    def design(self, tokens):
+        return rearrange(tokens, "n s d -> n 1 1 (s d)")
+
+
+def test_design_logistic_head_is_the_convex_head_where_the_nuclear_norm_is_euclidean():
+    # one row block: min L + beta ||z|| and min L + (lam / 2) ||z||^2 have the same minimizer at lam = beta / ||z*||
+    tokens, labels = random_tokens(80, 4, 3, 3, seed=5)
+    convex = RowDesignHead(beta_ratio=0.05, **TIGHT).fit(tokens, labels)
+    weight_decay = convex.beta_ / convex.Z_.norm().item()
+    ridge = DesignLogisticHead(weight_decay=weight_decay, template=RowDesignHead(), tol=1e-12).fit(tokens, labels)
+    torch.testing.assert_close(ridge.weights_, rearrange(convex.Z_, "1 1 q c -> q c"), atol=2e-5, rtol=1e-3)
+    assert (ridge.predict(tokens) == convex.predict(tokens)).all()
+    # a different penalty strength gives a different model: the comparison can fail
+    other = DesignLogisticHead(weight_decay=10 * weight_decay, template=RowDesignHead()).fit(tokens, labels)
+    assert (other.weights_ - ridge.weights_).abs().max() > 1e-2
+
+
+def test_design_logistic_head_sees_the_convex_attention_heads_features():
+    tokens, labels = random_tokens(60, 5, 3, 3)
+    head = DesignLogisticHead(weight_decay=1e-2).fit(tokens, labels)
+    features = attention_design(tokens, torch.zeros(1, 3, 3, dtype=torch.float64))
+    assert head.weights_.shape == (features[0].numel(), 3)
+    torch.testing.assert_close(head.decision_function(tokens), rearrange(features, "n j p q -> n (j p q)") @ head.weights_)
+    path = fit_design_path(DesignLogisticHead(), tokens, labels, [1e-1, 1e-2])
+    assert [h.weight_decay for h in path] == [1e-1, 1e-2]
+    torch.testing.assert_close(path[1].weights_, head.weights_)
+    assert path[0].weights_.norm() < path[1].weights_.norm()  # stronger penalty, smaller weights
+
+
+def test_flattened_heads_see_token_positions_and_pooled_heads_do_not():
+    tokens, _ = random_tokens(4, 5, 3, 3)
+    shuffled = tokens[:, torch.randperm(5, generator=torch.Generator().manual_seed(0))]
+    for head in (LinearHead(steps=1), MLPHead(steps=1, hidden=8)):
+        pooled = head.build(3, 5, 2).double()
+        assert torch.allclose(pooled(tokens), pooled(shuffled))
+        flat = replace(head, pool="flatten").build(3, 5, 2).double()
+        assert not torch.allclose(flat(tokens), flat(shuffled))
+    with pytest.raises(ValueError, match="pool"):
+        LinearHead(pool="max").build(3, 5, 2)
+
+
+def test_gated_share_is_the_penalty_share_of_the_sampled_gates():
+    tokens, labels = random_tokens(60, 4, 3, 3)
+    head = ConvexAttentionHead(beta_ratio=0.05, gates=2, **TIGHT).fit(tokens, labels)
+    norms = block_nuclear_norms(head.Z_)
+    assert head.gated_share() == pytest.approx((norms[1:].sum() / norms.sum()).item())
+    assert np.isnan(ConvexAttentionHead(beta_ratio=0.05, gates=0).fit(tokens, labels).gated_share())
+    fno = ConvexFNOHead(beta_ratio=0.05, gates=2, grid_hw=(2, 2), max_mode=1, **TIGHT).fit(tokens, labels)
+    modes = fno.ungated_blocks()
+    assert modes == 4 and fno.Z_.shape[0] == 3 * modes  # 4 modes of a 2x2 grid; (gate, mode) blocks, gate 0's first
+    norms = block_nuclear_norms(fno.Z_)
+    assert fno.gated_share() == pytest.approx((norms[modes:].sum() / norms.sum()).item())
+
+
+def test_leaked_images_finds_a_planted_copy_at_any_resolution_and_colour():
+    from lib.convex.features import leaked_images, match_channels
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(20, 3, 8, 8, generator=g)
+    test = torch.rand(6, 3, 8, 8, generator=g)
+    assert leaked_images(train, test) == 0
+    test[2] = train[5]
+    assert leaked_images(train, test) == 1
+    # the same picture stored at twice the size and in grey still counts: compared at the smaller size, backbone colour
+    big_grey = torch.nn.functional.interpolate(train[5:6].mean(1, keepdim=True), scale_factor=2, mode="nearest")
+    assert leaked_images(match_channels(train, 1), torch.cat([torch.rand(2, 1, 16, 16, generator=g), big_grey])) == 1
+    assert match_channels(train[:1, :1], 3).shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match="2-channel"):
+        match_channels(torch.rand(1, 2, 4, 4), 3)
+
+
+def test_token_features_feed_grey_images_to_a_colour_backbone():
+    model = VisionTransformer(img_size=8, patch_size=4, in_chans=3, num_classes=3, embed_dim=16, depth=1, num_heads=2,
+                              pos_embed="rope_mixed")
+    grey = torch.rand(2, 1, 8, 8)
+    tokens, grid = token_features(model, grey)
+    torch.testing.assert_close(tokens, token_features(model, grey.expand(-1, 3, -1, -1))[0])
+    assert grid == (2, 2)
+
+
+def test_planted_clusters_are_recovered_with_nmi_one_and_random_groups_are_not():
+    from lib.convex.interpret import cluster_tokens, clustering_agreement, grouping_agreement
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.stack([torch.arange(12)[torch.randperm(12, generator=g)] % 3 for _ in range(5)])  # 4 tokens per group
+    centres = 10 * torch.eye(3, 4, dtype=torch.float64)
+    tokens = centres[labels] + 0.1 * torch.randn(5, 12, 4, generator=g, dtype=torch.float64)
+    assert clustering_agreement(cluster_tokens(tokens, 3), labels.numpy()) == pytest.approx(1.0)
+    network = AttentionNetwork(torch.randn(2, 4, 4, dtype=torch.float64), torch.randn(2, 4, 2, dtype=torch.float64))
+    agreement = grouping_agreement(network, tokens, labels.numpy(), 3)
+    assert agreement["raw tokens"] == pytest.approx(1.0) and agreement["random groups"] < 0.6
+
+
+def test_rank_trend_counts_paths_whose_rank_never_grows_with_beta():
+    from lib.convex.interpret import rank_trend
+
+    rows = [{"setting": "s", "head": "h", "family": "convex", "seed": seed, "value": value, "rank": rank}
+            for seed, ranks in ((0, (5, 3, 1)), (1, (4, 5, 1))) for value, rank in zip((1e-3, 1e-2, 1e-1), ranks)]
+    trend = rank_trend(pd.DataFrame(rows)).iloc[0]
+    assert (trend["seeds"], trend["non_increasing"]) == (2, 1)
+    assert (trend["rank_weakest_beta"], trend["rank_strongest_beta"]) == (4.5, 1.0)

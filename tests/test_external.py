@@ -96,7 +96,8 @@ def paper_params(data_root: Path, **changes) -> dict:
     params["datasets"]["cifar100"].update(eval_resolutions=[16, 32], train={})
     params["datasets"]["imagenet"].update(train_resolution=32, eval_resolutions=[32, 48], train={})
     params["variants"]["moh"]["attention_kwargs"]["top_k"] = 1
-    params["convex"].update(layer=2, **smoke["profiles"]["smoke"]["convex"])
+    params["convex"].update(layer=2, **{k: v for k, v in smoke["profiles"]["smoke"]["convex"].items()
+                                        if k != "settings"})  # the paper's settings: its own rq1 cells
     for key, value in changes.items():
         params[key] = value
     return params

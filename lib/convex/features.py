@@ -11,16 +11,24 @@ training split only and then applied unchanged to validation and test. An option
 (the last one, equal to 1) lets every head express lower-order terms (a bias, linear terms) through
 the same weights, since a head's outputs are polynomials in the token entries.
 
+The backbones are RQ1's trained seeds (`load_backbone`: seed k of an rq1 cell), so the heads' seeds are
+training seeds of the features too. A backbone may be fed another data set than its own (transfer, the
+paper's setting): grey images are repeated to colour or colour averaged to grey (`match_channels`), and
+`leaked_images` checks that none of the heads' test images is in the backbone's training split.
+
 References: Sahiner et al. 2022, "Unraveling Attention via Convex Duality" (arXiv 2205.08078).
 """
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
-from lib.checkpoint import load_checkpoint, save_atomic
+from lib.config import Params
+from lib.data import DATASETS, load_split
+from lib.evaluate import load_trained_model
+from lib.extrapolation.study import cell_params
 from lib.models import VisionTransformer
 from lib.study import normalize
 
@@ -41,6 +49,7 @@ def token_features(
     if not 0 <= layer <= depth:
         raise ValueError(f"layer must lie in [0, {depth}] for a model of depth {depth}, got {layer}")
     model.eval()
+    images = match_channels(images, model.patch_embed.proj.in_channels)  # transfer between grey and colour sets
     chunks, grid_hw = [], None
     for batch in images.split(batch_size):
         x, grid_hw = model.embed(normalize(batch))
@@ -102,11 +111,50 @@ def project_splits(
     return {split: projection(x.double()) for split, x in tokens.items()}, projection
 
 
-def cached(path: Path | None, compute: Callable[[], dict]) -> dict:
-    """compute() once and keep its dict of tensors at `path` (None: no cache); name `path` by content."""
-    if path is not None and Path(path).is_file():
-        return load_checkpoint(path)
-    result = compute()
-    if path is not None:
-        save_atomic(result, Path(path))
-    return result
+def backbone_weights(weights_root: Path, cell: str, seed: int) -> Path:
+    """Where RQ1's matrix stage `rq1` keeps seed `seed` of `cell`: <weights_root>/<cell>/seed<seed>.pt."""
+    path = Path(weights_root) / cell / f"seed{seed}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no weights for seed {seed} of rq1 cell {cell} (run `dvc repro rq1`)")
+    return path
+
+
+def load_backbone(params: Params, cell: str, seed: int, weights_root: Path = Path("results/rq1/weights")) -> VisionTransformer:
+    """Seed `seed` of the RQ1 cell `cell`, rebuilt with the cell's architecture and frozen (eval mode)."""
+    dataset, _, variant, _ = params.rq1.parse(cell)
+    return load_trained_model(cell_params(params, cell, seed), dataset, variant, backbone_weights(weights_root, cell, seed))
+
+
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Images (n, C, H, W) for a backbone with `channels` input channels: grey -> RGB by repetition, RGB -> grey
+    by the channel mean (transfer between data sets of different colour)."""
+    if images.shape[1] == channels:
+        return images
+    if images.shape[1] == 1:
+        return images.expand(-1, channels, -1, -1)
+    if channels == 1:
+        return images.mean(1, keepdim=True)
+    raise ValueError(f"cannot feed {images.shape[1]}-channel images to a {channels}-channel backbone")
+
+
+def backbone_leaks(params: Params, backbone_dataset: str, head_test: torch.Tensor, resolution: int) -> float:
+    """`leaked_images` of the heads' test images against the backbone data set's training split (nan: not checked,
+    for a user's image folder, whose training split is too large to hold in memory)."""
+    if backbone_dataset not in DATASETS:
+        return float("nan")
+    train = load_split(Path(params.data_root), backbone_dataset, "train", resolution)
+    return float(leaked_images(train.images, head_test))
+
+
+def leaked_images(backbone_train: torch.Tensor, head_images: torch.Tensor) -> int:
+    """How many of `head_images` occur among the backbone's training images, compared as 8-bit pictures at the
+    smaller of the two resolutions and the backbone's channels (0: the heads are tested on unseen images)."""
+    size = min(backbone_train.shape[-1], head_images.shape[-1])
+
+    def keys(images: torch.Tensor) -> list[bytes]:
+        images = F.interpolate(images.float(), size=(size, size), mode="area") if images.shape[-1] != size else images
+        pixels = (match_channels(images, backbone_train.shape[1]).clamp(0, 1) * 255).round().to(torch.uint8)
+        return [image.numpy().tobytes() for image in pixels]
+
+    seen = set(keys(backbone_train))
+    return sum(key in seen for key in keys(head_images))

@@ -84,3 +84,32 @@ def plot_templates(templates: torch.Tensor, sigma: torch.Tensor) -> plt.Figure:
         ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+def plot_paired_differences(paired: pd.DataFrame) -> plt.Figure:
+    """Forest plot: one row per comparison (first − second), one colour and marker per setting, the paired mean
+    difference in test accuracy over seeds with its 95% t-interval; the dashed line is no difference."""
+    comparisons = list(dict.fromkeys(zip(paired["first"], paired["second"])))
+    settings = list(dict.fromkeys(paired["setting"]))
+    colours, markers = palette_for(settings), ["o", "s", "^", "D", "v", "P"]
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(comparisons) + 1.2))
+    step = 0.7 / max(len(settings), 1)
+    for k, setting in enumerate(settings):
+        part = paired[paired["setting"] == setting].set_index(["first", "second"])
+        for row, pair in enumerate(comparisons):
+            if pair not in part.index:
+                continue
+            item = part.loc[pair]
+            y = len(comparisons) - 1 - row + (k - (len(settings) - 1) / 2) * step
+            ax.errorbar(100 * item["difference"], y, xerr=[[100 * (item["difference"] - item["ci_low"])],
+                                                         [100 * (item["ci_high"] - item["difference"])]],
+                        fmt=markers[k % len(markers)], color=colours[setting], ms=5, capsize=2,
+                        label=setting if row == 0 or pair == comparisons[0] else None)
+    ax.axvline(0, color="0.4", ls="--", lw=1)
+    ax.set_yticks(range(len(comparisons))[::-1], [f"{a} − {b}" for a, b in comparisons], fontsize=8)
+    ax.set(xlabel="test accuracy difference (points), paired over seeds [95% t-CI]")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), frameon=False, fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig

@@ -51,9 +51,14 @@ Their derivations, in short (s tokens, d features, c classes, m hidden units / h
     Note: without gates GAP keeps only the DC mode (m_{0,w} = 0 for w != 0): the linear FNO head
     collapses to a low-rank linear head on pooled tokens; the gates are what make the modes matter.
 
-Baselines (non-convex or pooled, trained with Adam on the same objective form, loss + L2 penalty):
-logistic regression and an MLP on mean-pooled tokens, m-head linear attention (the primal of (a),
-same beta), and a standard m-head softmax attention block + GAP + linear classifier.
+Baselines, on the same objective form (loss + L2 penalty):
+- the same features: logistic regression on a convex head's design Phi(X) with an L2 penalty in place of
+  the nuclear norms (`DesignLogisticHead`; for (a), the cubic Gram features), and logistic regression / an
+  MLP on flattened tokens (the features of the mixer's ungated block: every token where it is);
+- fewer features: logistic regression and an MLP on mean-pooled tokens (first order, no position);
+- the same network, non-convex: m-head linear attention (the primal of (a), same beta) trained by Adam, and
+  a standard m-head softmax attention block + GAP + linear classifier.
+The networks are trained by full-batch Adam, the logistic regressions on designs by L-BFGS.
 
 References: Sahiner, Ergen, Ozturkler, Pauly, Mardani & Pilanci 2022, "Unraveling Attention via Convex
 Duality: Analysis and Interpretations of Vision Transformers" (ICML, arXiv 2205.08078); Pilanci &
@@ -63,13 +68,13 @@ Network Problems are Copositive Programs"; Tolstikhin et al. 2021, "MLP-Mixer"; 
 """
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from einops import rearrange
 from torch import nn
 
-from lib.convex.solver import Solution, beta_max, block_ranks, logits, single_threaded, solve
+from lib.convex.solver import Solution, beta_max, block_nuclear_norms, block_ranks, logits, single_threaded, solve
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,6 +230,19 @@ class ConvexHead:
         _, p, q, c = self.Z_.shape
         return int(self.ranks(rtol).sum()) * (p + q * c)
 
+    def ungated_blocks(self) -> int:
+        """How many leading blocks of Z belong to the all-open pattern (gate 0, h_0 = 0)."""
+        return 1
+
+    def gated_share(self) -> float:
+        """Share of the penalty sum_j ||Z_j||_* carried by the sampled gate patterns (0: the gates are unused and
+        the head is its ungated version; nan without gates or for Z = 0)."""
+        norms = block_nuclear_norms(self.Z_)
+        total = norms.sum().item()
+        if self.gates == 0 or total == 0:
+            return math.nan
+        return norms[self.ungated_blocks():].sum().item() / total
+
 
 @dataclass(eq=False)
 class ConvexAttentionHead(ConvexHead):
@@ -260,6 +278,9 @@ class ConvexFNOHead(ConvexHead):
     def sample_gates(self, tokens, generator):
         return fno_gates(tokens.shape[-1], self.gates, generator)
 
+    def ungated_blocks(self):
+        return len(fourier_modes(self.grid_hw, self.max_mode)) if self.mode_blocks else 1
+
     def design(self, tokens):
         if tokens.shape[1] != self.grid_hw[0] * self.grid_hw[1]:
             raise ValueError(f"{tokens.shape[1]} tokens do not form the {self.grid_hw} grid (patch tokens only)")
@@ -284,6 +305,79 @@ def fit_path(head: ConvexHead, tokens: torch.Tensor, labels: torch.Tensor,
         fitted[ratio] = member.fit_design(features, labels, init, lipschitz)
         init, lipschitz = member.Z_, member.solution_.lipschitz
     return [fitted[ratio] for ratio in beta_ratios]
+
+
+@dataclass(eq=False)
+class DesignLogisticHead:
+    """Logistic regression on a convex head's own features Phi(X), with an L2 penalty instead of its nuclear norms:
+
+        min_W  L(Phi W) + (weight_decay / 2) ||W||_F^2      vs the convex head's   L(Phi Z) + beta sum_j ||Z_j||_*.
+
+    The baseline that sees exactly what the convex head sees (for linear attention: the cubic token products
+    G[k, l] xbar[a]), so a gap between the two measures the nuclear norm (low rank), not the features. Where a
+    block is a single row (p = 1) its nuclear norm is its Euclidean norm and the two programs share their
+    solution at weight_decay = beta / ||Z*||_F (the same stationarity condition). Solved by scikit-learn's
+    L-BFGS (C = 1 / (n weight_decay)), no intercept (the features' constant channel carries it).
+
+    template: the convex head whose design (and gates, drawn with `seed`) is used.
+    """
+
+    weight_decay: float = 1e-3
+    template: ConvexHead = field(default_factory=ConvexAttentionHead)
+    seed: int = 0
+    max_iter: int = 2000
+    tol: float = 1e-6  # L-BFGS: objectives agree with tol=1e-8 to 6 digits at 60% of the time
+
+    def design(self, tokens: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.template.design(tokens.double()), "n j p q -> n (j p q)")
+
+    def fit(self, tokens: torch.Tensor, labels: torch.Tensor) -> "DesignLogisticHead":
+        self.template = replace(self.template, seed=self.seed)
+        self.template.gates_ = self.template.sample_gates(tokens.double(), torch.Generator().manual_seed(self.seed))
+        return self.fit_design(self.design(tokens), labels)
+
+    def fit_design(self, features: torch.Tensor, labels: torch.Tensor) -> "DesignLogisticHead":
+        from sklearn.linear_model import LogisticRegression
+        start = time.perf_counter()
+        n = len(labels)
+        model = LogisticRegression(C=1 / (n * self.weight_decay), fit_intercept=False, max_iter=self.max_iter,
+                                   tol=self.tol)
+        with single_threaded():
+            model.fit(features.numpy(), labels.numpy())
+        self.model_ = model
+        self.iterations_ = int(model.n_iter_.max())
+        self.converged_ = self.iterations_ < self.max_iter
+        self.weights_ = torch.from_numpy(model.coef_).T  # (F, classes seen in training)
+        self.classes_ = torch.from_numpy(model.classes_)  # column k scores class classes_[k]
+        outputs = features @ self.weights_
+        penalty = 0.5 * self.weight_decay * self.weights_.square().sum()
+        targets = torch.searchsorted(self.classes_, labels)
+        self.objective_ = (nn.functional.cross_entropy(outputs, targets) + penalty).item()
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def decision_function(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits of the classes seen in training (`classes_`), shape (n, len(classes_))."""
+        return self.design(tokens) @ self.weights_
+
+    def predict(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.classes_[self.decision_function(tokens).argmax(-1)]
+
+    def num_parameters(self) -> int:
+        return self.weights_.numel()
+
+
+def fit_design_path(head: DesignLogisticHead, tokens: torch.Tensor, labels: torch.Tensor,
+                    weight_decays: list[float]) -> list[DesignLogisticHead]:
+    """One fitted copy of `head` per weight decay (in the given order), the design built once."""
+    template = replace(head.template, seed=head.seed)
+    template.gates_ = template.sample_gates(tokens.double(), torch.Generator().manual_seed(head.seed))
+    features = rearrange(template.design(tokens.double()), "n j p q -> n (j p q)")
+    fitted = []
+    for decay in weight_decays:
+        member = replace(head, weight_decay=decay, template=template)
+        fitted.append(member.fit_design(features, labels))
+    return fitted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,16 +462,28 @@ class SoftmaxAttentionNetwork(nn.Module):
         return self.classifier(rearrange(pooled, "n m e -> n (m e)"))
 
 
-class PooledNetwork(nn.Module):
-    """A classifier on mean-pooled tokens: a linear layer, or an MLP with one hidden ReLU layer."""
+POOLINGS = ("mean", "flatten")
 
-    def __init__(self, dim: int, num_classes: int, hidden: int = 0):
+
+class PooledNetwork(nn.Module):
+    """A classifier on pooled tokens: a linear layer, or an MLP with one hidden ReLU layer.
+
+    pool: "mean" (first-order, position-blind features) or "flatten" (every token in place: the features of
+    the convex mixer's ungated block, which sees where each token is).
+    """
+
+    def __init__(self, dim: int, num_classes: int, hidden: int = 0, pool: str = "mean", num_tokens: int = 1):
         super().__init__()
-        self.net = (nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
-                    if hidden else nn.Linear(dim, num_classes))
+        if pool not in POOLINGS:
+            raise ValueError(f"pool must be one of {POOLINGS}, got {pool!r}")
+        self.pool = pool
+        width = dim * num_tokens if pool == "flatten" else dim
+        self.net = (nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+                    if hidden else nn.Linear(width, num_classes))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.net(tokens.mean(1))
+        pooled = rearrange(tokens, "n s d -> n (s d)") if self.pool == "flatten" else tokens.mean(1)
+        return self.net(pooled)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,20 +575,23 @@ def fit_together(heads: list[TorchHead], tokens: torch.Tensor, labels: torch.Ten
 
 @dataclass(eq=False)
 class LinearHead(TorchHead):
-    """Multinomial logistic regression on mean-pooled tokens."""
+    """Multinomial logistic regression on mean-pooled (pool="mean") or flattened (pool="flatten") tokens."""
+
+    pool: str = "mean"
 
     def build(self, dim, num_tokens, num_classes):
-        return PooledNetwork(dim, num_classes)
+        return PooledNetwork(dim, num_classes, pool=self.pool, num_tokens=num_tokens)
 
 
 @dataclass(eq=False)
 class MLPHead(TorchHead):
-    """Two-layer ReLU MLP on mean-pooled tokens."""
+    """Two-layer ReLU MLP on mean-pooled (pool="mean") or flattened (pool="flatten") tokens."""
 
     hidden: int = 64
+    pool: str = "mean"
 
     def build(self, dim, num_tokens, num_classes):
-        return PooledNetwork(dim, num_classes, self.hidden)
+        return PooledNetwork(dim, num_classes, self.hidden, self.pool, num_tokens)
 
 
 @dataclass(eq=False)

@@ -16,6 +16,7 @@ References: Sahiner et al. 2022, "Unraveling Attention via Convex Duality" (arXi
 interpretation (self-attention clusters tokens by latent similarity).
 """
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -60,3 +61,32 @@ def mixer_templates(head: ConvexMixerHead, grid_hw: tuple[int, int], count: int)
     order = sigma.flatten().argsort(descending=True)[:count]
     templates = rearrange(U, "g b r -> (g r) b")[order]
     return rearrange(templates, "m (h w) -> m h w", h=grid_hw[0], w=grid_hw[1]), sigma.flatten()[order]
+
+
+def grouping_agreement(network: AttentionNetwork, tokens: torch.Tensor, objects: np.ndarray, num_clusters: int,
+                       seed: int = 0) -> dict[str, float]:
+    """NMI with the object patch labels of three groupings of each image's tokens: k-means on the raw tokens, on
+    the columns of the head's three strongest kernels (the paper's prediction: these follow the objects better),
+    and uniformly random groups (the chance level)."""
+    random_groups = np.random.default_rng(seed).integers(num_clusters, size=objects.shape)
+    return {
+        "raw tokens": clustering_agreement(cluster_tokens(tokens, num_clusters, seed), objects),
+        "convex attention kernels": clustering_agreement(
+            cluster_tokens(kernel_embedding(network, tokens, 3), num_clusters, seed), objects),
+        "random groups": clustering_agreement(random_groups, objects),
+    }
+
+
+def rank_trend(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (setting, convex head): the mean total rank of Z at the strongest and the weakest beta of the grid, and
+    in how many seeds the rank never grows as beta grows (the nuclear norm's prediction: stronger beta, lower rank)."""
+    rows = []
+    convex = runs[runs["family"] == "convex"]
+    for (setting, head), part in convex.groupby(["setting", "head"], sort=False):
+        paths = [rows_.sort_values("value")["rank"].to_numpy() for _, rows_ in part.groupby("seed")]
+        by_value = part.groupby("value")["rank"].mean()
+        rows.append({"setting": setting, "head": head, "seeds": len(paths),
+                     "non_increasing": sum(bool(np.all(np.diff(path) <= 0)) for path in paths),
+                     "rank_weakest_beta": by_value.iloc[0], "rank_strongest_beta": by_value.iloc[-1],
+                     "weakest_beta": by_value.index[0], "strongest_beta": by_value.index[-1]})
+    return pd.DataFrame(rows)
