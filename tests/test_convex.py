@@ -9,6 +9,7 @@ import pytest
 import torch
 from einops import rearrange
 
+from lib.convex.benchmark import cvxpy_solve
 from lib.convex.compare import (HEADS, accuracy, findings, grid_accuracies, head_specs, paired_comparisons,
                                 select_on_validation, summarize)
 from lib.convex.features import fit_projection, token_features
@@ -35,23 +36,6 @@ def random_tokens(n: int, s: int, d: int, c: int, seed: int = 0) -> tuple[torch.
     return tokens, labels
 
 
-def cvxpy_optimum(features: torch.Tensor, targets: torch.Tensor, num_classes: int, beta: float, loss: str) -> float:
-    """The same program in cvxpy: one (p, q c) variable per block, nuclear norms, CE via log_sum_exp."""
-    n, J, p, q = features.shape
-    c = num_classes
-    phi = features.numpy()
-    blocks = [cp.Variable((p, q * c)) for _ in range(J)]
-    outputs = sum(phi[:, j, :, k] @ blocks[j][:, k * c:(k + 1) * c] for j in range(J) for k in range(q))
-    onehot = np.eye(c)[targets.numpy()]
-    if loss == "softmax":
-        data = (cp.sum(cp.log_sum_exp(outputs, axis=1)) - cp.sum(cp.multiply(onehot, outputs))) / n
-    else:
-        data = cp.sum_squares(outputs - onehot) / (2 * n)
-    problem = cp.Problem(cp.Minimize(data + beta * sum(cp.normNuc(b) for b in blocks)))
-    problem.solve(solver=cp.CLARABEL)
-    return problem.value
-
-
 def small_heads():
     return {
         "linear attention": (ConvexAttentionHead(gates=0), 4),
@@ -70,7 +54,7 @@ def test_solver_reaches_the_cvxpy_optimum(name, loss):
     head.gates_ = head.sample_gates(tokens, torch.Generator().manual_seed(0))
     features = head.design(tokens)
     fitted = head.fit_design(features, labels)
-    reference = cvxpy_optimum(features, labels, 3, fitted.beta_, loss)
+    reference, _ = cvxpy_solve(features, labels, 3, fitted.beta_, loss)
     assert fitted.solution_.converged
     assert abs(fitted.objective_ - reference) <= 1e-4 * abs(reference)
 
@@ -436,3 +420,18 @@ def test_rank_trend_counts_paths_whose_rank_never_grows_with_beta():
     trend = rank_trend(pd.DataFrame(rows)).iloc[0]
     assert (trend["seeds"], trend["non_increasing"]) == (2, 1)
     assert (trend["rank_weakest_beta"], trend["rank_strongest_beta"]) == (4.5, 1.0)
+
+
+def test_excess_at_choice_reads_the_objectives_at_the_primal_heads_validation_choice():
+    from lib.convex.compare import excess_at_choice
+
+    rows = [{"setting": "s", "seed": seed, "head": head, "value": value, "objective": objective,
+             "val_accuracy": val, "grid_position": position, "family": "f", "fit_seconds": 1.0}
+            for seed in (0, 1)
+            for head, objectives, vals in (("convex linear attention", (1.0, 0.5), (0.9, 0.9)),
+                                           ("linear attention (Adam)", (1.1, 1.0), (0.8, 0.9 - 0.2 * seed)))
+            for position, (value, objective, val) in enumerate(zip((0.1, 0.01), objectives, vals))]
+    runs = pd.DataFrame(rows)
+    excess = excess_at_choice(runs, select_on_validation(runs))
+    assert excess.loc[("s", 0)] == pytest.approx(1.0 / 0.5 - 1)  # seed 0 chose 0.01: Adam 1.0 vs optimum 0.5
+    assert excess.loc[("s", 1)] == pytest.approx(1.1 / 1.0 - 1)  # seed 1 chose 0.1

@@ -34,14 +34,16 @@ class HeadSpec:
     """A head to compare: `make(value, seed)` builds it unfitted for one value of its grid."""
 
     name: str
-    family: str  # "convex" or "baseline"
+    family: str  # what it is by features and fit (the values of HEADS), e.g. "convex" or "same features, L2"
     regularizer: str  # the grid's meaning, e.g. "beta / beta_max" or "weight decay"
     grid: tuple[float, ...]  # strongest regularization first
     make: Callable[[float, int], ConvexHead | DesignLogisticHead | TorchHead]
 
-    def fit_grid(self, tokens: torch.Tensor, labels: torch.Tensor, seed: int) -> list[ConvexHead | TorchHead]:
-        """Convex heads: one path, warm-started from strong to weak beta, one design; Adam-trained heads:
-        one joint training run of the whole grid (each member as if trained alone)."""
+    def fit_grid(self, tokens: torch.Tensor, labels: torch.Tensor,
+                 seed: int) -> list[ConvexHead | DesignLogisticHead | TorchHead]:
+        """Convex heads: one path, warm-started from strong to weak beta, one design; logistic regressions on a
+        design: one design, a fit per value; Adam-trained heads: one joint training run of the whole grid (each
+        member as if trained alone)."""
         first = self.make(self.grid[0], seed)
         if isinstance(first, ConvexHead):
             return fit_path(first, tokens, labels, list(self.grid))
@@ -264,3 +266,15 @@ def findings(paired: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     else:
         lines.append("- No head's validation choice sits at an edge of its grid, in any setting or seed.")
     return lines
+
+
+def excess_at_choice(runs: pd.DataFrame, selected: pd.DataFrame, convex: str = "convex linear attention",
+                     primal: str = "linear attention (Adam)") -> pd.Series:
+    """Per (setting, seed): (primal objective / convex optimum) - 1 at the beta the primal head chose on
+    validation, i.e. how far the non-convex training stopped from the certified optimum of the very program it
+    minimizes, where its accuracy is read (>= 0 up to the certificate's tolerance)."""
+    objective = runs.pivot_table(index=["setting", "seed", "value"], columns="head", values="objective")
+    chosen = selected[selected["head"] == primal].set_index(["setting", "seed"])["value"]
+    at = [(setting, seed, value) for (setting, seed), value in chosen.items()]
+    excess = objective.loc[at, primal] / objective.loc[at, convex] - 1
+    return excess.droplevel("value")

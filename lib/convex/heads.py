@@ -338,11 +338,12 @@ class DesignLogisticHead:
 
     def fit_design(self, features: torch.Tensor, labels: torch.Tensor) -> "DesignLogisticHead":
         from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
         start = time.perf_counter()
         n = len(labels)
         model = LogisticRegression(C=1 / (n * self.weight_decay), fit_intercept=False, max_iter=self.max_iter,
                                    tol=self.tol)
-        with single_threaded():
+        with single_threaded(), threadpool_limits(1):  # one BLAS thread too: floats independent of the machine
             model.fit(features.numpy(), labels.numpy())
         self.model_ = model
         self.iterations_ = int(model.n_iter_.max())
