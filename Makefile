@@ -21,8 +21,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))" >/dev/null
 	touch $(STAMP)
 
-# `make profile PROFILE=paper` (or `make repro PROFILE=paper`): write a profile of params.yaml into its keys;
-# without PROFILE, the profile that `profile:` names (a hand-edited `profile:` is applied here).
+# `make profile PROFILE=paper` (or `make repro PROFILE=paper`): write profiles/paper.yaml's values into params.yaml;
+# PROFILE=default puts the committed values back; without PROFILE, the profile that `profile:` names.
 profile: setup
 	$(BIN)/python -m lib.profiles $(PROFILE)
 

@@ -36,6 +36,16 @@ def _strictly_increasing(value: list) -> list:
 Increasing = AfterValidator(_strictly_increasing)  # for lists of resolutions, grids, severities
 
 
+def _at_least_two(value: list) -> list:
+    if len(value) < 2:
+        raise ValueError(f"{value} gives no confidence interval over seeds; list at least 2")
+    return value
+
+
+# training seeds that a result's confidence interval is computed over (RQ1 cells, RQ5 backbones)
+SeedsForInterval = Annotated[list[Annotated[int, Field(ge=0)]], Increasing, AfterValidator(_at_least_two)]
+
+
 class Strict(BaseModel):
     """Unknown keys and silent type coercion (e.g. "10" for 10) are errors."""
 
@@ -262,7 +272,7 @@ class ConvexParams(Strict):
     """Convex heads on frozen tokens of RQ1's trained seeds (notebooks/convex.py, DVC stage `convex`)."""
 
     settings: Annotated[list[str], Field(min_length=1)]  # '<backbone rq1 cell>-><dataset>'
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Increasing] = [0, 1, 2, 3, 4]
+    seeds: SeedsForInterval = [0, 1, 2, 3, 4]
     heads: list[str] | None = None    # the heads compared (lib.convex.compare.HEADS); null: all of them
     layer: Annotated[int, Field(ge=0)] = 2
     dim: PositiveInt = 8              # projected token dimension d
@@ -281,13 +291,6 @@ class ConvexParams(Strict):
     steps: PositiveInt = 150
     num_clusters: PositiveInt = 3
     cluster_images: PositiveInt = 50  # token groups vs object masks on the first N test images
-
-    @field_validator("seeds")
-    @classmethod
-    def _enough_seeds(cls, value: list[int]) -> list[int]:
-        if len(value) < 2:
-            raise ValueError(f"{value} gives no confidence interval over seeds; list at least 2")
-        return value
 
     @field_validator("settings")
     @classmethod
@@ -316,7 +319,7 @@ class Rq1Params(Strict):
 
     cells: Annotated[list[str], Field(min_length=1)]     # <dataset>-<augmentation>-<variant>
     augmentations: dict[str, AugmentParams]               # the training augmentations cells name
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1), Increasing] = [0, 1, 2, 3, 4]
+    seeds: SeedsForInterval = [0, 1, 2, 3, 4]
     scales: Annotated[list[Annotated[float, Field(gt=0, le=16)]], Field(min_length=1), Increasing] = [0.5, 1.0, 2.0]
     protocols: Annotated[list[str], Field(min_length=1)] = ["zoom"]
     rescalings: list[str] = []             # test-time rules on the weights of every RoPE-Mixed cell
@@ -340,8 +343,6 @@ class Rq1Params(Strict):
     def _comparable(self):
         if 1.0 not in self.scales:
             raise ValueError(f"scales: {self.scales} must include 1.0 (the training resolution, every comparison's anchor)")
-        if len(self.seeds) < 2:
-            raise ValueError(f"seeds: {self.seeds} gives no confidence interval over seeds; list at least 2")
         return self
 
     def parse(self, cell: str) -> "Rq1Cell":
@@ -372,7 +373,7 @@ TRAINING_MATRICES = ("study", "zoo", "case_study")
 
 
 class Params(Strict):
-    profile: str = "default"               # the profile whose values the file holds (lib/profiles.py)
+    profile: str = "default"               # the profile whose values the file holds (profiles/, lib/profiles.py)
     seed: Annotated[int, Field(ge=0)] = 0
     data_root: str = "data"
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where training and evaluation run (auto: CUDA if present)
@@ -394,7 +395,6 @@ class Params(Strict):
     safety: SafetyParams
     convex: ConvexParams | None = None
     rq1: Rq1Params | None = None
-    profiles: dict[str, dict[str, Any]] = {}  # name -> the keys that profile sets (checked by lib/profiles.py)
 
     @model_validator(mode="after")
     def _references_resolve(self):
@@ -642,9 +642,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
-    from lib.profiles import check  # it validates each profile with this module's schema
-
-    problems = describe_errors(Params, raw) or check(raw)
+    problems = describe_errors(Params, raw)
     if problems:
         raise ParamsError("\n".join(f"{path}: {line}" for line in problems))
     return Params.model_validate(raw)

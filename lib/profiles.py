@@ -1,39 +1,42 @@
-"""Profiles: the study at three scales in one params.yaml, switched by one key.
+"""Profiles: the study at other scales, each an override file listing only what differs from params.yaml.
 
-    profile: default                 # the profile whose values this file holds
-    ...                              # every other key, as the study reads it
-    profiles:
-      default: {train: {epochs: 25}, study: {datasets: [mnist, shapes]}, ...}   # every key a profile sets
-      smoke:   {train: {epochs: 2}, ...}       # what differs for the test suite's end-to-end run
-      paper:   {study: {datasets: [cifar100, imagenet]}, ...}                   # what differs at GPU scale
+    params.yaml            the default study (2 CPU cores); `profile:` names the scale its values are at
+    profiles/smoke.yaml    what the test suite's end-to-end run changes (seconds per stage)
+    profiles/paper.yaml    what the GPU-scale study changes (ViT-S, CIFAR-100 and ImageNet-style folders)
 
-DVC reads params.yaml as it is (its matrices cannot pick a list by a key), so a profile is applied by
-writing its values into the file: `make profile PROFILE=paper` (`python -m lib.profiles paper`) rewrites
-exactly the keys that `profiles.default` lists, in place (comments, layout and every other key kept), and
-sets `profile: paper`. A profile's value of a key is its own where it sets the key, else the default's.
+DVC reads params.yaml as it is (its matrices cannot pick a list by a key), so a profile is applied by writing
+its values into the file: `make profile PROFILE=paper` (`python -m lib.profiles paper`) sets exactly the keys
+that profiles/paper.yaml lists, in place, and `profile: paper`. Every other key, every comment and the layout
+are kept, so `git diff params.yaml` shows the profile and nothing else (a YAML round trip through ruamel, as
+`dvc exp run -S` does, re-lays out 40 lines of this file). `make profile PROFILE=default` puts the keys the
+held profile set back to the committed default study's values (git HEAD's params.yaml, or `--default FILE`).
 
-Checked whenever params.yaml is loaded (`check`):
-- every key a profile sets is set by `profiles.default` and exists in the file;
-- every profile, applied, gives a valid params file (the paper profile is validated on a CPU too);
-- the file holds the profile that `profile` names. Values edited by hand (an ablation) are fine, but a
-  `profile:` edited by hand while the values are still exactly another profile's is an error saying how to
-  switch (`make profile` then applies it).
-A switch refuses, changing nothing, while a key the profiles set holds a value edited by hand: the switch
-would overwrite it.
+A switch refuses, changing nothing, while a key it would overwrite holds a value edited by hand (an ablation
+of the held profile), when a profile names a key params.yaml does not have, and when the result is not a valid
+study (lib.config's schema). Ablations of keys no profile sets are kept.
 
-`python -m lib.profiles paper --set-args` prints the same switch as `dvc exp run -S` arguments instead,
-so that it runs as a DVC experiment: `dvc exp run $(python -m lib.profiles paper --set-args)`.
+`python -m lib.profiles paper --set-args` prints the same switch as `dvc exp run -S` arguments instead:
+`dvc exp run $(python -m lib.profiles paper --set-args)`.
 """
 import argparse
 import copy
+import difflib
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lib.config import Params, describe_errors
+
+DEFAULT = "default"  # the profile params.yaml holds when no override is applied
 KeyPath = tuple[str, ...]  # a key's place in the params tree, e.g. ("train", "epochs")
+
+
+class ProfileError(ValueError):
+    """A profile switch that cannot be made without losing a value, or a bad profile file."""
 
 
 def leaves(tree: dict, prefix: KeyPath = ()) -> dict[KeyPath, Any]:
@@ -72,144 +75,178 @@ def _set(tree: dict, path: KeyPath, value: Any) -> None:
     tree[path[-1]] = value
 
 
-def profile_values(raw: dict, name: str) -> dict[KeyPath, Any]:
-    """What profile `name` sets: for every key of `profiles.default`, the profile's value or the default's."""
-    profiles = raw.get("profiles") or {}
-    return {**leaves(profiles.get("default") or {}), **leaves(profiles.get(name) or {})}
+def _missing_key(tree: dict, path: KeyPath) -> str:
+    """Why `path` is not in `tree`: the first part that is missing, with the closest existing key."""
+    for depth, key in enumerate(path):
+        if not isinstance(tree, dict) or key not in tree:
+            known = list(tree) if isinstance(tree, dict) else []
+            hint = difflib.get_close_matches(key, known, n=1)
+            where = dotted(path[:depth + 1])
+            return f"{where}: not a key of params.yaml" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        tree = tree[key]
+    return ""
 
 
-def differences(raw: dict, name: str) -> list[KeyPath]:
-    """The profile keys whose value in the file differs from profile `name`'s."""
-    return [path for path, value in profile_values(raw, name).items() if _get(raw, path) != value]
+# --- profiles and what they set ------------------------------------------------------------------------
+
+def profile_names(profiles_dir: Path) -> list[str]:
+    return [DEFAULT, *sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))]
 
 
-def held_profile(raw: dict) -> str:
-    """The profile whose values the file holds: the named `profile`, unless the file holds exactly another
-    profile's values (a hand-edited `profile:`). Values edited by hand (ablations) keep the named profile."""
-    named = raw.get("profile", "default")
-    if not differences(raw, named):
-        return named
-    return next((name for name in raw["profiles"] if not differences(raw, name)), named)
+def read_profile(name: str, profiles_dir: Path) -> dict[KeyPath, Any]:
+    """The keys profile `name` sets and its values ({} for the default study)."""
+    if name == DEFAULT:
+        return {}
+    path = Path(profiles_dir) / f"{name}.yaml"
+    if not path.is_file():
+        raise ProfileError(f"unknown profile {name!r}: {path} not found; expected one of {profile_names(profiles_dir)}")
+    try:
+        block = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ProfileError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(block, dict):
+        raise ProfileError(f"{path}: expected a mapping of params.yaml keys to values, got {type(block).__name__}")
+    values = leaves(block)
+    for path_, value in values.items():
+        if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+            raise ProfileError(f"{path}: {dotted(path_)}: a profile value must be a scalar or a list of scalars")
+        if path_ == ("profile",):
+            raise ProfileError(f"{path}: profile: set by the switch itself, not by a profile file")
+    return values
 
 
-def applied(raw: dict, name: str) -> dict:
-    """The raw params with profile `name` applied (a deep copy)."""
+def committed_default(params_file: Path) -> dict:
+    """The default study as committed: git HEAD's version of `params_file`."""
+    params_file = Path(params_file).resolve()
+    result = subprocess.run(["git", "show", f"HEAD:./{params_file.name}"], cwd=params_file.parent,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ProfileError(f"{params_file}: cannot read the committed default study (git show HEAD:{params_file.name}: "
+                           f"{result.stderr.strip()}); pass --default FILE, a params file at the default profile")
+    raw = yaml.safe_load(result.stdout)
+    if not isinstance(raw, dict) or raw.get("profile", DEFAULT) != DEFAULT:
+        raise ProfileError(f"{params_file}: git HEAD's version is not at the default profile; pass --default FILE, "
+                           f"a params file at the default profile (e.g. `git show main:params.yaml > default.yaml`)")
+    return raw
+
+
+def profile_values(default: dict, name: str, profiles_dir: Path, keys) -> dict[KeyPath, Any]:
+    """The value of each of `keys` under profile `name`: the profile's where it sets the key, else the default's."""
+    own = read_profile(name, profiles_dir)
+    return {path: own[path] if path in own else _get(default, path) for path in keys}
+
+
+def applied(raw: dict, name: str, profiles_dir: Path) -> dict:
+    """`raw` (the default study) with profile `name`'s values set (a deep copy)."""
     result = copy.deepcopy(raw)
-    for path, value in profile_values(raw, name).items():
+    for path, value in read_profile(name, profiles_dir).items():
+        if not _has(result, path):
+            raise ProfileError(f"{Path(profiles_dir) / name}.yaml: {_missing_key(result, path)}")
         _set(result, path, copy.deepcopy(value))
     result["profile"] = name
     return result
 
 
-def check(raw: dict) -> list[str]:
-    """Problems with the profiles of raw params (validated by lib.config), one line each; [] when fine."""
-    from lib.config import Params, describe_errors  # lib.config calls this module
+def held_profile(raw: dict, default: dict, profiles_dir: Path) -> str:
+    """The profile whose values the file holds: the named `profile`, unless the file holds exactly another
+    profile's values (a hand-edited `profile:`). Values edited by hand (ablations) keep the named profile."""
+    named = raw.get("profile", DEFAULT)
+    names = profile_names(profiles_dir)
 
-    profiles = raw.get("profiles")
-    if not profiles:
-        return []
-    problems = []
-    if "default" not in profiles:
-        return ["profiles: needs a 'default' profile (the keys every profile sets and their default values)"]
-    if raw.get("profile", "default") not in profiles:
-        return [f"profile: unknown profile {raw.get('profile')!r}; expected one of {sorted(profiles)}"]
-    controlled = leaves(profiles["default"])
-    for path, value in controlled.items():
-        if not _has(raw, path):
-            problems.append(f"profiles.default.{dotted(path)}: not a key of this file (a profile sets existing keys)")
-        elif isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
-            problems.append(f"profiles.default.{dotted(path)}: a profile value must be a scalar or a list of scalars")
-    for name, block in profiles.items():
-        if not isinstance(block, dict):
-            problems.append(f"profiles.{name}: expected a mapping of keys to values, got {type(block).__name__}")
-            continue
-        for path in leaves(block):
-            if path not in controlled:
-                problems.append(f"profiles.{name}.{dotted(path)}: not set by profiles.default (every key a profile "
-                                "sets needs its default value there, so that switching back restores it)")
+    def holds(name: str) -> bool:
+        keys = read_profile(name, profiles_dir).keys() | {p for n in names for p in read_profile(n, profiles_dir)}
+        return all(_has(raw, p) and _get(raw, p) == v for p, v in profile_values(default, name, profiles_dir, keys).items())
+
+    if named not in names or holds(named):
+        return named
+    return next((name for name in names if holds(name)), named)
+
+
+def _changes(params_file: Path, raw: dict, name: str, profiles_dir: Path, default: dict) -> dict[KeyPath, Any]:
+    """The keys, and their new values, that switching `raw` to profile `name` writes (`profile` included).
+    Raises ProfileError, naming each key, where the switch would lose a hand-edited value."""
+    read_profile(name, profiles_dir)  # an unknown name first
+    every = {n: read_profile(n, profiles_dir) for n in profile_names(profiles_dir)}
+    problems = [f"{profiles_dir / n}.yaml: {_missing_key(default, p)}" for n, own in every.items() for p in own
+                if not _has(default, p)]
+    missing = [f"{params_file}: {dotted(p)}: missing, but profile {n!r} sets it" for n, own in every.items()
+               for p in own if _has(default, p) and not _has(raw, p)]
+    if missing:  # a misspelt or deleted key: the schema says which, with its "did you mean"
+        problems += [f"{params_file}: {line}" for line in describe_errors(Params, raw)] + missing
     if problems:
-        return problems
-    for name in profiles:
-        problems += [f"profiles.{name} (applied): {line}" for line in describe_errors(Params, applied(raw, name))]
-    if problems:
-        return problems
-    named, held = raw.get("profile", "default"), held_profile(raw)
-    if held != named:
-        example = differences(raw, named)[0]
-        problems.append(
-            f"profile: {named!r}, but the values are those of profile {held!r} (e.g. {dotted(example)} is "
-            f"{_get(raw, example)!r}, profile {named!r} sets {profile_values(raw, named)[example]!r}); "
-            f"switch with `make profile PROFILE={named}` (it rewrites only the keys the profiles set)")
-    return problems
+        raise ProfileError("\n".join(dict.fromkeys(problems)))
+    held = held_profile(raw, default, profiles_dir)
+    keys = list(dict.fromkeys([*every.get(held, {}), *every[name]]))  # held's and the target's, in order, once
+    now = profile_values(default, held, profiles_dir, keys)
+    edited = [p for p in keys if _get(raw, p) != now[p]]
+    target = profile_values(default, name, profiles_dir, keys)
+    if name != held and edited:
+        lines = "\n  ".join(f"{dotted(p)}: {_get(raw, p)!r} (profile {held!r} sets {now[p]!r})" for p in edited)
+        raise ProfileError(
+            f"{params_file}: these keys hold values edited by hand, which switching to {name!r} would overwrite:\n"
+            f"  {lines}\nPut them back, or copy them into profiles/{name}.yaml first; nothing was changed.")
+    changes = {} if name == held else {p: v for p, v in target.items() if _get(raw, p) != v}
+    if raw.get("profile", DEFAULT) != name:
+        changes[("profile",)] = name
+    expected = copy.deepcopy(raw)
+    for path, value in changes.items():
+        _set(expected, path, value)
+    invalid = describe_errors(Params, expected)
+    if invalid:
+        raise ProfileError("\n".join(f"{params_file} at profile {name!r}: {line}" for line in invalid))
+    return changes
 
 
-class ProfileError(ValueError):
-    """A profile switch that cannot be made without losing a value."""
-
-
-def switch(params_file: Path, name: str) -> list[str]:
+def switch(params_file: Path, name: str, profiles_dir: Path | None = None, default: dict | None = None) -> list[str]:
     """Rewrite `params_file` in place to hold profile `name`; returns the dotted keys that changed.
 
-    Refuses (ProfileError, file untouched) when a profile key holds a value edited by hand.
+    profiles_dir: where the profile files are (default: profiles/ beside `params_file`); default: the default
+    study's raw params (default: git HEAD's `params_file`). Refuses (ProfileError, file untouched) where a key it
+    would overwrite holds a value edited by hand.
     """
     params_file = Path(params_file)
+    profiles_dir = Path(profiles_dir) if profiles_dir is not None else params_file.parent / "profiles"
     text = params_file.read_text()
-    raw = yaml.safe_load(text)
-    changes = _changes(params_file, raw, name)
-    held = held_profile(raw)
-    problems = check({**raw, "profile": held})  # the file as it is, whatever `profile` says
-    if problems:
-        raise ProfileError("\n".join(f"{params_file}: {line}" for line in problems))
-    if name == held:  # already in place, ablation edits and all: at most the `profile` key is set
-        changes = {path: value for path, value in changes.items() if path == ("profile",)}
-    elif edited := differences(raw, held):
-        lines = "\n  ".join(f"{dotted(p)}: {_get(raw, p)!r} (profile {held!r} sets {profile_values(raw, held)[p]!r})"
-                            for p in edited)
-        raise ProfileError(
-            f"{params_file}: these profile keys hold values edited by hand, which switching to {name!r} would "
-            f"overwrite:\n  {lines}\nPut them back, or copy them into profiles.{held} first; nothing was changed.")
+    raw = _params_mapping(params_file, text)
+    changes = _changes(params_file, raw, name, profiles_dir, committed_default(params_file) if default is None else default)
+    if not changes:
+        return []
     expected = copy.deepcopy(raw)
     for path, value in changes.items():
         _set(expected, path, value)
     new_text = _rewrite(text, changes)
     if yaml.safe_load(new_text) != expected:  # the text edit must change exactly these values
         raise ProfileError(f"{params_file}: could not rewrite the file in place; nothing was changed")
-    if changes:
-        tmp = params_file.with_name(f".{params_file.name}.tmp")
-        tmp.write_text(new_text)
-        os.replace(tmp, params_file)
+    tmp = params_file.with_name(f".{params_file.name}.tmp")
+    tmp.write_text(new_text)
+    os.replace(tmp, params_file)
     return [dotted(path) for path in changes]
 
 
-def set_args(params_file: Path, name: str) -> list[str]:
+def set_args(params_file: Path, name: str, profiles_dir: Path | None = None, default: dict | None = None) -> list[str]:
     """`dvc exp run` arguments (`-S key=value` each) that switch `params_file` to profile `name`."""
+    params_file = Path(params_file)
+    profiles_dir = Path(profiles_dir) if profiles_dir is not None else params_file.parent / "profiles"
+    raw = _params_mapping(params_file, params_file.read_text())
+    changes = _changes(params_file, raw, name, profiles_dir, committed_default(params_file) if default is None else default)
     args = []
-    for path, value in _changes(params_file, yaml.safe_load(Path(params_file).read_text()), name).items():
+    for path, value in changes.items():
         text = _flow(value).replace(", ", ",")  # no blanks: `$(...)` splits its output at them
         if any(c.isspace() for c in text):
-            raise ProfileError(f"{params_file}: profiles.{name}.{dotted(path)}: {text!r} has blanks, which a shell "
+            raise ProfileError(f"{profiles_dir / name}.yaml: {dotted(path)}: {text!r} has blanks, which a shell "
                                "splits; switch with `make profile` instead")
         args += ["-S", f"{dotted(path)}={text}"]
     return args
 
 
-def _changes(params_file: Path, raw: dict, name: str) -> dict[KeyPath, Any]:
-    """The keys, and their new values, that switching `raw` to profile `name` rewrites (`profile` included)."""
-    profiles = raw.get("profiles") or {}
-    if name not in profiles:
-        raise ProfileError(f"{params_file}: unknown profile {name!r}; expected one of {sorted(profiles)}")
-    missing = [path for path in leaves(profiles.get("default") or {}) if not _has(raw, path)]
-    if missing:  # a misspelt or deleted key: say so the schema's way (with its "did you mean") before anything else
-        from lib.config import Params, describe_errors  # lib.config calls this module
-
-        schema = describe_errors(Params, {**raw, "profiles": {}})
-        lines = schema + [f"{dotted(path)}: missing, but the profiles set it (profiles.default.{dotted(path)})"
-                          for path in missing]
-        raise ProfileError("\n".join(f"{params_file}: {line}" for line in lines))
-    changes = {path: value for path, value in profile_values(raw, name).items() if _get(raw, path) != value}
-    if raw.get("profile", "default") != name:
-        changes[("profile",)] = name
-    return changes
+def _params_mapping(params_file: Path, text: str) -> dict:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ProfileError(f"{params_file}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{params_file}: expected a params file (a YAML mapping of the study's keys)")
+    return raw
 
 
 # --- the in-place text edit ---------------------------------------------------------------------------
@@ -306,16 +343,19 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("profile", nargs="?", help="the profile to switch to (default: the one `profile` names)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--profiles", type=Path, default=None, help="profile files (default: profiles/ beside --params)")
+    parser.add_argument("--default", type=Path, default=None,
+                        help="a params file at the default profile (default: git HEAD's version of --params)")
     parser.add_argument("--set-args", action="store_true", help="print `dvc exp run -S` arguments instead")
     args = parser.parse_args(argv)
     try:
-        if not isinstance(yaml.safe_load(args.params.read_text()), dict):
-            raise ProfileError(f"{args.params}: expected a params file (a YAML mapping of the study's keys)")
-        name = args.profile or yaml.safe_load(args.params.read_text()).get("profile", "default")
+        raw = _params_mapping(args.params, args.params.read_text())
+        default = None if args.default is None else _params_mapping(args.default, args.default.read_text())
+        name = args.profile or raw.get("profile", DEFAULT)
         if args.set_args:
-            print(" ".join(set_args(args.params, name)))
+            print(" ".join(set_args(args.params, name, args.profiles, default)))
             return 0
-        changed = switch(args.params, name)
+        changed = switch(args.params, name, args.profiles, default)
     except (ProfileError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

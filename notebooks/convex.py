@@ -61,6 +61,8 @@ from lib.convex.figures import (plot_accuracy_vs_regularization, plot_paired_dif
                                 plot_templates, plot_token_maps)
 from lib.convex.heads import attention_network_from_convex
 from lib.convex.interpret import grouping_agreement, mixer_templates, patch_labels, rank_trend
+from lib.convex.report import (accuracy_table, adam_objectives, certificate_line, clustering_lines, gate_lines,
+                               objective_lines, rank_lines)
 from lib.data import load_split, to_image_set
 from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
@@ -159,28 +161,10 @@ checks
 # over seeds), `at edge` the seeds whose choice sits at an end of the grid.
 
 # %%
-def accuracy_table(part: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "head": part["head"],
-        "features / fit": part["family"],
-        "test accuracy (%)": [f"{100 * m:.1f} ± {100 * h:.1f}" for m, h in zip(part["test_accuracy"], part["ci95"])],
-        "chosen": [f"{r} = {v:.2g} ({lo:.2g}-{hi:.2g})" for r, v, lo, hi in
-                   zip(part["regularizer"], part["chosen_value"], part["chosen_min"], part["chosen_max"])],
-        "at edge": part["at_edge"],
-        "parameters": part["parameters"].round().astype(int),
-        "grid time (s)": part["grid_seconds"].round(1),
-        "rank": part["rank"].round(1) if "rank" in part else float("nan"),
-    })
-
-
-solves = runs[runs["family"] == "convex"]
-certified = (f"Convex solves: {int(solves['converged'].sum())} of {len(solves)} reached the relative duality gap "
-             f"tolerance {config.gap_tol:.0e}; largest relative gap {solves['relative_gap'].max():.1e}, median "
-             f"{solves['relative_gap'].median():.1e}; at most {int(solves['iterations'].max())} FISTA steps "
-             f"(limit {config.max_iter}).")
 sections = [f"Seeds {config.seeds} (seed k: the backbone's k-th training seed, the training subset, gates and "
             f"initial weights); {config.train_size} training images per seed; tokens after block {config.layer}, "
-            f"d = {config.dim} (+1); grids of {config.grid_size} values per head.", "", certified]
+            f"d = {config.dim} (+1); grids of {config.grid_size} values per head.", "",
+            certificate_line(runs, config.gap_tol, config.max_iter)]
 for name, part in summary.groupby("setting", sort=False):
     check = checks.set_index("setting").loc[name]
     sections += ["", f"### {name}: backbone `{check['backbone']}` → heads on `{check['dataset']}` "
@@ -207,11 +191,8 @@ publish(fig, out / "paired_differences")
 # beta): its objective can only be at or above the certified optimum. Excess = (Adam - convex) / convex.
 
 # %%
-attention = runs[runs["head"].isin(["convex linear attention", "linear attention (Adam)"])]
-objectives = attention.pivot_table(index=["setting", "seed", "value"], columns="head", values="objective")
-if {"convex linear attention", "linear attention (Adam)"} <= set(objectives.columns):
-    objectives["relative excess of Adam"] = (objectives["linear attention (Adam)"] / objectives["convex linear attention"]
-                                             - 1)
+objectives = adam_objectives(runs)
+if len(objectives):
     objectives.to_csv(out / "objectives.csv")
     excess = objectives.groupby(["setting", "value"])["relative excess of Adam"].agg(["min", "median", "max"])
     display(excess)
@@ -232,6 +213,7 @@ groupings.to_csv(out / "clustering.csv", index=False)
 display(ranks.round(2))
 display(gates_used.groupby("setting")[["gated share of the penalty", "same test predictions"]].agg(["min", "max"])
         if len(gates_used) else gates_used)
+nmi_paired = pd.DataFrame()
 if len(groupings):
     nmi = groupings.pivot_table(index=["setting", "seed"], columns="grouping", values="nmi")
     nmi_paired = paired_comparisons(
@@ -245,47 +227,10 @@ if len(groupings):
 # ## Report
 
 # %%
-def clustering_lines() -> list[str]:
-    if not len(groupings):
-        return []
-    return [f"- Token groups vs object masks (NMI, {row['setting']}): {row['first']} − {row['second']} = "
-            f"{row['difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] ({row['verdict']})."
-            for _, row in nmi_paired.iterrows()]
-
-
-def gate_lines() -> list[str]:
-    if not len(gates_used):
-        return []
-    return [f"- The sampled gates of the gated attention head carry at most "
-            f"{100 * gates_used['gated share of the penalty'].max():.1f}% of its nuclear norm at the chosen beta, and it "
-            f"predicts the same class as the convex linear attention head on "
-            f"{100 * gates_used['same test predictions'].min():.1f}-{100 * gates_used['same test predictions'].max():.1f}% "
-            f"of test images: the all-open pattern (the linear head) fits the training subset alone, and a random "
-            f"gate pattern's features are a noisier, lower-norm copy of it, so the group penalty leaves them unused."]
-
-
-def objective_lines() -> list[str]:
-    if "relative excess of Adam" not in objectives:
-        return []
-    excess = objectives["relative excess of Adam"]
-    by_beta = excess.groupby("value").median()
-    chosen = excess_at_choice(runs, selected)
-    return [f"- Same objective, Adam vs the certified optimum: the Adam-trained linear attention ({config.steps} "
-            f"full-batch steps) ends {100 * chosen.median():.1f}% above the convex optimum at the beta it chose on "
-            f"validation (median over seeds; range {100 * chosen.min():.1f}-{100 * chosen.max():.1f}%), "
-            f"{100 * by_beta.iloc[-1]:.1f}% at the strongest beta/beta_max {by_beta.index[-1]:.2g} and "
-            f"{100 * by_beta.iloc[0]:.1f}% at the weakest {by_beta.index[0]:.2g} (medians): its accuracy gap to the "
-            f"convex head measures a finite step budget as much as non-convexity. Below the optimum in "
-            f"{int((excess < -1e-6).sum())} of {len(excess)} fits (the certificate allows none)."]
-
-
-def rank_lines() -> list[str]:
-    return [f"- Rank of Z, {row['head']} ({row['setting']}): {row['rank_weakest_beta']:.1f} at beta/beta_max = "
-            f"{row['weakest_beta']:.2g} → {row['rank_strongest_beta']:.1f} at {row['strongest_beta']:.2g}; never "
-            f"grows with beta in {row['non_increasing']} of {row['seeds']} seeds." for _, row in ranks.iterrows()]
-
-
-findings_md = "\n".join(lines + objective_lines() + clustering_lines() + gate_lines() + rank_lines()) + "\n"
+report_lines = (lines + objective_lines(objectives, runs, selected, config.steps)
+                + clustering_lines(nmi_paired) + gate_lines(gates_used)
+                + rank_lines(ranks))
+findings_md = "\n".join(report_lines) + "\n"
 (out / "findings.md").write_text(findings_md)
 (out / "convex.md").write_text(report + "\n\n## Findings (paired differences over seeds, 95% t-intervals)\n\n"
                                + findings_md)

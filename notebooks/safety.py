@@ -24,9 +24,9 @@
 #   baseline model's table when one is given;
 # - **calibration**: ECE (15 bins), NLL and Brier score, before and after temperature scaling fitted on the
 #   clean validation split (Guo et al. 2017);
-# - **selective prediction**: AURC and E-AURC of the maximum softmax probability, and the abstention
-#   thresholds chosen on validation for the target risk (plain, and with a 95% Wilson upper bound) with the
-#   coverage and risk they give on the test condition;
+# - **selective prediction**: AURC, E-AURC and AUGRC of the maximum softmax probability, and the abstention
+#   thresholds chosen on validation for the target risk (plain, and with a Clopper-Pearson upper bound) with
+#   the coverage, risk and the risk's Clopper-Pearson upper bound they give on the test condition;
 # - **attention reliability**: similarity of the corrupted image's explanation maps (last-block CLS
 #   attention, rollout) to the clean ones (top-k IoU, Spearman, Jensen-Shannon), and localisation on the
 #   object masks (relevance mass, pointing game) where the data set has masks.
@@ -92,7 +92,7 @@ print(f"{dataset}-{variant}: {len(val)} validation, {len(test)} test images at {
 #
 # The temperature T minimizes the validation NLL. The thresholds act on the temperature-scaled maximum
 # softmax probability: `target` is the lowest threshold whose validation selective risk is at most the
-# target risk; `target_bound` the lowest whose 95% Wilson upper bound is.
+# target risk; `target_bound` the lowest whose 95% Clopper-Pearson upper bound is.
 
 # %%
 val_logits = run_model(model, val.images, batch_size, with_maps=False).logits

@@ -21,13 +21,13 @@
 #
 # **Decision rule (fixed before looking at the numbers).** A deployment answers only when the
 # temperature-scaled maximum softmax probability reaches the threshold chosen on clean validation data so
-# that the 95% Wilson upper bound of the validation risk is at most the target risk (`target_bound`). A
-# variant is *trusted* when, at that threshold, the realized selective risk on the clean test images and its
-# mean over the moderate shifts (every corruption at severities <= `moderate_severity`) both stay at or
-# below the target risk. Among trusted variants the recommendation is the one answering most often under
-# those shifts (highest mean coverage); ties go to the lower E-AURC under shift. When no variant qualifies,
-# the notebook says so and names the variant with the lowest realized risk under shift
-# (`lib/safety/summary.py`).
+# that the 95% Clopper-Pearson upper bound of the validation risk is at most the target risk
+# (`target_bound`). A variant is *trusted* when, at that threshold, the Clopper-Pearson upper bound of the
+# realized selective risk on the clean test images, and the mean of those bounds over the moderate shifts
+# (every corruption at severities <= `moderate_severity`), both stay at or below the target risk. Among
+# trusted variants the recommendation is the one answering most often under those shifts (highest mean
+# coverage); ties go to the lower E-AURC under shift. When no variant qualifies, the notebook says so and
+# names the variant with the lowest bound under shift (`lib/safety/summary.py`).
 
 # %% tags=["parameters"]
 params_file = "params.yaml"

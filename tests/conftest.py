@@ -36,7 +36,7 @@ def data_root(tmp_path_factory) -> Path:
 def tiny_params_dict(data_root: Path | str = "data") -> dict:
     """The repo's params.yaml at its `smoke` profile (small model, 2 epochs on 256 images, 3 test sizes), reading
     data from `data_root`."""
-    params = applied(yaml.safe_load((REPO / "params.yaml").read_text()), "smoke")
+    params = applied(yaml.safe_load((REPO / "params.yaml").read_text()), "smoke", REPO / "profiles")
     params["data_root"] = str(data_root)
     return params
 

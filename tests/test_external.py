@@ -89,14 +89,15 @@ def test_user_data_is_outside_the_pin(data_root, tmp_path):
 
 def paper_params(data_root: Path, **changes) -> dict:
     """The paper profile, scaled down to seconds on this CPU (as `dvc exp run -S` ablations would)."""
-    params = applied(yaml.safe_load((REPO / "params.yaml").read_text()), "paper")
+    params = applied(yaml.safe_load((REPO / "params.yaml").read_text()), "paper", REPO / "profiles")
     smoke = tiny_params_dict(data_root)
     params.update(data_root=str(data_root), device="cpu", data_workers=0, model=smoke["model"], evaluate=smoke["evaluate"])
     params["train"].update(epochs=2, warmup_epochs=1, batch_size=16)
     params["datasets"]["cifar100"].update(eval_resolutions=[16, 32], train={})
     params["datasets"]["imagenet"].update(train_resolution=32, eval_resolutions=[32, 48], train={})
     params["variants"]["moh"]["attention_kwargs"]["top_k"] = 1
-    params["convex"].update(layer=2, **{k: v for k, v in smoke["profiles"]["smoke"]["convex"].items()
+    smoke_profile = yaml.safe_load((REPO / "profiles" / "smoke.yaml").read_text())
+    params["convex"].update(layer=2, **{k: v for k, v in smoke_profile["convex"].items()
                                         if k != "settings"})  # the paper's settings: its own rq1 cells
     for key, value in changes.items():
         params[key] = value

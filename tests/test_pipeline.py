@@ -22,7 +22,7 @@ from tests.conftest import REPO, tiny_params_dict, write_cifar100, write_image_f
 
 pytestmark = pytest.mark.slow
 
-COPIED = ["lib", "notebooks", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore", "jupytext.toml", "pyproject.toml",
+COPIED = ["lib", "notebooks", "profiles", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore", "jupytext.toml", "pyproject.toml",
           "results/rq1/float_check"]  # the default study's float check: a dependency of rq1-summary
 
 
@@ -58,13 +58,15 @@ def make_study(root: Path, profile: str, edit=None) -> Path:
         else:
             shutil.copy2(source, target)
     shutil.copy2(REPO / "params.yaml", root / "params.yaml")
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"], root)  # the default study
     switched = run([sys.executable, "-m", "lib.profiles", profile], root)  # what `make profile PROFILE=...` runs
     assert f"profile {profile!r}" in switched.stdout and "keys rewritten" in switched.stdout
     if edit is not None:
         edit(root)
-    run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", profile], root)
     data = run([sys.executable, "-m", "lib.data.pin", "--dvc-file", "data.dvc", "--params", "params.yaml"], root)
     assert "materializing" in data.stdout and "matches data.dvc" in data.stdout
     dvc("commit", "--force", "--quiet", "data.dvc", cwd=root)
@@ -344,7 +346,7 @@ def shrink_paper_profile(root: Path) -> None:
     `dvc exp run -S` would make them), with tiny CIFAR-100 and ImageNet-style folders under data/."""
     path = root / "params.yaml"
     params = yaml.safe_load(path.read_text())
-    smoke = params["profiles"]["smoke"]
+    smoke = yaml.safe_load((root / "profiles" / "smoke.yaml").read_text())
     assert params["profile"] == "paper" and params["study"]["datasets"] == ["cifar100", "imagenet"]
     params.update(device="cpu", data_workers=2)  # two decoding processes: the streaming path for real
     for section in ("model", "evaluate", "efficiency", "convex"):

@@ -41,7 +41,7 @@ def relative_links(path: Path):
 def test_link_extraction_skips_code_and_finds_links():
     text = "see [a](docs/a.md#x) and `[b](no.md)`\n```\n[c](no2.md)\n```\n![img](fig.png) [w](https://x.org)"
     assert links(text) == ["docs/a.md#x", "fig.png", "https://x.org"]
-    assert slug("Profiles: one key switches the scale") == "profiles-one-key-switches-the-scale"
+    assert slug("Profiles: override files for other scales") == "profiles-override-files-for-other-scales"
     assert slug("Results (default study, CPU)") == "results-default-study-cpu"
 
 

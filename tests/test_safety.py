@@ -32,7 +32,9 @@ from lib.safety.reliability import (
 )
 from lib.safety.robustness import corruption_errors, mean_corruption_error
 from lib.safety.selective import (
+    augrc,
     aurc,
+    clopper_pearson_upper,
     excess_aurc,
     optimal_aurc,
     risk_coverage_curve,
@@ -237,6 +239,44 @@ def test_threshold_for_target_risk():
     chosen = selective_metrics(confidence, correct, threshold)
     assert chosen["coverage"] == pytest.approx(5 / 6) and chosen["selective_risk"] == pytest.approx(0.2)
     assert math.isnan(selective_metrics(confidence, correct, math.inf)["selective_risk"])
+    assert chosen["errors"] == 1 and chosen["accepted"] == 5
+    assert chosen["risk_upper"] == pytest.approx(clopper_pearson_upper(1, 5))
+
+
+def test_clopper_pearson_upper_bound_matches_the_exact_binomial_interval():
+    from scipy.stats import binomtest
+
+    assert clopper_pearson_upper(0, 44) == pytest.approx(1 - 0.025 ** (1 / 44))  # closed form at 0 errors
+    assert clopper_pearson_upper(0, 44) == pytest.approx(0.0804, abs=1e-4)  # "0 errors in 44 still allow 8%"
+    for errors, n in ((1, 5), (3, 60), (17, 200)):
+        exact = binomtest(errors, n).proportion_ci(confidence_level=0.95, method="exact").high
+        assert clopper_pearson_upper(errors, n) == pytest.approx(exact)
+    assert clopper_pearson_upper(5, 5) == 1.0 and clopper_pearson_upper(0, 0) == 1.0
+    with pytest.raises(ValueError, match="errors must be in"):
+        clopper_pearson_upper(6, 5)
+
+
+def test_threshold_with_the_bound_needs_enough_accepted_samples():
+    """60 correct then errors: the plain rule accepts 60 at a 0% target; the bound needs the 0-error bound
+    (1 - 0.025^(1/n)) at or below the target, so a 10% target accepts all 60 (bound 5.8%) and a 5% one none."""
+    confidence = torch.linspace(1.0, 0.0, 100, dtype=torch.float64)
+    correct = torch.arange(100) < 60
+    assert threshold_for_risk(confidence, correct, 0.0) == pytest.approx(confidence[59].item())
+    assert threshold_for_risk(confidence, correct, 0.05, upper_bound=True) == math.inf
+    loose = threshold_for_risk(confidence, correct, 0.10, upper_bound=True)
+    accepted = int((confidence >= loose).sum())
+    assert clopper_pearson_upper(0, 60) <= 0.10 and accepted >= 60
+    assert clopper_pearson_upper(accepted - 60, accepted) <= 0.10 < clopper_pearson_upper(accepted - 59, accepted + 1)
+
+
+def test_augrc_is_the_mean_generalized_risk_and_vanishes_for_a_perfect_ranking():
+    confidence = torch.tensor([0.9, 0.8, 0.7, 0.6], dtype=torch.float64)
+    # errors among the top k: 0, 1, 1, 2 -> generalized risk k-wise 0, 1/4, 1/4, 2/4
+    correct = torch.tensor([True, False, True, False])
+    assert augrc(confidence, correct) == pytest.approx((0 + 0.25 + 0.25 + 0.5) / 4)
+    assert augrc(confidence, torch.tensor([True, True, False, False])) == pytest.approx((0 + 0 + 0.25 + 0.5) / 4)
+    assert augrc(torch.full((4,), 0.5), correct) == pytest.approx((0.125 + 0.25 + 0.375 + 0.5) / 4)  # ties: expected
+    assert augrc(confidence, torch.zeros(4, dtype=torch.bool)) == pytest.approx((1 + 2 + 3 + 4) / 16)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -390,10 +430,12 @@ def test_signs_module_contract():
 
 
 def _summary_row(variant: str, clean_risk: float, shift_risk: float, shift_coverage: float) -> dict:
+    """Upper bounds 0.01 above the risks (as from many accepted images)."""
     return {"run": f"signs-{variant}", "dataset": "signs", "variant": variant, "target_risk": 0.05,
             "temperature": 1.2, "threshold": 0.9, "clean_accuracy": 0.9, "corrupted_accuracy": 0.7,
-            "clean_ece_ts": 0.02, "shift_ece_ts": 0.05, "clean_coverage": 0.8, "clean_risk": clean_risk,
-            "shift_coverage": shift_coverage, "shift_risk": shift_risk, "worst_shift_risk": shift_risk,
+            "clean_ece_ts": 0.02, "shift_ece_ts": 0.05, "clean_coverage": 0.8, "clean_accepted": 800,
+            "clean_risk": clean_risk, "clean_risk_upper": clean_risk + 0.01, "shift_coverage": shift_coverage,
+            "shift_risk": shift_risk, "shift_risk_upper": shift_risk + 0.01, "worst_shift_risk": shift_risk,
             "shift_eaurc": 0.01}
 
 
@@ -404,8 +446,11 @@ def test_recommendation_trusts_the_variant_that_answers_most_within_the_risk():
                          _summary_row("rope_axial", 0.01, 0.09, 0.9)])  # answers most, but too risky under shift
     text = recommendation(rows, moderate_severity=3)
     assert "trust **rope_mixed**" in text and "2 of 3 variants meet the rule" in text and "ape (50.0%)" in text
-    none = recommendation(rows.assign(shift_risk=0.2), moderate_severity=3)
-    assert none.startswith("**signs**: no variant keeps its realized selective risk at or below 5.0%")
+    none = recommendation(rows.assign(shift_risk_upper=0.2), moderate_severity=3)
+    assert none.startswith("**signs**: no variant keeps the 95% upper bound of its selective risk at or below 5.0%")
+    # a risk of 0 on few accepted images is no guarantee: the bound, not the point estimate, decides
+    few = recommendation(rows.assign(clean_risk=0.0, clean_accepted=44, clean_risk_upper=0.080), moderate_severity=3)
+    assert "no variant keeps the 95% upper bound" in few and "44 images answered" in few
     unreachable = recommendation(rows.assign(threshold=np.inf), moderate_severity=3)
     assert unreachable.startswith("**signs**: no variant reaches a selective risk of 5.0% at any confidence threshold")
     assert "nan" not in unreachable and "inf" not in unreachable

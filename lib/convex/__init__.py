@@ -7,6 +7,7 @@
     compare.py    the heads, the protocol (seeds, equal tuning grids, validation selection) and the paired
                   differences that answer one question each
     interpret.py  token groups of the attention heads, mixer templates
+    report.py     the report's tables and sentences, each computed from the stage's result tables
     figures.py    accuracy / rank against regularization, paired differences, maps over images
     benchmark.py  wall time of the FISTA solver vs cvxpy on the same program (python -m lib.convex.benchmark)
 

@@ -23,7 +23,7 @@ from lib.safety.calibration import calibration_metrics, probabilities, reliabili
 from lib.safety.corruptions import FAMILY_OF, corrupt
 from lib.safety.maps import run_model
 from lib.safety.reliability import localisation, resolution_stability
-from lib.safety.selective import aurc, excess_aurc, risk_coverage_curve, selective_metrics
+from lib.safety.selective import augrc, aurc, excess_aurc, risk_coverage_curve, selective_metrics
 from lib.study import run_name
 
 
@@ -35,18 +35,22 @@ def confidence_and_correct(logits: torch.Tensor, labels: torch.Tensor, temperatu
 
 def prediction_row(logits: torch.Tensor, labels: torch.Tensor, temperature: float,
                    thresholds: dict[str, float]) -> dict[str, float]:
-    """Accuracy (with 95% Wilson CI), calibration raw and temperature-scaled (suffix _ts), AURC / E-AURC
+    """Accuracy (with 95% Wilson CI), calibration raw and temperature-scaled (suffix _ts), AURC / E-AURC / AUGRC
     (of the MSP; the same before and after scaling, which keeps the ranking), and for every named
-    threshold (applied to the temperature-scaled MSP) the coverage and realized selective risk."""
+    threshold (applied to the temperature-scaled MSP) the coverage, the realized selective risk with its
+    Clopper-Pearson upper bound, and the counts accepted and wrong."""
     raw, scaled = calibration_metrics(logits, labels), calibration_metrics(logits, labels, temperature)
     confidence, correct = confidence_and_correct(logits, labels, temperature)
     low, high = wilson_interval(int(correct.sum()), len(correct))
     row = {"n": len(labels), **raw, "error": 1 - raw["accuracy"], "ci_low": low, "ci_high": high}
     row |= {f"{name}_ts": value for name, value in scaled.items() if name != "accuracy"}
-    row |= {"aurc": aurc(confidence, correct), "eaurc": excess_aurc(confidence, correct)}
+    row |= {"aurc": aurc(confidence, correct), "eaurc": excess_aurc(confidence, correct),
+            "augrc": augrc(confidence, correct)}
     for name, threshold in thresholds.items():
         selected = selective_metrics(confidence, correct, threshold)
-        row |= {f"coverage_{name}": selected["coverage"], f"risk_{name}": selected["selective_risk"]}
+        row |= {f"coverage_{name}": selected["coverage"], f"risk_{name}": selected["selective_risk"],
+                f"risk_upper_{name}": selected["risk_upper"], f"accepted_{name}": selected["accepted"],
+                f"errors_{name}": selected["errors"]}
     return row
 
 
