@@ -622,10 +622,11 @@ def rq3_lines(layer_head: pd.DataFrame, faithfulness: pd.DataFrame, localisation
     return lines
 
 
-def rq4_lines(shift: pd.DataFrame, recommendation: str = "", seed_maps: pd.DataFrame | None = None) -> list[str]:
+def rq4_lines(shift: pd.DataFrame, recommendation: str = "", seed_maps: pd.DataFrame | None = None,
+              predictors: str = "") -> list[str]:
     """Per variant: clean accuracy, calibration and corrupted accuracy; attention maps across training seeds
     (`seed_map_lines`) when given; then the safety-summary stage's trust decision (`recommendation`, its
-    recommendation.md) when given."""
+    recommendation.md) and its attention-as-predictor lines (`predictors`, attention_predictors.md) when given."""
     curve = severity_curve(shift)
     lines = []
     for (dataset, variant), part in curve.groupby(["dataset", "variant"], sort=False):
@@ -643,6 +644,10 @@ def rq4_lines(shift: pd.DataFrame, recommendation: str = "", seed_maps: pd.DataF
     if recommendation.strip():
         lines += ["", "Which variant to trust, and at which abstention threshold (safety-summary stage):", "",
                   recommendation.strip()]
+    if predictors.strip():
+        lines += ["", "Does attention predict errors? Per-image attention signals against confidence as error and "
+                      "shift detectors (safety stage; directions and the combined score fixed on validation):", "",
+                  predictors.strip()]
     return lines
 
 
@@ -673,7 +678,8 @@ def rq5_lines(findings: str, convex: pd.DataFrame) -> list[str]:
 
 
 def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFrame], figures: dict[str, str],
-                 link_prefix: str = "", recommendation: str = "", findings: str = "", convex_findings: str = "") -> str:
+                 link_prefix: str = "", recommendation: str = "", findings: str = "", convex_findings: str = "",
+                 predictors: str = "") -> str:
     """The results README: per research question, the answer's numbers (from the tables), the main table
     in Markdown, and links to the figure and the table files. `figures` maps a name to its PNG's path relative
     to the paper folder; `link_prefix` is the paper folder seen from where the README is written ("" inside it)."""
@@ -705,7 +711,7 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
           fig("localisation", "localisation with 95% CIs, position encodings"),
           fig("localisation_attention", "localisation with 95% CIs, attention variants"),
           tab("analysis"), tab("distance"), tab("faithfulness"), tab("localisation")]),
-        ("RQ4", rq4_lines(t["shift"], recommendation, t["seed_maps"]), "safety",
+        ("RQ4", rq4_lines(t["shift"], recommendation, t["seed_maps"], predictors), "safety",
          [fig("safety", "accuracy vs severity and risk-coverage"), tab("safety")]),
         ("RQ5", rq5_lines(convex_findings, t["convex"]), "convex",
          [fig("convex_heads", "convex heads accuracy per setting"), tab("convex")]),
@@ -809,6 +815,8 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
     readme = out / "README.md"
     trust = Path(results_dir) / "safety_summary" / "recommendation.md"  # optional: written by safety-summary
     recommendation = trust.read_text() if trust.is_file() else ""
+    predictors_path = Path(results_dir) / "safety_summary" / "attention_predictors.md"  # optional, like the above
+    predictors = predictors_path.read_text() if predictors_path.is_file() else ""
     findings_path = Path(results_dir) / "rq1" / "summary" / "findings.md"
     if not findings_path.is_file():
         raise _missing(findings_path, "rq1-summary")
@@ -816,7 +824,8 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
     convex_path = Path(results_dir) / "convex" / "findings.md"
     if not convex_path.is_file():
         raise _missing(convex_path, "convex")
-    texts = {"recommendation": recommendation, "findings": findings, "convex_findings": convex_path.read_text()}
+    texts = {"recommendation": recommendation, "findings": findings, "convex_findings": convex_path.read_text(),
+             "predictors": predictors}
     readme.write_text(build_readme(tables, products, links, **texts))
     written.append(readme)
     if results_readme is not None:

@@ -29,7 +29,9 @@
 #   the coverage, risk and the risk's Clopper-Pearson upper bound they give on the test condition;
 # - **attention reliability**: similarity of the corrupted image's explanation maps (last-block CLS
 #   attention, rollout) to the clean ones (top-k IoU, Spearman, Jensen-Shannon), and localisation on the
-#   object masks (relevance mass, pointing game) where the data set has masks.
+#   object masks (relevance mass, pointing game) where the data set has masks;
+# - **attention as a predictor**: per-image attention signals (map entropies, top mass) scored as detectors
+#   of errors and of shift against confidence baselines (MSP, entropy, energy), alone and combined with MSP.
 #
 # Settings come from the `safety` section of `params.yaml`. The default (the first 200 test images, all 16
 # corruptions at severities 1-5, i.e. 80 corrupted copies, and the dataset's other evaluation resolutions)
@@ -59,6 +61,7 @@ from lib.plots import publish, set_style
 from lib.safety.calibration import fit_temperature
 from lib.safety.evaluate import confidence_and_correct, evaluate_shifts, prediction_row
 from lib.safety.maps import run_model
+from lib.safety.predictors import detection_table, fit_combined, image_signals, orientations, predictor_comparisons
 from lib.safety.plots import (
     plot_accuracy_vs_severity,
     plot_example_maps,
@@ -95,7 +98,8 @@ print(f"{dataset}-{variant}: {len(val)} validation, {len(test)} test images at {
 # target risk; `target_bound` the lowest whose 95% Clopper-Pearson upper bound is.
 
 # %%
-val_logits = run_model(model, val.images, batch_size, with_maps=False).logits
+val_outputs = run_model(model, val.images, batch_size)  # maps too: the attention signals' validation values
+val_logits = val_outputs.logits
 temperature = fit_temperature(val_logits, val.labels)
 val_confidence, val_correct = confidence_and_correct(val_logits, val.labels, temperature)
 thresholds = {
@@ -131,6 +135,35 @@ curves.to_csv(out / "risk_coverage.csv", index=False)
 columns = ["shift", "severity", "resolution", "accuracy", "ece", "ece_ts", "nll", "nll_ts", "aurc", "coverage_target",
            "risk_target"]
 print(shifts[columns].round(3).to_string(index=False))
+
+# %% [markdown]
+# ## Does attention predict errors?
+#
+# Every signal comes from the image's own forward pass (a deployed model has no clean reference):
+# `lib/safety/predictors.py`. Each signal's direction and the combined score (logistic regression on MSP and
+# the attention signals) are fixed on the clean validation split; the test images only evaluate them:
+# error-detection AUROC and AUGRC on the clean test images and on the moderate shifts pooled (severity <=
+# `safety.moderate_severity`), clean-vs-shifted AUROC, and AUGRC differences against MSP paired on the same
+# images (bootstrap over test images with their corrupted copies: one training seed, so no claim about
+# encodings).
+
+# %%
+signals = results.signals
+signals.round(6).to_csv(out / "signals.csv", index=False)
+val_signals = image_signals(val_logits, val_outputs.maps, temperature, settings.top_fraction)
+val_signals["correct"] = val_correct.numpy()
+orient = orientations(val_signals)
+combined = fit_combined(val_signals)
+clean_signals = signals[signals["shift"] == "clean"]
+moderate_signals = signals[~signals["family"].isin(["clean", "resolution"])
+                           & (signals["severity"] <= settings.moderate_severity)]
+detection = detection_table(clean_signals, moderate_signals, orient, combined).assign(dataset=dataset, variant=variant)
+detection.to_csv(out / "attention_predictors.csv", index=False)
+paired = predictor_comparisons(clean_signals, moderate_signals, orient, combined, seed=seed)
+paired.to_csv(out / "attention_predictors_paired.csv", index=False)
+print("orientation on validation:", orient)
+print(detection.drop(columns=["dataset", "variant"]).round(3).to_string(index=False))
+print(paired.round(4).to_string(index=False))
 
 # %% [markdown]
 # ## Corruption errors

@@ -44,6 +44,7 @@ from lib.config import load_params
 from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
 from lib.safety.plots import plot_variant_comparison
+from lib.safety.predictors import predictor_lines
 from lib.safety.summary import add_mce, model_summary, recommendation
 from lib.study import run_folders
 
@@ -72,6 +73,15 @@ print(summary.drop(columns=["run"]).round(3).to_string(index=False))
 answers = "\n\n".join(recommendation(rows, moderate_severity) for _, rows in summary.groupby("dataset"))
 (out / "recommendation.md").write_text(answers + "\n")
 print(answers)
+
+# %% [markdown]
+# ## Does attention predict errors? (per model, from `attention_predictors*.csv`)
+
+# %%
+predictors = [line for run in runs for line in predictor_lines(
+    pd.read_csv(run / "attention_predictors.csv"), pd.read_csv(run / "attention_predictors_paired.csv"), run.name)]
+(out / "attention_predictors.md").write_text("\n".join(predictors) + "\n")
+print("\n".join(predictors))
 
 # %% [markdown]
 # ## Figures

@@ -22,6 +22,7 @@ from lib.evaluate import load_trained_model, wilson_interval
 from lib.safety.calibration import calibration_metrics, probabilities, reliability_bins
 from lib.safety.corruptions import FAMILY_OF, corrupt
 from lib.safety.maps import run_model
+from lib.safety.predictors import image_signals
 from lib.safety.reliability import localisation, resolution_stability
 from lib.safety.selective import augrc, aurc, excess_aurc, risk_coverage_curve, selective_metrics
 from lib.study import run_name
@@ -99,11 +100,13 @@ def curve_frame(logits: torch.Tensor, labels: torch.Tensor, points: int = 101) -
 
 class ShiftResults(NamedTuple):
     """Every condition of one model: `shifts` (one prediction_row per condition), `maps` (map_rows, long
-    format), reliability `bins` and risk-coverage `curves` (clean and every severity, corruptions pooled),
+    format), `signals` (one row per condition and image: `image`, `correct` and lib.safety.predictors'
+    signals), reliability `bins` and risk-coverage `curves` (clean and every severity, corruptions pooled),
     and example images / rollout maps (name -> first images) for the figures."""
 
     shifts: pd.DataFrame
     maps: pd.DataFrame
+    signals: pd.DataFrame
     bins: pd.DataFrame
     curves: pd.DataFrame
     example_images: dict[str, torch.Tensor]
@@ -118,12 +121,16 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
     """The model on clean `test`, on each corruption at each severity (seeded), on each re-rendered test set
     of `resolution_sets` (resolution -> the same images at another size). Maps of a shifted condition are
     compared with the clean maps of the same images; `base` (dataset, variant, resolution) is added to every row."""
-    shift_rows, map_table, pooled = [], [], {}
+    shift_rows, map_table, signal_frames, pooled = [], [], [], {}
     example_images, example_maps = {}, {}
 
     def record(condition: dict, outputs, labels, reference, masks) -> None:
         shift_rows.append({**condition, **prediction_row(outputs.logits, labels, temperature, thresholds)})
         map_table.extend({**condition, **row} for row in map_rows(outputs.maps, reference, masks, top_fraction))
+        signals = image_signals(outputs.logits, outputs.maps, temperature, top_fraction)
+        signals.insert(0, "correct", (outputs.logits.argmax(dim=-1) == labels).numpy())
+        signals.insert(0, "image", range(len(labels)))
+        signal_frames.append(signals.assign(**{k: condition[k] for k in ("shift", "family", "severity", "resolution")}))
 
     def keep_examples(name: str, images: torch.Tensor, outputs) -> None:
         example_images[name], example_maps[name] = images[:num_examples], outputs.maps["rollout"][:num_examples]
@@ -156,7 +163,8 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
         condition = "clean" if severity == 0 else f"severity {severity}"
         bins.append(bins_frame(torch.cat(logits), labels, temperature).assign(condition=condition))
         curves.append(curve_frame(torch.cat(logits), labels).assign(condition=condition))
-    return ShiftResults(pd.DataFrame(shift_rows), pd.DataFrame(map_table), pd.concat(bins, ignore_index=True),
+    return ShiftResults(pd.DataFrame(shift_rows), pd.DataFrame(map_table), pd.concat(signal_frames, ignore_index=True),
+                        pd.concat(bins, ignore_index=True),
                         pd.concat(curves, ignore_index=True), example_images, example_maps)
 
 

@@ -1,0 +1,201 @@
+"""Does attention predict anything? Per-image reliability signals scored as detectors of errors and of shift.
+
+The proposal's "attention reliability" must predict when a model is wrong to be of use for safety. Every
+signal below is computed from one forward pass of the image alone (no clean reference, which a deployed
+model never has), so each is a candidate confidence score:
+
+    confidence baselines   msp: max softmax probability of softmax(z / T);  neg_entropy: -H(softmax(z / T));
+                           energy: T logsumexp(z / T) (Liu et al. 2020: higher is more in-distribution)
+    attention signals      rollout_entropy, cls_entropy: Shannon entropy (nats) of the rollout map / the last
+                           block's CLS attention map, normalized to sum 1 over patches;
+                           rollout_top_mass: share of the rollout map on its top `fraction` of patches
+
+Which direction means "more likely correct" is not assumed: `orientations` fixes each signal's sign on the
+clean validation split (the sign whose AUROC there is >= 0.5), and the test splits only evaluate it.
+`combined` is a logistic regression on the standardized confidence baseline plus the attention signals,
+fitted on the clean validation split, so that "does attention add anything over confidence?" is asked of a
+score that uses both.
+
+Scores per signal and split (clean test images; the moderate shifts pooled):
+- error AUROC: P(score of a correct image > score of a wrong one), ties 1/2 (sklearn roc_auc_score);
+- AUGRC of the selective classifier that abstains on the lowest scores (lib.safety.selective.augrc);
+- shift AUROC (pooled split only): P(score of a clean image > score of a corrupted one), over the same images.
+`paired_augrc_difference` compares two scores on the same images by a paired bootstrap over test images
+(each image with all its corrupted copies): an interval over images of one trained model, not over seeds.
+
+References: Hendrycks & Gimpel 2017 (MSP, arXiv 1610.02136); Liu et al. 2020, "Energy-based Out-of-
+distribution Detection" (arXiv 2010.03759); Traub et al. 2024 (AUGRC, arXiv 2407.01032); Abnar & Zuidema
+2020 (rollout, arXiv 2005.00928).
+"""
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from lib.analysis.metrics import top_mass
+from lib.safety.selective import augrc
+
+CONFIDENCE_SIGNALS = ("msp", "neg_entropy", "energy")
+ATTENTION_SIGNALS = ("rollout_entropy", "cls_entropy", "rollout_top_mass")
+SIGNALS = CONFIDENCE_SIGNALS + ATTENTION_SIGNALS
+
+
+def _as_distribution(maps: torch.Tensor) -> torch.Tensor:
+    """Maps (N, H, W) as distributions over their patches (N, P): positive part, summing to 1."""
+    p = maps.flatten(1).double().clamp(min=0)
+    return p / p.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def _entropy(distribution: torch.Tensor) -> torch.Tensor:
+    return -torch.special.xlogy(distribution, distribution).sum(dim=-1)
+
+
+def image_signals(logits: torch.Tensor, maps: dict[str, torch.Tensor], temperature: float,
+                  fraction: float = 0.2) -> pd.DataFrame:
+    """One row per image: every signal of SIGNALS, from logits (N, K) and maps {'rollout', 'cls_attention'}
+    (N, H, W) of the same forward pass."""
+    scaled = logits.double() / temperature
+    probs = scaled.softmax(dim=-1)
+    return pd.DataFrame({
+        "msp": probs.max(dim=-1).values.numpy(),
+        "neg_entropy": (probs * probs.clamp(min=1e-300).log()).sum(dim=-1).numpy(),
+        "energy": (temperature * scaled.logsumexp(dim=-1)).numpy(),
+        "rollout_entropy": _entropy(_as_distribution(maps["rollout"])).numpy(),
+        "cls_entropy": _entropy(_as_distribution(maps["cls_attention"])).numpy(),
+        "rollout_top_mass": top_mass(_as_distribution(maps["rollout"]), fraction).numpy(),
+    })
+
+
+def error_auroc(score: np.ndarray, correct: np.ndarray) -> float:
+    """P(score of a correct image > score of a wrong one); NaN when all are correct or all wrong."""
+    correct = np.asarray(correct, dtype=bool)
+    if correct.all() or not correct.any():
+        return float("nan")
+    return float(roc_auc_score(correct, score))
+
+
+def orientations(val: pd.DataFrame, signals=SIGNALS) -> dict[str, int]:
+    """+1 or -1 per signal: the sign under which higher means "more likely correct" on `val` (has `correct`);
+    +1 where `val` cannot tell (every image correct, or every one wrong)."""
+    signs = {}
+    for signal in signals:
+        auroc = error_auroc(val[signal].to_numpy(), val["correct"].to_numpy())
+        signs[signal] = -1 if auroc < 0.5 else 1
+    return signs
+
+
+def fit_combined(val: pd.DataFrame, confidence: str = "msp", attention=ATTENTION_SIGNALS):
+    """Logistic regression of `correct` on the standardized confidence signal and the attention signals."""
+    columns = [confidence, *attention]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    model.fit(val[columns].to_numpy(), val["correct"].to_numpy())
+    model.columns_ = columns
+    return model
+
+
+def scores(frame: pd.DataFrame, orient: dict[str, int], combined=None) -> pd.DataFrame:
+    """Oriented signals (higher = more likely correct), plus `combined` (its predicted P(correct)) when given."""
+    out = pd.DataFrame({s: orient[s] * frame[s].to_numpy() for s in orient}, index=frame.index)
+    if combined is not None:
+        out["combined"] = combined.predict_proba(frame[combined.columns_].to_numpy())[:, 1]
+    return out
+
+
+def detection_table(clean: pd.DataFrame, shifted: pd.DataFrame, orient: dict[str, int], combined=None) -> pd.DataFrame:
+    """Per score and split ('clean', 'moderate shift'): error AUROC and AUGRC; for the shifted split also the
+    shift AUROC against the clean images. `clean` and `shifted` have the signals and `correct`."""
+    rows = []
+    clean_scores, shifted_scores = scores(clean, orient, combined), scores(shifted, orient, combined)
+    for name in clean_scores.columns:
+        for split, frame, values in (("clean", clean, clean_scores[name]), ("moderate shift", shifted, shifted_scores[name])):
+            correct = frame["correct"].to_numpy(dtype=bool)
+            row = {"score": name, "split": split, "images": len(frame), "accuracy": correct.mean(),
+                   "error_auroc": error_auroc(values.to_numpy(), correct),
+                   "augrc": augrc(torch.tensor(values.to_numpy(dtype=float)), torch.tensor(correct))}
+            if split == "moderate shift":
+                is_clean = np.r_[np.ones(len(clean)), np.zeros(len(shifted))]
+                row["shift_auroc"] = float(roc_auc_score(is_clean, np.r_[clean_scores[name], values]))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+class _Ranking:
+    """A score's descending order with tie groups, so that the AUGRC of any reweighting of its rows (a bootstrap
+    resample: row weight = how often its image was drawn) costs two bincounts. Same definition as
+    lib.safety.selective.augrc: an error copy in a tie group of total weight W_g starting after weight S_g has
+    expected position S_g + (W_g + 1) / 2 and counts in N + 1 - that position of the N top-k sets."""
+
+    def __init__(self, score: np.ndarray, correct: np.ndarray):
+        self.order = np.argsort(-np.asarray(score, dtype=float), kind="stable")
+        _, self.tie = np.unique(np.asarray(score, dtype=float)[self.order], return_inverse=True)
+        self.tie = self.tie.max() - self.tie  # np.unique sorts ascending: number the groups from the top score
+        self.error = ~np.asarray(correct, dtype=bool)[self.order]
+
+    def augrc(self, weights: np.ndarray) -> float:
+        weights = np.asarray(weights, dtype=float)[self.order]
+        total = weights.sum()
+        group_weight = np.bincount(self.tie, weights)
+        group_errors = np.bincount(self.tie, weights * self.error)
+        start = np.cumsum(group_weight) - group_weight
+        return float((group_errors * (total + 1 - start - (group_weight + 1) / 2)).sum() / total**2)
+
+
+def paired_augrc_difference(first: np.ndarray, second: np.ndarray, correct: np.ndarray, groups: np.ndarray,
+                            resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """AUGRC(first) - AUGRC(second) on the same rows with a 95% percentile interval from a paired bootstrap that
+    resamples `groups` (the test image each row shows: its corrupted copies move together), negative where
+    `first` abstains better."""
+    a, b = _Ranking(first, correct), _Ranking(second, correct)
+    ones = np.ones(len(correct))
+    difference = a.augrc(ones) - b.augrc(ones)
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    count = inverse.max() + 1
+    generator = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        weights = np.bincount(generator.integers(0, count, count), minlength=count)[inverse]
+        draws.append(a.augrc(weights) - b.augrc(weights))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return {"difference": difference, "ci_low": float(low), "ci_high": float(high)}
+
+
+def predictor_comparisons(clean: pd.DataFrame, shifted: pd.DataFrame, orient: dict[str, int], combined,
+                          reference: str = "msp", resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """AUGRC of the combined score minus the reference's, per split, paired on the same images
+    (`paired_augrc_difference`, images resampled with their corrupted copies)."""
+    rows = []
+    for split, frame in (("clean", clean), ("moderate shift", shifted)):
+        values = scores(frame, orient, combined)
+        correct, groups = frame["correct"].to_numpy(dtype=bool), frame["image"].to_numpy()
+        result = paired_augrc_difference(values["combined"], values[reference], correct, groups, resamples, seed)
+        verdict = ("no difference detected" if result["ci_low"] <= 0 <= result["ci_high"]
+                   else "combined abstains better" if result["difference"] < 0 else f"{reference} abstains better")
+        rows.append({"split": split, "first": "combined", "second": reference, **result, "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
+def predictor_lines(detection: pd.DataFrame, paired: pd.DataFrame, name: str) -> list[str]:
+    """Sentences for one model: error and shift AUROC of MSP, of each attention signal and of the combined
+    score, and the combined score's AUGRC against MSP (`detection_table`, `predictor_comparisons`)."""
+    table = detection.set_index(["score", "split"])
+
+    def both(score: str) -> str:
+        return f"{table.loc[(score, 'clean'), 'error_auroc']:.3f} / {table.loc[(score, 'moderate shift'), 'error_auroc']:.3f}"
+
+    def shift(score: str) -> str:
+        return f"{table.loc[(score, 'moderate shift'), 'shift_auroc']:.3f}"
+
+    attention = ", ".join(f"{s} {both(s)}" for s in ATTENTION_SIGNALS)
+    lines = [f"- {name}: error-detection AUROC, clean / moderate shift ({int(table.loc[('msp', 'clean'), 'images'])} / "
+             f"{int(table.loc[('msp', 'moderate shift'), 'images'])} images; 0.5 is chance): MSP {both('msp')}; "
+             f"attention signals {attention}; MSP + attention (logistic, fitted on validation) {both('combined')}. "
+             f"Clean-vs-shifted AUROC: MSP {shift('msp')}; "
+             + ", ".join(f"{s} {shift(s)}" for s in ATTENTION_SIGNALS) + "."]
+    for _, row in paired.iterrows():
+        lines.append(f"- {name}, {row['split']}: AUGRC of MSP + attention − MSP alone = {row['difference']:+.4f} "
+                     f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] (95% bootstrap over test images, one training "
+                     f"seed): {row['verdict']}.")
+    return lines
