@@ -130,9 +130,14 @@ def committed_default(params_file: Path) -> dict:
     return raw
 
 
-def profile_values(default: dict, name: str, profiles_dir: Path, keys) -> dict[KeyPath, Any]:
-    """The value of each of `keys` under profile `name`: the profile's where it sets the key, else the default's."""
-    own = read_profile(name, profiles_dir)
+def read_profiles(profiles_dir: Path) -> dict[str, dict[KeyPath, Any]]:
+    """Every profile by name, what it sets (`read_profile`); the default sets nothing."""
+    return {name: read_profile(name, profiles_dir) for name in profile_names(profiles_dir)}
+
+
+def profile_values(default: dict, own: dict[KeyPath, Any], keys) -> dict[KeyPath, Any]:
+    """The value of each of `keys` under a profile that sets `own`: its own where it sets the key, else the
+    default study's."""
     return {path: own[path] if path in own else _get(default, path) for path in keys}
 
 
@@ -147,54 +152,67 @@ def applied(raw: dict, name: str, profiles_dir: Path) -> dict:
     return result
 
 
-def held_profile(raw: dict, default: dict, profiles_dir: Path) -> str:
+def held_profile(raw: dict, default: dict, profiles: dict[str, dict[KeyPath, Any]]) -> str:
     """The profile whose values the file holds: the named `profile`, unless the file holds exactly another
     profile's values (a hand-edited `profile:`). Values edited by hand (ablations) keep the named profile."""
     named = raw.get("profile", DEFAULT)
-    names = profile_names(profiles_dir)
+    keys = {path for own in profiles.values() for path in own}  # every key some profile sets
 
     def holds(name: str) -> bool:
-        keys = read_profile(name, profiles_dir).keys() | {p for n in names for p in read_profile(n, profiles_dir)}
-        return all(_has(raw, p) and _get(raw, p) == v for p, v in profile_values(default, name, profiles_dir, keys).items())
+        values = profile_values(default, profiles[name], keys)
+        return all(_has(raw, p) and _get(raw, p) == v for p, v in values.items())
 
-    if named not in names or holds(named):
+    if named not in profiles or holds(named):
         return named
-    return next((name for name in names if holds(name)), named)
+    return next((name for name in profiles if holds(name)), named)
+
+
+def _with(raw: dict, changes: dict[KeyPath, Any]) -> dict:
+    result = copy.deepcopy(raw)
+    for path, value in changes.items():
+        _set(result, path, value)
+    return result
 
 
 def _changes(params_file: Path, raw: dict, name: str, profiles_dir: Path, default: dict) -> dict[KeyPath, Any]:
     """The keys, and their new values, that switching `raw` to profile `name` writes (`profile` included).
     Raises ProfileError, naming each key, where the switch would lose a hand-edited value."""
     read_profile(name, profiles_dir)  # an unknown name first
-    every = {n: read_profile(n, profiles_dir) for n in profile_names(profiles_dir)}
-    problems = [f"{profiles_dir / n}.yaml: {_missing_key(default, p)}" for n, own in every.items() for p in own
+    profiles = read_profiles(profiles_dir)
+    problems = [f"{profiles_dir / n}.yaml: {_missing_key(default, p)}" for n, own in profiles.items() for p in own
                 if not _has(default, p)]
-    missing = [f"{params_file}: {dotted(p)}: missing, but profile {n!r} sets it" for n, own in every.items()
+    missing = [f"{params_file}: {dotted(p)}: missing, but profile {n!r} sets it" for n, own in profiles.items()
                for p in own if _has(default, p) and not _has(raw, p)]
     if missing:  # a misspelt or deleted key: the schema says which, with its "did you mean"
         problems += [f"{params_file}: {line}" for line in describe_errors(Params, raw)] + missing
     if problems:
         raise ProfileError("\n".join(dict.fromkeys(problems)))
-    held = held_profile(raw, default, profiles_dir)
-    keys = list(dict.fromkeys([*every.get(held, {}), *every[name]]))  # held's and the target's, in order, once
-    now = profile_values(default, held, profiles_dir, keys)
+    held = held_profile(raw, default, profiles)
+    keys = list(dict.fromkeys([*profiles.get(held, {}), *profiles[name]]))  # held's and the target's, once
+    now = profile_values(default, profiles.get(held, {}), keys)
     edited = [p for p in keys if _get(raw, p) != now[p]]
-    target = profile_values(default, name, profiles_dir, keys)
     if name != held and edited:
         lines = "\n  ".join(f"{dotted(p)}: {_get(raw, p)!r} (profile {held!r} sets {now[p]!r})" for p in edited)
         raise ProfileError(
             f"{params_file}: these keys hold values edited by hand, which switching to {name!r} would overwrite:\n"
             f"  {lines}\nPut them back, or copy them into profiles/{name}.yaml first; nothing was changed.")
+    target = profile_values(default, profiles[name], keys)
     changes = {} if name == held else {p: v for p, v in target.items() if _get(raw, p) != v}
     if raw.get("profile", DEFAULT) != name:
         changes[("profile",)] = name
-    expected = copy.deepcopy(raw)
-    for path, value in changes.items():
-        _set(expected, path, value)
-    invalid = describe_errors(Params, expected)
+    invalid = describe_errors(Params, _with(raw, changes))
     if invalid:
         raise ProfileError("\n".join(f"{params_file} at profile {name!r}: {line}" for line in invalid))
     return changes
+
+
+def _plan(params_file: Path, name: str, profiles_dir: Path | None, default: dict | None) -> tuple[str, dict, dict]:
+    """The file's text, its values and the changes switching it to profile `name` makes (`_changes`)."""
+    profiles_dir = Path(profiles_dir) if profiles_dir is not None else params_file.parent / "profiles"
+    text = params_file.read_text()
+    raw = _params_mapping(params_file, text)
+    default = committed_default(params_file) if default is None else default
+    return text, raw, _changes(params_file, raw, name, profiles_dir, default)
 
 
 def switch(params_file: Path, name: str, profiles_dir: Path | None = None, default: dict | None = None) -> list[str]:
@@ -205,17 +223,11 @@ def switch(params_file: Path, name: str, profiles_dir: Path | None = None, defau
     would overwrite holds a value edited by hand.
     """
     params_file = Path(params_file)
-    profiles_dir = Path(profiles_dir) if profiles_dir is not None else params_file.parent / "profiles"
-    text = params_file.read_text()
-    raw = _params_mapping(params_file, text)
-    changes = _changes(params_file, raw, name, profiles_dir, committed_default(params_file) if default is None else default)
+    text, raw, changes = _plan(params_file, name, profiles_dir, default)
     if not changes:
         return []
-    expected = copy.deepcopy(raw)
-    for path, value in changes.items():
-        _set(expected, path, value)
     new_text = _rewrite(text, changes)
-    if yaml.safe_load(new_text) != expected:  # the text edit must change exactly these values
+    if yaml.safe_load(new_text) != _with(raw, changes):  # the text edit must change exactly these values
         raise ProfileError(f"{params_file}: could not rewrite the file in place; nothing was changed")
     tmp = params_file.with_name(f".{params_file.name}.tmp")
     tmp.write_text(new_text)
@@ -226,15 +238,13 @@ def switch(params_file: Path, name: str, profiles_dir: Path | None = None, defau
 def set_args(params_file: Path, name: str, profiles_dir: Path | None = None, default: dict | None = None) -> list[str]:
     """`dvc exp run` arguments (`-S key=value` each) that switch `params_file` to profile `name`."""
     params_file = Path(params_file)
-    profiles_dir = Path(profiles_dir) if profiles_dir is not None else params_file.parent / "profiles"
-    raw = _params_mapping(params_file, params_file.read_text())
-    changes = _changes(params_file, raw, name, profiles_dir, committed_default(params_file) if default is None else default)
+    _, _, changes = _plan(params_file, name, profiles_dir, default)
     args = []
     for path, value in changes.items():
         text = _flow(value).replace(", ", ",")  # no blanks: `$(...)` splits its output at them
         if any(c.isspace() for c in text):
-            raise ProfileError(f"{profiles_dir / name}.yaml: {dotted(path)}: {text!r} has blanks, which a shell "
-                               "splits; switch with `make profile` instead")
+            raise ProfileError(f"{params_file}: {dotted(path)}: {text!r} has blanks, which a shell splits; switch "
+                               "with `make profile` instead")
         args += ["-S", f"{dotted(path)}={text}"]
     return args
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lib.config import load_params
-from lib.profiles import ProfileError, applied, held_profile, leaves, read_profile, set_args, switch
+from lib.profiles import ProfileError, applied, held_profile, leaves, read_profile, read_profiles, set_args, switch
 from tests.conftest import REPO
 
 PROFILES_DIR = REPO / "profiles"
@@ -52,7 +52,7 @@ def test_every_profile_applied_is_a_valid_study(params_file, default, name):
     params = load_params(params_file)
     raw = yaml.safe_load(params_file.read_text())
     assert params.profile == name and raw == applied(default, name, PROFILES_DIR)
-    assert held_profile(raw, default, PROFILES_DIR) == name
+    assert held_profile(raw, default, read_profiles(PROFILES_DIR)) == name
 
 
 def test_paper_profile_is_gpu_scale_on_cifar100_and_image_folders(params_file, default):
@@ -129,7 +129,7 @@ def test_ablations_of_keys_no_profile_sets_survive_switches(params_file, default
 def test_hand_edited_profile_key_is_applied_by_make(params_file, default):
     """`profile: paper` typed by hand while the values are the default's: `make profile` (no name) applies it."""
     params_file.write_text(params_file.read_text().replace("profile: default ", "profile: paper   "))
-    assert held_profile(yaml.safe_load(params_file.read_text()), default, PROFILES_DIR) == "default"
+    assert held_profile(yaml.safe_load(params_file.read_text()), default, read_profiles(PROFILES_DIR)) == "default"
     result = subprocess.run([sys.executable, "-m", "lib.profiles", "--params", str(params_file), "--profiles",
                              str(PROFILES_DIR), "--default", str(REPO / "params.yaml")], capture_output=True, text=True,
                             cwd=REPO)  # what `make profile` runs

@@ -109,9 +109,23 @@ def test_predictor_lines_quote_the_tables():
     paired = pd.DataFrame([{"split": "moderate shift", "first": "combined", "second": "msp", "difference": -0.0012,
                             "ci_low": -0.003, "ci_high": 0.0004, "verdict": "no difference detected"}])
     first, second = predictor_lines(pd.DataFrame(rows), paired, "signs-ape")
-    assert "(200 / 9600 images; 0.5 is chance): MSP 0.800 / 0.800; attention signals rollout_entropy 0.600 / 0.600, " \
+    assert "flagged errors on clean validation): MSP 0.800 / 0.800; attention signals rollout_entropy 0.600 / 0.600, " \
            "cls_entropy 0.550 / 0.550, rollout_top_mass 0.500 / 0.500; MSP + attention" in first
     assert "Clean-vs-shifted AUROC: MSP 0.700; rollout_entropy 0.500, cls_entropy 0.450, rollout_top_mass 0.400." in first
     assert second == ("- signs-ape, moderate shift: AUGRC of MSP + attention − MSP alone = -0.0012 [-0.0030, +0.0004] "
                       "(95% bootstrap over test images, one training seed): no difference detected.")
     assert scores(pd.DataFrame({s: [1.0] for s in SIGNALS}), {s: -1 for s in SIGNALS})["msp"].tolist() == [-1.0]
+
+
+def test_validation_of_one_class_fits_no_combined_score_and_says_so():
+    correct = np.zeros(10, dtype=bool)  # a tiny or untrained model: every validation image wrong
+    val = _frame({"msp": np.linspace(0, 1, 10)}, correct)
+    assert fit_combined(val) is None
+    test = _frame({"msp": np.linspace(0, 1, 10)}, np.array([True, False] * 5))
+    orient = orientations(val)
+    table = detection_table(test, test, orient, None)
+    assert "combined" not in set(table["score"])
+    paired = predictor_comparisons(test, test, orient, None)
+    assert paired.empty and "verdict" in paired.columns
+    first, = predictor_lines(table, paired, "tiny")
+    assert "MSP + attention not fitted (the validation images were all correct or all wrong)" in first

@@ -27,6 +27,8 @@ References: Hendrycks & Gimpel 2017 (MSP, arXiv 1610.02136); Liu et al. 2020, "E
 distribution Detection" (arXiv 2010.03759); Traub et al. 2024 (AUGRC, arXiv 2407.01032); Abnar & Zuidema
 2020 (rollout, arXiv 2005.00928).
 """
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 import torch
@@ -61,7 +63,7 @@ def image_signals(logits: torch.Tensor, maps: dict[str, torch.Tensor], temperatu
     probs = scaled.softmax(dim=-1)
     return pd.DataFrame({
         "msp": probs.max(dim=-1).values.numpy(),
-        "neg_entropy": (probs * probs.clamp(min=1e-300).log()).sum(dim=-1).numpy(),
+        "neg_entropy": (-_entropy(probs)).numpy(),
         "energy": (temperature * scaled.logsumexp(dim=-1)).numpy(),
         "rollout_entropy": _entropy(_as_distribution(maps["rollout"])).numpy(),
         "cls_entropy": _entropy(_as_distribution(maps["cls_attention"])).numpy(),
@@ -87,20 +89,24 @@ def orientations(val: pd.DataFrame, signals=SIGNALS) -> dict[str, int]:
     return signs
 
 
-def fit_combined(val: pd.DataFrame, confidence: str = "msp", attention=ATTENTION_SIGNALS):
-    """Logistic regression of `correct` on the standardized confidence signal and the attention signals."""
+def fit_combined(val: pd.DataFrame, confidence: str = "msp",
+                 attention=ATTENTION_SIGNALS) -> Callable[[pd.DataFrame], np.ndarray] | None:
+    """Logistic regression of `correct` on the standardized confidence signal and the attention signals, fitted
+    on `val`; returns the score it gives any frame of signals (its predicted P(correct)), or None where `val`
+    holds only correct or only wrong images (nothing to fit)."""
+    if val["correct"].nunique() < 2:
+        return None
     columns = [confidence, *attention]
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     model.fit(val[columns].to_numpy(), val["correct"].to_numpy())
-    model.columns_ = columns
-    return model
+    return lambda frame: model.predict_proba(frame[columns].to_numpy())[:, 1]
 
 
 def scores(frame: pd.DataFrame, orient: dict[str, int], combined=None) -> pd.DataFrame:
-    """Oriented signals (higher = more likely correct), plus `combined` (its predicted P(correct)) when given."""
+    """Oriented signals (higher = more likely correct), plus `combined` (`fit_combined`'s score) when given."""
     out = pd.DataFrame({s: orient[s] * frame[s].to_numpy() for s in orient}, index=frame.index)
     if combined is not None:
-        out["combined"] = combined.predict_proba(frame[combined.columns_].to_numpy())[:, 1]
+        out["combined"] = combined(frame)
     return out
 
 
@@ -165,7 +171,10 @@ def paired_augrc_difference(first: np.ndarray, second: np.ndarray, correct: np.n
 def predictor_comparisons(clean: pd.DataFrame, shifted: pd.DataFrame, orient: dict[str, int], combined,
                           reference: str = "msp", resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
     """AUGRC of the combined score minus the reference's, per split, paired on the same images
-    (`paired_augrc_difference`, images resampled with their corrupted copies)."""
+    (`paired_augrc_difference`, images resampled with their corrupted copies); no rows without a combined score."""
+    columns = ["split", "first", "second", "difference", "ci_low", "ci_high", "verdict"]
+    if combined is None:
+        return pd.DataFrame(columns=columns)
     rows = []
     for split, frame in (("clean", clean), ("moderate shift", shifted)):
         values = scores(frame, orient, combined)
@@ -174,7 +183,7 @@ def predictor_comparisons(clean: pd.DataFrame, shifted: pd.DataFrame, orient: di
         verdict = ("no difference detected" if result["ci_low"] <= 0 <= result["ci_high"]
                    else "combined abstains better" if result["difference"] < 0 else f"{reference} abstains better")
         rows.append({"split": split, "first": "combined", "second": reference, **result, "verdict": verdict})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def predictor_lines(detection: pd.DataFrame, paired: pd.DataFrame, name: str) -> list[str]:
@@ -189,9 +198,13 @@ def predictor_lines(detection: pd.DataFrame, paired: pd.DataFrame, name: str) ->
         return f"{table.loc[(score, 'moderate shift'), 'shift_auroc']:.3f}"
 
     attention = ", ".join(f"{s} {both(s)}" for s in ATTENTION_SIGNALS)
+    combined = (f"MSP + attention (logistic, fitted on validation) {both('combined')}"
+                if ("combined", "clean") in table.index
+                else "MSP + attention not fitted (the validation images were all correct or all wrong)")
     lines = [f"- {name}: error-detection AUROC, clean / moderate shift ({int(table.loc[('msp', 'clean'), 'images'])} / "
-             f"{int(table.loc[('msp', 'moderate shift'), 'images'])} images; 0.5 is chance): MSP {both('msp')}; "
-             f"attention signals {attention}; MSP + attention (logistic, fitted on validation) {both('combined')}. "
+             f"{int(table.loc[('msp', 'moderate shift'), 'images'])} images; 0.5 is chance, below 0.5 the signal "
+             f"moves against the direction that flagged errors on clean validation): MSP {both('msp')}; "
+             f"attention signals {attention}; {combined}. "
              f"Clean-vs-shifted AUROC: MSP {shift('msp')}; "
              + ", ".join(f"{s} {shift(s)}" for s in ATTENTION_SIGNALS) + "."]
     for _, row in paired.iterrows():
