@@ -10,6 +10,7 @@ FLOPs come from `torch.utils.flop_counter` on the variant's own path with attent
 is counted as 3x the forward.
 """
 import argparse
+import copy
 import json
 import math
 import re
@@ -164,7 +165,7 @@ def measure_in_subprocess(attention: str, pos_embed: str, grids: list[int], toke
     """`measure_variant` in a fresh Python process (own memory accounting); returns its rows."""
     spec = {"attention": attention, "pos_embed": pos_embed, "grids": grids, "tokens_per_batch": tokens_per_batch,
             "repeats": repeats, "attention_kwargs": attention_kwargs or {}, "threads": threads}
-    result = subprocess.run([sys.executable, "-m", "lib.benchmark", json.dumps(spec)],
+    result = subprocess.run([sys.executable, "-m", "lib.benchmark", "measure", json.dumps(spec)],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"benchmark of {attention}/{pos_embed} failed:\n{result.stderr[-3000:]}")
@@ -222,42 +223,185 @@ def timm_counterparts(grid: int) -> dict[str, torch.nn.Module]:
     }
 
 
-def compare_with_timm(grid: int, batch: int, repeats: int, rounds: int = 5) -> pd.DataFrame:
+LIB_MODELS = ("lib_ape", "lib_rope_axial", "lib_rope_mixed")
+TIMM_MODELS = ("timm_vit_ape", "timm_eva_rope_axial", "timm_eva_rope_mixed")
+
+
+def lib_and_timm_models(grid: int) -> dict[str, torch.nn.Module]:
+    """lib's ViT with APE, RoPE-Axial and RoPE-Mixed, and timm's counterparts, at the same configuration."""
+    size = TINY["patch_size"] * grid
+    lib = {name: VisionTransformer(img_size=size, pos_embed=name.removeprefix("lib_"), **TINY) for name in LIB_MODELS}
+    return {**lib, **timm_counterparts(grid)}
+
+
+def compare_with_timm(grid: int, batch: int, repeats: int, rounds: int = 5, compiled: tuple[str, ...] = (),
+                      log=print) -> pd.DataFrame:
     """Training and forward throughput of lib and timm models at the same configuration, interleaved.
 
-    Each of `rounds` rounds times every model once (median of `repeats` steps); the table holds the
-    median over rounds, so slow phases of a shared machine spread over all models alike.
+    Each of `rounds` rounds times every model once (median of `repeats` steps), eagerly and, for the models
+    named in `compiled`, as a `torch.compile`d training step (what `train.compile` compiles; compiled from
+    the same initial weights before the first round, its compile time measured apart). Slow phases of a
+    shared machine then hit every model alike, and ratios are taken round by round (`round_ratios`).
+
+    Returns one row per (model, mode, round): mode "eager" or "compiled", images/s of the training step and
+    (eager only) of an inference batch, FLOPs per image (`forward_flops`), compile seconds, parameters.
     """
-    size = TINY["patch_size"] * grid
-    models = {
-        "lib_ape": VisionTransformer(img_size=size, pos_embed="ape", **TINY),
-        "lib_rope_axial": VisionTransformer(img_size=size, pos_embed="rope_axial", **TINY),
-        "lib_rope_mixed": VisionTransformer(img_size=size, pos_embed="rope_mixed", **TINY),
-        **timm_counterparts(grid),
-    }
-    images = torch.randn(batch, TINY["in_chans"], size, size)
-    steps = {(name, kind): make(model, images) for name, model in models.items()
-             for kind, make in (("train", train_step), ("forward", forward_step))}
-    timings: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+    models = lib_and_timm_models(grid)
+    unknown = sorted(set(compiled) - set(models))
+    if unknown:
+        raise ValueError(f"compiled: unknown model(s) {unknown}; expected some of {sorted(models)}")
+    images = images_for(grid, batch)
+    steps = {}
+    for name, model in models.items():
+        steps[(name, "eager", "train")] = train_step(model, images)
+        steps[(name, "eager", "forward")] = forward_step(model, images)
+    compile_seconds = {}
+    for name in compiled:
+        step = train_step(torch.compile(copy.deepcopy(models[name])), images)
+        start = time.perf_counter()
+        try:
+            step()  # the first call compiles forward and backward
+        except Exception as err:  # a model that does not compile is reported, not timed
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            log(f"{name} does not compile ({type(err).__name__}: {first_line}); no compiled rows")
+            continue
+        compile_seconds[name] = time.perf_counter() - start
+        steps[(name, "compiled", "train")] = step
+    timings: dict[tuple[str, str, str], list[float]] = {key: [] for key in steps}
     for _ in range(rounds):
         for key, step in steps.items():
             timings[key].append(median_seconds(step, repeats))
-    rows = [{"model": name, "images_per_s_train": batch / statistics.median(timings[(name, "train")]),
-             "images_per_s_forward": batch / statistics.median(timings[(name, "forward")]),
-             "parameters": sum(p.numel() for p in model.parameters())} for name, model in models.items()]
+    flops = {name: forward_flops(model, images_for(grid, 1)) for name, model in models.items()}
+    rows = []
+    for (name, mode, kind), seconds in timings.items():
+        if kind == "forward":
+            continue
+        forward = timings.get((name, mode, "forward"), [math.nan] * rounds)
+        rows += [{"model": name, "mode": mode, "round": r, "grid": grid, "batch": batch,
+                  "images_per_s_train": batch / seconds[r], "images_per_s_forward": batch / forward[r],
+                  "forward_gflops_per_image": flops[name] / 1e9, "compile_seconds": compile_seconds.get(name, math.nan)
+                  if mode == "compiled" else math.nan,
+                  "parameters": sum(p.numel() for p in models[name].parameters())} for r in range(rounds)]
     return pd.DataFrame(rows)
 
 
+def throughput_summary(per_round: pd.DataFrame, peak_gflops: float) -> pd.DataFrame:
+    """Per (model, mode): median images/s over rounds (training: also the slowest and fastest round), and the
+    training step's achieved FLOP/s as a fraction of the matmul peak (training counted as 3x the forward)."""
+    grouped = per_round.groupby(["model", "mode"], sort=False)
+    table = grouped.agg(grid=("grid", "first"), batch=("batch", "first"),
+                        images_per_s_train=("images_per_s_train", "median"),
+                        images_per_s_train_min=("images_per_s_train", "min"),
+                        images_per_s_train_max=("images_per_s_train", "max"),
+                        images_per_s_forward=("images_per_s_forward", "median"),
+                        forward_gflops_per_image=("forward_gflops_per_image", "first"),
+                        compile_seconds=("compile_seconds", "first"), parameters=("parameters", "first")).reset_index()
+    table["train_fraction_of_peak"] = 3 * table["forward_gflops_per_image"] * table["images_per_s_train"] / peak_gflops
+    return table
+
+
+def round_ratios(per_round: pd.DataFrame, numerator: str, denominator: str, mode: str) -> np.ndarray:
+    """Training throughput of `numerator` over `denominator`, round by round (both timed in the same round);
+    empty if either was not measured in `mode`."""
+    def speed(model):
+        part = per_round[(per_round["model"] == model) & (per_round["mode"] == mode)]
+        return part.set_index("round")["images_per_s_train"]
+    a, b = speed(numerator), speed(denominator)
+    if a.empty or b.empty:
+        return np.array([])
+    return (a / b).sort_index().to_numpy()
+
+
+def efficiency_targets(per_round: pd.DataFrame, peak_gflops: float, linear_slope: float | None) -> pd.DataFrame:
+    """The efficiency goals, each in eager and compiled mode where measured: value is the median over rounds
+    of the per-round ratio, with the slowest and fastest round; `met` compares the goal's statistic (every
+    round for the lib/timm speed-up, the median otherwise) with its bound; NaN where nothing was measured. The
+    training step's achieved FLOP/s counts training as 3x the forward, against the measured fp32 matmul peak."""
+    rows = []
+
+    def add(target, mode, values, goal, bound, every_round=False):
+        values = np.asarray(values, dtype=float)
+        measured = len(values) > 0 and not np.isnan(values).all()
+        median, low, high = ((float(np.median(values)), float(values.min()), float(values.max())) if measured
+                             else (math.nan,) * 3)
+        statistic = (low if ">=" in goal else high) if every_round else median
+        met = (statistic >= bound if ">=" in goal else statistic <= bound) if measured and bound is not None else None
+        rows.append({"target": target, "mode": mode, "value": median, "min": low, "max": high, "goal": goal,
+                     "met": met})
+
+    for mode in ("eager", "compiled"):
+        add("lib RoPE-Mixed / timm RoPE-Mixed training throughput", mode,
+            round_ratios(per_round, "lib_rope_mixed", "timm_eva_rope_mixed", mode), ">= 1.15 in every round", 1.15,
+            every_round=True)
+        add("lib RoPE-Mixed overhead over lib APE (training)", mode,
+            round_ratios(per_round, "lib_ape", "lib_rope_mixed", mode) - 1, "<= 0.08", 0.08)
+        add("timm RoPE-Mixed overhead over timm ViT APE (training)", mode,
+            round_ratios(per_round, "timm_vit_ape", "timm_eva_rope_mixed", mode) - 1, "(reference)", None)
+        add("lib APE ViT / timm ViT training throughput", mode,
+            round_ratios(per_round, "lib_ape", "timm_vit_ape", mode), ">= 1.0", 1.0)
+        lib_rope = per_round[(per_round["model"] == "lib_rope_mixed") & (per_round["mode"] == mode)]
+        fraction = 3 * lib_rope["forward_gflops_per_image"] * lib_rope["images_per_s_train"] / peak_gflops
+        grid = int(per_round["grid"].iloc[0])
+        add(f"lib RoPE-Mixed training FLOP/s / fp32 matmul peak ({grid}x{grid} patches)", mode, fraction, ">= 0.5", 0.5)
+    add("linear attention forward log-log slope", "eager", [] if linear_slope is None else [linear_slope],
+        "<= 1.1", 1.1)
+    return pd.DataFrame(rows)
+
+
+def sweep_seconds(pos_embed: str, resolutions: list[int], images: int, batch: int, mode: str) -> dict:
+    """Wall time of a resolution sweep as the evaluate stage runs one (eval mode, no gradients, `images` images
+    at every resolution in batches of `batch`), compile time included. `mode`: "eager"; "recompile"
+    (torch.compile with static shapes: one compilation per resolution); "dynamic" (symbolic sizes: one
+    compilation for every resolution). Outputs are checked against eager at every resolution."""
+    model = tiny_model("softmax", pos_embed, resolutions[0] // TINY["patch_size"]).eval()
+    torch._dynamo.reset()  # no compilation carried over from an earlier call
+    run = model if mode == "eager" else torch.compile(model, dynamic=mode == "dynamic")
+    generator = torch.Generator().manual_seed(0)
+    seconds, worst = 0.0, 0.0
+    with torch.no_grad():
+        for size in resolutions:
+            data = torch.randn(images, TINY["in_chans"], size, size, generator=generator)
+            start = time.perf_counter()
+            outputs = [run(chunk) for chunk in data.split(batch)]
+            seconds += time.perf_counter() - start
+            worst = max(worst, (torch.cat(outputs) - model(data)).abs().max().item())
+    return {"pos_embed": pos_embed, "mode": mode, "resolutions": len(resolutions), "images": images, "batch": batch,
+            "seconds": seconds, "max_abs_difference_to_eager": worst}
+
+
 def main(argv: list[str]) -> int:
-    """Subprocess entry: one JSON spec in, one JSON list of rows out (last line of stdout)."""
-    parser = argparse.ArgumentParser(description="measure one attention variant (internal, see measure_in_subprocess)")
-    parser.add_argument("spec", help="JSON: attention, pos_embed, grids, tokens_per_batch, repeats, attention_kwargs, threads")
-    spec = json.loads(parser.parse_args(argv).spec)
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    rows = measure_variant(spec["attention"], spec["pos_embed"], spec["grids"], spec["tokens_per_batch"],
-                           spec["repeats"], spec.get("attention_kwargs"))
-    print(json.dumps(rows))
+    """`measure SPEC`: the subprocess entry of `measure_in_subprocess` (one JSON spec in, one JSON list of rows
+    out, on the last line of stdout). `compile-sweep`: an evaluation sweep over resolutions, eager against
+    torch.compile with a recompile per resolution and with dynamic shapes (the evaluate stage stays eager)."""
+    parser = argparse.ArgumentParser(description="the efficiency benchmark's measurements")
+    commands = parser.add_subparsers(dest="command", required=True)
+    measure = commands.add_parser("measure", help="measure one attention variant (internal)")
+    measure.add_argument("spec", help="JSON: attention, pos_embed, grids, tokens_per_batch, repeats, attention_kwargs, threads")
+    sweep = commands.add_parser("compile-sweep", help="eager vs compiled evaluation over a resolution sweep")
+    sweep.add_argument("--pos-embeds", nargs="+", default=["ape", "rope_mixed"])
+    sweep.add_argument("--resolutions", type=int, nargs="+", default=[12, 16, 20, 24, 32, 40, 48],
+                       help="px, multiples of the patch size (default: shapes' eval_resolutions)")
+    sweep.add_argument("--images", type=int, default=200, help="test images per resolution")
+    sweep.add_argument("--batch", type=int, default=500)
+    sweep.add_argument("--threads", type=int, default=None)
+    sweep.add_argument("--out", type=Path, default=None, help="also write the table to this CSV file")
+    args = parser.parse_args(argv)
+    if args.command == "measure":
+        spec = json.loads(args.spec)
+        if spec.get("threads"):
+            torch.set_num_threads(spec["threads"])
+        rows = measure_variant(spec["attention"], spec["pos_embed"], spec["grids"], spec["tokens_per_batch"],
+                               spec["repeats"], spec.get("attention_kwargs"))
+        print(json.dumps(rows))
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = pd.DataFrame([sweep_seconds(p, args.resolutions, args.images, args.batch, mode)
+                          for p in args.pos_embeds for mode in ("eager", "recompile", "dynamic")])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(table.to_markdown(index=False, floatfmt=".3g"))
+    if args.out:
+        table.to_csv(args.out, index=False)
     return 0
 
 

@@ -193,9 +193,11 @@ class EfficiencyParams(Strict):
     tokens_per_batch: PositiveInt = 4096
     repeats: PositiveInt = 3
     slope_min_tokens: PositiveInt = 256
-    timm_grid: PositiveInt = 7
-    timm_batch: PositiveInt = 128
+    timm_grid: PositiveInt = 14
+    timm_batch: PositiveInt = 32
     timm_rounds: PositiveInt = 5
+    compiled: list[Literal["lib_ape", "lib_rope_axial", "lib_rope_mixed", "timm_vit_ape", "timm_eva_rope_axial",
+                           "timm_eva_rope_mixed"]] = []
 
     @model_validator(mode="after")
     def _baseline_measured(self):

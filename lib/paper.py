@@ -70,6 +70,8 @@ TABLES = {
     "seed_maps": Table("resolution/seed_map_stability.csv", "evaluate"),
     "cost": Table("efficiency/cost_vs_tokens.csv", "efficiency"),
     "scaling": Table("efficiency/scaling.csv", "efficiency"),
+    "lib_vs_timm": Table("efficiency/lib_vs_timm.csv", "efficiency"),
+    "efficiency_targets": Table("efficiency/targets.csv", "efficiency"),
     "layer_head": Table("analysis_summary/layer_head.csv", "analysis-summary", "analysis/*/layer_head.csv"),
     "faithfulness": Table("analysis_summary/faithfulness.csv", "analysis-summary", "analysis/*/faithfulness.csv"),
     "localisation": Table("analysis_summary/localisation.csv", "analysis-summary", "analysis/*/localisation.csv"),
@@ -569,7 +571,8 @@ def zoo_resolution_lines(resolution: pd.DataFrame) -> list[str]:
             "variant: RQ1's claims rest on the seed study above, not on this table."]
 
 
-def rq2_lines(cost: pd.DataFrame, scaling: pd.DataFrame) -> list[str]:
+def rq2_lines(cost: pd.DataFrame, scaling: pd.DataFrame, lib_vs_timm: pd.DataFrame | None = None,
+              targets: pd.DataFrame | None = None) -> list[str]:
     lines = []
     softmax = set(cost.loc[cost["attention"] == "softmax", "variant"])
     for _, row in scaling.iterrows():
@@ -584,6 +587,38 @@ def rq2_lines(cost: pd.DataFrame, scaling: pd.DataFrame) -> list[str]:
     lines.append(f"- At {int(fastest['tokens'])} tokens the fastest forward pass is {label(fastest['variant'])}'s, "
                  f"{fastest['forward_ms_per_image']:.3g} ms per image. Timings are medians of repeated steps on one "
                  f"machine; the tables hold no confidence intervals for them.")
+    if lib_vs_timm is not None and targets is not None:
+        lines += speed_goal_lines(lib_vs_timm, targets)
+    return lines
+
+
+def _goal_value(row: pd.Series, percent: bool) -> str:
+    """'1.13x [1.10, 1.16]' or '7.2% [5.0, 9.1]': the median over rounds [slowest, fastest round]."""
+    if percent:
+        return f"{100 * row['value']:.1f}% [{100 * row['min']:.1f}, {100 * row['max']:.1f}]"
+    return f"{row['value']:.2f}x [{row['min']:.2f}, {row['max']:.2f}]"
+
+
+def speed_goal_lines(lib_vs_timm: pd.DataFrame, targets: pd.DataFrame) -> list[str]:
+    """lib against timm, eager and compiled (the efficiency stage's lib_vs_timm.csv and targets.csv): each goal's
+    median over the interleaved rounds with its slowest and fastest round, whether it was met, and what
+    compiling cost."""
+    first = lib_vs_timm.iloc[0]
+    lines = [f"- lib against timm at the same configuration ({int(first['grid'])}x{int(first['grid'])} patches, batch "
+             f"{int(first['batch'])}, training steps; median over interleaved rounds [slowest, fastest round]):"]
+    measured = targets[targets["value"].notna() & (targets["target"] != "linear attention forward log-log slope")]
+    for _, row in measured.iterrows():
+        percent = "overhead" in row["target"] or "FLOP/s" in row["target"]
+        verdict = "" if row["goal"] == "(reference)" else f"; goal {row['goal']}: {'met' if row['met'] else 'missed'}"
+        lines.append(f"  - {row['target']}, {row['mode']}: {_goal_value(row, percent)}{verdict}.")
+    compiled = lib_vs_timm[lib_vs_timm["mode"] == "compiled"].set_index("model")
+    eager = lib_vs_timm[lib_vs_timm["mode"] == "eager"].set_index("model")
+    for model, row in compiled.iterrows():
+        saved = 1 / eager.loc[model, "images_per_s_train"] - 1 / row["images_per_s_train"]  # seconds per image
+        steps = row["compile_seconds"] / (saved * row["batch"]) if saved > 0 else np.inf
+        lines.append(f"  - torch.compile, {model}: {row['images_per_s_train'] / eager.loc[model, 'images_per_s_train']:.2f}x "
+                     f"the eager training throughput after {row['compile_seconds']:.0f} s of compiling"
+                     + (f", which pays off after {steps:,.0f} steps." if np.isfinite(steps) else ", never paid off."))
     return lines
 
 
@@ -702,7 +737,7 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
     parts = [
         ("RQ1", rq1_lines(findings, t["rq1_accuracy"]), "rq1_ordering",
          [*rq1_figures, tab("rq1_ordering"), tab("rq1_paired"), tab("rq1_accuracy")]),
-        ("RQ2", rq2_lines(t["cost"], t["scaling"]), "cost", [fig("cost_vs_tokens", "cost vs tokens"), tab("cost")]),
+        ("RQ2", rq2_lines(t["cost"], t["scaling"], t["lib_vs_timm"], t["efficiency_targets"]), "cost", [fig("cost_vs_tokens", "cost vs tokens"), tab("cost")]),
         ("RQ3", rq3_lines(t["layer_head"], t["faithfulness"], t["localisation"]), "analysis",
          [fig("attention_distance", "mean attention distance per layer, position encodings"),
           fig("attention_distance_attention", "mean attention distance per layer, attention variants"),

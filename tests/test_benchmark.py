@@ -5,7 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.benchmark import crossover_tokens, forward_flops, loglog_slope, measure_in_subprocess, tiny_model, images_for
+from lib.benchmark import (compare_with_timm, crossover_tokens, efficiency_targets, forward_flops, images_for,
+                           loglog_slope, measure_in_subprocess, round_ratios, sweep_seconds, throughput_summary,
+                           tiny_model)
 
 
 def table(tokens, cost):
@@ -42,3 +44,50 @@ def test_measurement_in_a_subprocess():
     assert [row["tokens"] for row in rows] == [4, 16]
     assert all(row["forward_images_per_s"] > 0 and row["train_images_per_s"] > 0 for row in rows)
     assert all(row["peak_mb"] >= 0 and row["forward_gflops"] > 0 for row in rows)
+
+
+def rounds_table(speeds: dict[tuple[str, str], list[float]], grid=14) -> pd.DataFrame:
+    """A per-round table as compare_with_timm writes it, from images/s per (model, mode) and round."""
+    return pd.DataFrame([{"model": model, "mode": mode, "round": r, "grid": grid, "batch": 32,
+                          "images_per_s_train": speed, "images_per_s_forward": float("nan"),
+                          "forward_gflops_per_image": 0.5, "compile_seconds": float("nan"), "parameters": 10}
+                         for (model, mode), values in speeds.items() for r, speed in enumerate(values)])
+
+
+def test_ratios_are_taken_round_by_round():
+    per_round = rounds_table({("lib_rope_mixed", "eager"): [120, 60, 130], ("timm_eva_rope_mixed", "eager"): [100, 50, 100]})
+    assert round_ratios(per_round, "lib_rope_mixed", "timm_eva_rope_mixed", "eager") == pytest.approx([1.2, 1.2, 1.3])
+    assert len(round_ratios(per_round, "lib_rope_mixed", "timm_eva_rope_mixed", "compiled")) == 0  # not compiled
+
+
+def test_the_lib_timm_goal_must_hold_in_every_round_and_the_overhead_goal_at_the_median():
+    per_round = rounds_table({
+        ("lib_rope_mixed", "eager"): [120, 120, 110], ("timm_eva_rope_mixed", "eager"): [100, 100, 100],
+        ("lib_ape", "eager"): [126, 126, 130], ("timm_vit_ape", "eager"): [120, 120, 120],
+        ("lib_rope_mixed", "compiled"): [150, 150, 150], ("timm_eva_rope_mixed", "compiled"): [125, 125, 125],
+    })
+    summary = throughput_summary(per_round, peak_gflops=100.0)
+    assert summary.set_index(["model", "mode"]).loc[("lib_rope_mixed", "eager"), "train_fraction_of_peak"] == \
+        pytest.approx(3 * 0.5 * 120 / 100.0)
+    targets = efficiency_targets(per_round, 100.0, linear_slope=1.2).set_index(["target", "mode"])
+    speedup = targets.loc[("lib RoPE-Mixed / timm RoPE-Mixed training throughput", "eager")]
+    assert speedup["value"] == pytest.approx(1.2) and speedup["min"] == pytest.approx(1.1) and not speedup["met"]
+    assert targets.loc[("lib RoPE-Mixed / timm RoPE-Mixed training throughput", "compiled"), "met"]  # 1.2 every round
+    overhead = targets.loc[("lib RoPE-Mixed overhead over lib APE (training)", "eager")]
+    assert overhead["value"] == pytest.approx(0.05) and overhead["max"] == pytest.approx(130 / 110 - 1) and overhead["met"]
+    assert pd.isna(targets.loc[("lib RoPE-Mixed overhead over lib APE (training)", "compiled"), "value"])  # no compiled APE
+    # training counted as 3 forwards: 3 x 0.5 GFLOP per image x 120 images/s (median) over a 100 GFLOP/s peak
+    peak = targets.loc[("lib RoPE-Mixed training FLOP/s / fp32 matmul peak (14x14 patches)", "eager")]
+    assert peak["value"] == pytest.approx(3 * 0.5 * 120 / 100.0) and peak["min"] == pytest.approx(3 * 0.5 * 110 / 100.0)
+    assert not targets.loc[("linear attention forward log-log slope", "eager"), "met"]
+
+
+def test_compare_with_timm_names_an_unknown_compiled_model():
+    with pytest.raises(ValueError, match="compiled: unknown model.*'lib_rope_mxed'.*expected some of"):
+        compare_with_timm(2, 2, 1, rounds=1, compiled=("lib_rope_mxed",))
+
+
+def test_compiled_evaluation_sweep_matches_eager():
+    """The sweep `python -m lib.benchmark compile-sweep` times: compiled outputs equal eager ones at each size."""
+    row = sweep_seconds("rope_mixed", [8, 12], images=3, batch=2, mode="recompile")
+    assert row["resolutions"] == 2 and row["seconds"] > 0 and row["max_abs_difference_to_eager"] <= 1e-5

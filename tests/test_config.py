@@ -93,6 +93,7 @@ BAD = [
     ("safety.severities", [3, 1], ["safety.severities", "increasing"]),
     ("safety.baseline_variant", "apee", ["safety.baseline_variant", "did you mean 'ape'"]),
     ("efficiency.baseline", "axial_x", ["efficiency", "baseline 'axial_x' must be one of efficiency.variants"]),
+    ("efficiency.compiled", ["lib_rope_mxed"], ["efficiency.compiled", "'lib_rope_mixed'", "'timm_eva_rope_mixed'"]),
     # test-time variants: run on another variant's weights, never trained
     ("zoo.variants", ["none", "rope_adaptive_res"], ["zoo.variants: rope_adaptive_res is never trained",
                                                      "weights of rope_mixed", "list it under test_time"]),

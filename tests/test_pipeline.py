@@ -180,8 +180,15 @@ def test_efficiency_stage_measures_every_variant_and_timm(study):
     assert (cost["train_images_per_s"] > 0).all() and (cost["forward_gflops"] > 0).all()
     timm = pd.read_csv(study / "results" / "efficiency" / "lib_vs_timm.csv")
     assert {"lib_rope_mixed", "timm_eva_rope_mixed", "lib_ape", "timm_vit_ape"} <= set(timm["model"])
+    # the smoke profile compiles lib's RoPE-Mixed training step only (efficiency.compiled)
+    compiled = timm[timm["mode"] == "compiled"]
+    assert list(compiled["model"]) == ["lib_rope_mixed"] and (compiled["compile_seconds"] > 0).all()
+    assert (timm["images_per_s_train_min"] <= timm["images_per_s_train_max"]).all()
     targets = pd.read_csv(study / "results" / "efficiency" / "targets.csv")
-    assert len(targets) == 5 and targets["value"].notna().all()
+    assert len(targets) == 11 and set(targets["mode"]) == {"eager", "compiled"}
+    assert targets.loc[targets["mode"] == "eager", "value"].notna().all()  # every eager goal measured
+    peak = targets[targets["target"].str.startswith("lib RoPE-Mixed training FLOP/s")]
+    assert peak["value"].between(0, 1).all() and len(peak) == 2  # compiled too: lib RoPE-Mixed was compiled
     machine = json.loads((study / "results" / "efficiency" / "machine.json").read_text())
     assert machine["fp32_matmul_peak_gflops"] > 0
 
