@@ -131,3 +131,34 @@ def test_readme_rq5_quotes_the_committed_convex_findings():
     findings = (ROOT / "results" / "convex" / "findings.md").read_text(encoding="utf-8").replace("−", "-")
     assert len(quoted) >= 5
     assert [q for q in quoted if q not in findings] == []
+
+
+def test_readme_rq2_quotes_the_committed_efficiency_numbers():
+    """Every decimal the README's RQ2 paragraph states is one the `efficiency` stage wrote: slopes (scaling.csv),
+    the lib/timm goals' median [slowest, fastest round] and percentages (targets.csv), and compile's speed-up and
+    time (lib_vs_timm.csv)."""
+    import numpy as np
+    import pandas as pd
+
+    paragraph = " ".join(README.read_text(encoding="utf-8").split("**RQ2")[1].split("\n\n")[0].split())
+    efficiency = ROOT / "results" / "efficiency"
+    scaling = pd.read_csv(efficiency / "scaling.csv")
+    targets = pd.read_csv(efficiency / "targets.csv").dropna(subset=["value"])
+    speed = pd.read_csv(efficiency / "lib_vs_timm.csv").set_index(["model", "mode"])["images_per_s_train"]
+    stated = {f"{v:.2f}" for v in scaling["forward_slope"]}
+    stated |= {f"{v:.0f}" for v in scaling["forward_crossover_tokens"] if np.isfinite(v)}
+    for _, row in targets.iterrows():
+        if "overhead" in row["target"] or "FLOP/s" in row["target"]:
+            stated |= {f"{100 * row[c]:.1f}" for c in ("value", "min", "max")}
+        else:
+            stated |= {f"{row[c]:.2f}" for c in ("value", "min", "max")}
+    stated |= {f"{speed[(model, 'compiled')] / speed[(model, 'eager')]:.2f}"
+               for model, mode in speed.index if mode == "compiled"}
+    stated |= set(re.findall(r"\d+\.\d+", " ".join(targets["goal"])))  # the goals themselves
+    sweep = pd.read_csv(ROOT / "results" / "benchmarks" / "compile_sweep.csv")["seconds"]
+    stated |= {f"{v:.1f}" for v in sweep}
+    numbers = re.findall(r"(?<![\d.,])\d+\.\d+(?![\d.])", paragraph)
+    assert len(numbers) >= 10
+    assert [n for n in numbers if n not in stated] == []
+    compile_seconds = pd.read_csv(efficiency / "lib_vs_timm.csv")["compile_seconds"].dropna().round().astype(int)
+    assert {int(n) for n in re.findall(r"(\d+) s of compiling", paragraph)} <= set(compile_seconds)
