@@ -224,7 +224,8 @@ def timm_counterparts(grid: int) -> dict[str, torch.nn.Module]:
 
 
 LIB_MODELS = ("lib_ape", "lib_rope_axial", "lib_rope_mixed")
-TIMM_MODELS = ("timm_vit_ape", "timm_eva_rope_axial", "timm_eva_rope_mixed")
+TIMM_MODELS = ("timm_vit_ape", "timm_eva_rope_axial", "timm_eva_rope_mixed")  # timm_counterparts' keys, in this order
+COMPARED_MODELS = LIB_MODELS + TIMM_MODELS  # the names `efficiency.compiled` may list
 
 
 def lib_and_timm_models(grid: int) -> dict[str, torch.nn.Module]:

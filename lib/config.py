@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lib.benchmark import COMPARED_MODELS
 from lib.data import DATASETS, EXTERNAL_DATASETS
 from lib.layers.attention import ATTENTION_LAYERS
 from lib.layers.position import POSITION_ENCODINGS, create_position_encoding
@@ -196,8 +197,7 @@ class EfficiencyParams(Strict):
     timm_grid: PositiveInt = 14
     timm_batch: PositiveInt = 32
     timm_rounds: PositiveInt = 5
-    compiled: list[Literal["lib_ape", "lib_rope_axial", "lib_rope_mixed", "timm_vit_ape", "timm_eva_rope_axial",
-                           "timm_eva_rope_mixed"]] = []
+    compiled: list[Literal[COMPARED_MODELS]] = []
 
     @model_validator(mode="after")
     def _baseline_measured(self):

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.benchmark import (compare_with_timm, crossover_tokens, efficiency_targets, forward_flops, images_for,
+from lib.benchmark import (COMPARED_MODELS, compare_with_timm, lib_and_timm_models, crossover_tokens, efficiency_targets, forward_flops, images_for,
                            loglog_slope, measure_in_subprocess, round_ratios, sweep_seconds, throughput_summary,
                            tiny_model)
 
@@ -80,6 +80,12 @@ def test_the_lib_timm_goal_must_hold_in_every_round_and_the_overhead_goal_at_the
     peak = targets.loc[("lib RoPE-Mixed training FLOP/s / fp32 matmul peak (14x14 patches)", "eager")]
     assert peak["value"] == pytest.approx(3 * 0.5 * 120 / 100.0) and peak["min"] == pytest.approx(3 * 0.5 * 110 / 100.0)
     assert not targets.loc[("linear attention forward log-log slope", "eager"), "met"]
+
+
+def test_the_names_efficiency_compiled_accepts_are_the_models_compared():
+    from lib.config import EfficiencyParams
+    accepted = EfficiencyParams.model_fields["compiled"].annotation.__args__[0].__args__
+    assert list(lib_and_timm_models(2)) == list(COMPARED_MODELS) == list(accepted)
 
 
 def test_compare_with_timm_names_an_unknown_compiled_model():

@@ -242,3 +242,51 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_params, 
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 2"):
         train(tiny_params, "mnist", "ape", tmp_path / "live", path, progress=False)
     assert load_checkpoint(path)["epoch"] == 1
+
+
+
+def _live_in_dvc_repo(root, monkeypatch):
+    """A dvclive run inside a DVC repository at `root` (dvclive finds it through DVC_ROOT), one step logged."""
+    from dvclive import Live
+    (root / ".dvc").mkdir(parents=True)
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    live = Live(dir=str(root / "live"), dvcyaml=None, save_dvc_exp=False, report=None)
+    live.log_metric("val/acc", 0.5)
+    live.next_step()
+    signal_file = root / ".dvc" / "tmp" / "exps" / "run" / lib.train.STEP_SIGNAL_FILE
+    assert signal_file.exists()
+    return live, signal_file
+
+
+class _OsWithStaleCheck:
+    """`os` as dvclive's signal code sees it when another run removes the file between its check and its removal."""
+    path = type("path", (), {"join": staticmethod(os.path.join), "exists": staticmethod(
+        lambda file: Path(file).name == lib.train.STEP_SIGNAL_FILE or os.path.exists(file))})
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+
+@pytest.mark.parametrize("ended_by", ["dvclive", "end_live"])
+def test_end_live_survives_a_parallel_run_removing_the_step_signal(tmp_path, monkeypatch, ended_by):
+    # the interleaving that failed CI with RQ1's seeds side by side
+    import dvclive.vscode
+    live, signal_file = _live_in_dvc_repo(tmp_path, monkeypatch)
+    signal_file.unlink()  # the other run's removal
+    monkeypatch.setattr(dvclive.vscode, "os", _OsWithStaleCheck())
+    if ended_by == "dvclive":
+        with pytest.raises(FileNotFoundError, match=lib.train.STEP_SIGNAL_FILE):
+            live.end()
+    else:
+        lib.train.end_live(live)
+        assert (tmp_path / "live" / "metrics.json").exists()  # the run's logs are whole
+
+
+def test_end_live_still_raises_for_any_other_missing_file(tmp_path, monkeypatch):
+    live, _ = _live_in_dvc_repo(tmp_path, monkeypatch)
+
+    def lose_a_log():
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "live" / "metrics.json"))
+    monkeypatch.setattr(live, "end", lose_a_log)
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        lib.train.end_live(live)

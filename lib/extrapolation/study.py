@@ -8,6 +8,7 @@ verdicts do not hang on them.
 Every seed is tested on the same first `rq1.test_images` images of the test split, so two cells (or two
 rescalings of one model) are compared on the same images, seed index by seed index.
 """
+import functools
 import math
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -88,21 +89,24 @@ def mean_attention_entropy(model: torch.nn.Module, images: torch.Tensor) -> tupl
     return float(entropy.mean()), float(entropy[:, -1].mean())
 
 
-def evaluate_seed(params: Params, cell: str, seed: int, model: torch.nn.Module, cache: dict | None = None) -> tuple[list, list]:
+@functools.lru_cache(maxsize=16)
+def test_set(root: Path, dataset: str, train_resolution: int, resolution: int, protocol: str, limit: int) -> ImageSet:
+    """`load_scaled_set`, kept for the process's next seeds: every seed of a cell is tested on the same images, and
+    a worker tests several seeds (rendering a cell's 10 shapes test sets again took ~2 s a seed). Read-only."""
+    return load_scaled_set(root, dataset, train_resolution, resolution, protocol, limit)
+
+
+def evaluate_seed(params: Params, cell: str, seed: int, model: torch.nn.Module) -> tuple[list, list]:
     """Accuracy rows (every protocol, scale and method) and attention-entropy rows (zoom, trained model) of one seed."""
     dataset, augmentation, variant, _ = params.rq1.parse(cell)
-    cache = {} if cache is None else cache
     trained_grid = model.patch_embed.grid_size
     trained_rope = model.rope
     keys = {"cell": cell, "dataset": dataset, "augmentation": augmentation, "variant": variant,
             "pos_embed": params.variants[variant].pos_embed, "seed": seed}
     accuracy, entropy = [], []
     for point in scale_plan(params, cell):
-        key = (dataset, point["protocol"], point["resolution"])
-        if key not in cache:
-            cache[key] = load_scaled_set(Path(params.data_root), dataset, point["train_resolution"], point["resolution"],
-                                       point["protocol"], params.rq1.test_images)
-        data = cache[key]
+        data = test_set(Path(params.data_root), dataset, point["train_resolution"], point["resolution"], point["protocol"],
+                        params.rq1.test_images)
         tested = []  # (frequencies, correct) of the methods tested at this point
         rescalings = rescalings_for(params, variant) if point["protocol"] == "zoom" else []
         for method in [TRAINED] + rescalings:
