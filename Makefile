@@ -13,12 +13,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 setup: $(STAMP)
 
 # The virtual environment: exact pins from requirements.lock, this repo in editable mode, and the
-# Jupyter kernel that papermill runs the notebooks with. --no-compile: Python compiles each module on its first
-# import instead of pip compiling all of torch's and CUDA's files up front.
+# Jupyter kernel that papermill runs the notebooks with. pip byte-compiles every module here, once: where
+# PYTHONDONTWRITEBYTECODE is set (as on the study's machine), a module left uncompiled is compiled again by every
+# process (`pip install --no-compile` made each stage ~10 s slower).
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))" >/dev/null
 	touch $(STAMP)
 
