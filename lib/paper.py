@@ -15,6 +15,7 @@ Layout of `out_dir` (see `build_all`):
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -387,12 +388,15 @@ def figure_resolution_attention(resolution: pd.DataFrame) -> plt.Figure | None:
     return _figure_legend(plot_accuracy_vs_resolution(part, hue="variant"), "attention")
 
 
-def training_curves(results_dir: Path | str) -> pd.DataFrame:
-    """Validation accuracy per epoch of every trained run (results/runs/<run>/live: one seed each): run, dataset,
-    epoch, accuracy. Empty where no run has curves."""
+def training_curves(results_dir: Path | str, runs: Collection[str] | None = None) -> pd.DataFrame:
+    """Validation accuracy per epoch of every trained run (results/runs/<run>/live: one seed each), or of `runs`
+    only: run, dataset, epoch, accuracy. Empty where no run has curves. DVC never deletes the folder of a run
+    since removed from params.yaml, so the pipeline passes the runs the study evaluates."""
     frames = []
     for path in sorted(Path(results_dir).glob("runs/*/live/plots/metrics/val/acc.tsv")):
         run = path.parents[4].name  # runs/<run>/live/plots/metrics/val/acc.tsv; dvclive's step 0 is epoch 1
+        if runs is not None and run not in runs:
+            continue
         curve = pd.read_csv(path, sep="\t")
         frames.append(pd.DataFrame({"run": run, "dataset": run.split("-")[0], "epoch": curve["step"] + 1,
                                     "accuracy": curve["acc"]}))
@@ -828,7 +832,7 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
                                                      "attention"),
         "safety": figure_safety(tables["shift"], tables["risk_coverage"]),
         "convex_heads": figure_convex(tables["convex"]),
-        "training_curves": figure_training_curves(training_curves(results_dir)),
+        "training_curves": figure_training_curves(training_curves(results_dir, set(tables["resolution"]["run"]))),
     }
     for dataset in dict.fromkeys(tables["rq1_accuracy"]["dataset"]):
         figures[f"rq1_accuracy_vs_scale_{dataset}"] = plot_accuracy_vs_scale(tables["rq1_accuracy"], dataset)

@@ -373,3 +373,5 @@ def test_training_curves_put_every_run_in_one_chart_per_dataset(tmp_path):
     assert [ax.get_title() for ax in figure.axes] == ["shapes: every trained run (one seed)", "signs: every trained run (one seed)"]
     assert len(figure.axes[0].get_lines()) == 2
     assert paper.figure_training_curves(paper.training_curves(tmp_path / "nowhere")) is None
+    # a run's folder stays after the run leaves params.yaml (DVC deletes no outputs): only the runs named count
+    assert set(paper.training_curves(tmp_path, {"shapes-ape", "signs-ape"})["run"]) == {"shapes-ape", "signs-ape"}
