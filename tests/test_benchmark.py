@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.benchmark import (COMPARED_MODELS, compare_with_timm, lib_and_timm_models, crossover_tokens, efficiency_targets, forward_flops, images_for,
-                           loglog_slope, measure_in_subprocess, round_ratios, sweep_seconds, throughput_summary,
-                           tiny_model)
+from lib.benchmark import (COMPARED_MODELS, compare_with_timm, crossover_tokens, efficiency_targets, forward_flops,
+                           images_for, lib_and_timm_models, loglog_slope, measure_in_subprocess, round_ratios,
+                           sweep_seconds, throughput_summary, tiny_model)
 
 
 def table(tokens, cost):
