@@ -26,7 +26,7 @@ $(STAMP): requirements.lock pyproject.toml
 # `make profile PROFILE=paper` (or `make repro PROFILE=paper`): write profiles/paper.yaml's values into params.yaml;
 # PROFILE=default puts the committed values back; without PROFILE, the profile that `profile:` names.
 profile: setup
-	$(BIN)/python -m lib.profiles $(PROFILE)
+	$(BIN)/python -m lib.config.profiles $(PROFILE)
 
 # data/ from the data sets shipped inside packages; must match the bytes data.dvc pins. User-provided data
 # sets that params.yaml trains on (CIFAR, ImageNet-style folders) must be in place under data/.

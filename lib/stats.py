@@ -5,6 +5,8 @@ test images: each seed is one independent replicate of the whole training run, a
 seeds. Two variants are compared by paired differences: the same seed index (the same initialisation draw,
 data order and augmentation stream where the variants allow) tested on the same images, so the pair shares
 everything but the variant and the differences vary less than the accuracies themselves.
+
+The Wilson interval over test images (one model's accuracy) is a secondary column, never a claim's interval.
 """
 import math
 
@@ -49,3 +51,23 @@ def verdict(difference: dict, first: str, second: str) -> str:
     if high < 0:
         return f"{first} < {second}"
     return "no difference detected"
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion (better than +-1.96 SE near 0 and 1)."""
+    if total == 0:
+        return math.nan, math.nan
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return centre - half, centre + half
+
+
+def bootstrap_ci(values: np.ndarray, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (n,) over resampled items."""
+    rng = np.random.default_rng(seed)
+    values = np.asarray(values, dtype=np.float64)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)

@@ -50,15 +50,17 @@ from lib.analysis.plots import (
     plot_explanation_grid, plot_faithfulness, plot_mean_distance, plot_offset_profiles, plot_perturbation_curves,
     plot_pruning,
 )
+from lib.analysis.compare import compare_methods
 from lib.analysis.tables import (
-    attention_tables, explain_all, faithfulness_tables, head_importance_tables, localisation_table,
+    attention_tables, explain_all, faithfulness_tables, head_importance_tables, localisation_per_image,
+    localisation_table,
 )
+from lib.stats import wilson_interval
 from lib.config import load_params
 from lib.data import load_split
-from lib.evaluate import load_trained_model, predict
-from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
-from lib.study import normalize, run_name
+from lib.run.paths import chdir_repo_root
+from lib.run.study import load_trained_model, normalize, predict, run_name
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
@@ -84,6 +86,12 @@ def save_table(table: pd.DataFrame, name: str) -> pd.DataFrame:
 
 print(f"{run['run']}: {len(data)} {settings.split} images {tuple(data.images.shape[1:])}, attention={spec.attention}, "
       f"pos_embed={spec.pos_embed}")
+# the model's accuracy on the analysed images: explanations of a model at chance level explain nothing
+correct = int((predict(model, inputs, batch_size).argmax(-1) == data.labels).sum())
+low, high = wilson_interval(correct, len(data))
+accuracy = save_table(pd.DataFrame([{"accuracy": correct / len(data), "ci_low": low, "ci_high": high, "n": len(data),
+                                     "chance": 1 / len(data.classes)}]), "accuracy")
+accuracy.round(3)
 
 # %% [markdown]
 # ## Attention statistics (all analysed images)
@@ -135,6 +143,7 @@ faith = faithfulness_tables(model, inputs[subset], data.labels[subset], predicte
 timings["faithfulness"] = time.perf_counter() - start
 faithfulness = save_table(faith["faithfulness"], "faithfulness")
 curves = save_table(faith["curves"], "perturbation_curves")
+save_table(faith["per_image"], "faithfulness_per_image")
 print(faithfulness.pivot_table(index="method", columns="metric", values="value").round(3))
 
 # %%
@@ -163,6 +172,19 @@ else:  # no masks (mnist): an empty table with the same columns, so every run wr
 timings["localisation"] = time.perf_counter() - start
 local = save_table(local, "localisation")
 print(local.pivot_table(index="method", columns="metric", values="value").round(3) if len(local) else "no masks")
+
+# %% [markdown]
+# ## Methods compared on the same images
+# Paired bootstrap differences: each method against the random order, and the gap to the best method (a method
+# whose gap interval reaches 0 is tied with the best).
+
+# %%
+per_image = faith["per_image"]
+if data.masks is not None:
+    per_image = pd.concat([per_image, localisation_per_image(explanations.maps, data.masks[subset], data.images[subset],
+                                                             data.labels[subset], model.patch_embed.patch_size)])
+comparison = save_table(compare_methods(per_image, settings.bootstrap_resamples, seed), "method_comparison")
+comparison.pivot_table(index="method", columns="metric", values="gap_to_best").round(3)
 
 # %%
 timings["total"] = sum(timings.values())

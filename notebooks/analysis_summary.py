@@ -36,10 +36,10 @@ from lib.analysis.plots import (
     plot_distance_by_variant, plot_metric_by_variant, plot_offset_profiles_by_variant,
 )
 from lib.config import load_params
-from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
-from lib.report import attention_variants, position_encodings
-from lib.study import run_folders
+from lib.resolution.report import attention_variants, position_encodings
+from lib.run.paths import chdir_repo_root
+from lib.run.study import run_folders
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
@@ -59,6 +59,7 @@ def gather(name: str) -> pd.DataFrame:
 
 layer_head, offsets, faithfulness = gather("layer_head"), gather("offset_profile"), gather("faithfulness")
 localisation, high_norm, pruning = gather("localisation"), gather("high_norm"), gather("pruning")
+accuracy, comparison = gather("accuracy"), gather("method_comparison")  # paired method comparisons per run
 compare_dataset = layer_head["dataset"].value_counts().idxmax()  # the dataset with the most analysed variants
 set_style()
 

@@ -54,7 +54,7 @@ import torch
 from IPython.display import Markdown, display
 
 from lib.config import load_params
-from lib.convex.compare import (HEADS, excess_at_choice, findings, head_specs, paired_comparisons, run_comparison,
+from lib.convex.compare import (HEADS, findings, head_specs, paired_comparisons, run_comparison,
                                 select_on_validation, summarize, training_subset)
 from lib.convex.features import backbone_leaks, load_backbone, project_splits, token_features
 from lib.convex.figures import (plot_accuracy_vs_regularization, plot_paired_differences, plot_rank_vs_beta,
@@ -64,8 +64,8 @@ from lib.convex.interpret import grouping_agreement, mixer_templates, patch_labe
 from lib.convex.report import (accuracy_table, adam_objectives, certificate_line, clustering_lines, gate_lines,
                                objective_lines, rank_lines)
 from lib.data import load_split, to_image_set
-from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
+from lib.run.paths import chdir_repo_root
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 started = time.perf_counter()

@@ -19,7 +19,7 @@
 # Forward and training throughput, achieved FLOP/s and peak memory of the study's ViT with each
 # attention variant, on grids from 7x7 to 64x64 patches (49 to 4,096 tokens); where linear and
 # sparse attention overtake softmax; and lib's ViT against timm's at the identical configuration, eager and compiled.
-# All numbers are measured in this run on this machine (see the `machine` table). Methods: `lib/benchmark.py`.
+# All numbers are measured in this run on this machine (see the `machine` table). Methods: `lib/efficiency/benchmark.py`.
 
 # %% tags=["parameters"]
 params_file = "params.yaml"
@@ -33,11 +33,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lib.benchmark import (compare_with_timm, crossover_tokens, efficiency_targets, loglog_slope, matmul_peak_gflops,
-                           measure_in_subprocess, throughput_summary)
 from lib.config import load_params
-from lib.paths import chdir_repo_root
+from lib.efficiency.benchmark import (compare_with_timm, crossover_tokens, efficiency_targets, loglog_slope, matmul_peak_gflops,
+                           measure_in_subprocess, throughput_summary)
 from lib.plots import plot_cost_vs_tokens, publish, set_style
+from lib.run.paths import chdir_repo_root
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
@@ -72,7 +72,7 @@ publish(fig, out / "cost_vs_tokens")
 # ## Scaling exponents and crossovers with softmax
 # The slope of log(time per image) against log(tokens) over the largest grids: 2 for quadratic
 # attention once it dominates, 1 for linear cost. The crossover is the token count from which a
-# variant stays cheaper than softmax attention.
+# variant stays at least `crossover_margin` cheaper than softmax attention (a tie within timing noise never decides).
 
 # %%
 baseline = table[table["variant"] == cfg.baseline]
@@ -80,8 +80,9 @@ summary = pd.DataFrame([{
     "variant": name,
     "forward_slope": loglog_slope(part, y="forward_ms_per_image", min_x=cfg.slope_min_tokens),
     "train_slope": loglog_slope(part, y="train_ms_per_image", min_x=cfg.slope_min_tokens),
-    "forward_crossover_tokens": crossover_tokens(part, baseline, "forward_ms_per_image"),
-    "train_crossover_tokens": crossover_tokens(part, baseline, "train_ms_per_image"),
+    "forward_crossover_tokens": crossover_tokens(part, baseline, "forward_ms_per_image", cfg.crossover_margin),
+    "train_crossover_tokens": crossover_tokens(part, baseline, "train_ms_per_image", cfg.crossover_margin),
+    "crossover_margin": cfg.crossover_margin,
     "peak_mb_at_max_grid": float(part["peak_mb"].iloc[-1]),
 } for name, part in table.groupby("variant", sort=False)])
 summary.to_csv(out / "scaling.csv", index=False)

@@ -36,11 +36,11 @@ out_dir = "results/resolution"
 from pathlib import Path
 
 from lib.config import load_params
-from lib.evaluate import evaluate_runs, evaluate_seeds, load_previous
-from lib.paths import chdir_repo_root
 from lib.plots import plot_accuracy_vs_resolution, publish, set_style
-from lib.report import resolution_markdown, seed_summary
-from lib.safety.evaluate import seed_map_stability
+from lib.resolution.accuracy import evaluate_runs, evaluate_seeds, load_previous
+from lib.resolution.report import resolution_markdown, seed_summary
+from lib.run.paths import chdir_repo_root
+from lib.safety.shift import seed_map_stability
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)

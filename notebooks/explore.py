@@ -27,7 +27,7 @@ run = "shapes-rope_mixed"         # a folder of runs_dir: <dataset>-<variant>[-s
 runs_dir = "results/runs"
 resolution_table = "results/resolution/resolution.csv"
 num_images = 64                   # the first N test images to browse
-out_dir = ""                      # set by lib/notebook.py when run as a script; unused
+out_dir = ""                      # set by lib/run/notebook.py when run as a script; unused
 
 # %%
 from pathlib import Path
@@ -36,11 +36,11 @@ import ipywidgets as widgets
 import pandas as pd
 from IPython.display import display
 
+from lib.analysis.explore import attention_view, find_run, load_curves, load_metrics, load_model, plot_attention_view, trained_runs
 from lib.config import load_params
 from lib.data import load_split
-from lib.explore import attention_view, find_run, load_curves, load_metrics, load_model, plot_attention_view, trained_runs
-from lib.paths import chdir_repo_root
 from lib.plots import plot_training_curves, set_style
+from lib.run.paths import chdir_repo_root
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)

@@ -18,7 +18,7 @@
 #
 # Builds everything a paper needs from the study's result tables under `results_dir` (the CSVs the
 # `evaluate`, `efficiency`, `analysis-summary`, `safety` and `convex` stages write); no model is trained or
-# evaluated here. Code and documentation: `lib/paper.py`. Written under `out_dir`:
+# evaluated here. Code and documentation: `lib/paper`. Written under `out_dir`:
 #
 # - `figures/*.png` and `figures/*.pdf`: every key figure in one style (`lib.plots.set_style`, seaborn
 #   "colorblind" palette): accuracy vs resolution per dataset, cost vs tokens, mean attention distance per
@@ -44,7 +44,7 @@ from IPython.display import Image, Markdown, display
 
 from lib.config import load_params
 from lib.paper import build_all
-from lib.paths import chdir_repo_root
+from lib.run.paths import chdir_repo_root
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 load_params(params_file)  # validated, as in every stage (the paper reads only result tables)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from lib.config import load_params
 from lib.extrapolation.study import run_cell
-from lib.paths import chdir_repo_root
+from lib.run.paths import chdir_repo_root
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)

@@ -43,8 +43,8 @@ from lib.extrapolation.figures import plot_accuracy_vs_scale, plot_entropy_vs_sc
 from lib.extrapolation.stability import float_check, with_replication
 from lib.extrapolation.summary import (accuracy_markdown, check_complete, difference_grid, entropy_summary, findings,
                                        heo_ordering, onset_line, paired_table, ramp_summary, read_cells, seed_table)
-from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
+from lib.run.paths import chdir_repo_root
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)

@@ -55,13 +55,11 @@ import torch
 
 from lib.config import load_params
 from lib.data import dataset_info, load_split
-from lib.evaluate import load_trained_model
-from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
+from lib.run.paths import chdir_repo_root
+from lib.run.study import load_trained_model
 from lib.safety.calibration import fit_temperature
-from lib.safety.evaluate import confidence_and_correct, evaluate_shifts, prediction_row
 from lib.safety.maps import run_model
-from lib.safety.predictors import detection_table, fit_combined, image_signals, orientations, predictor_comparisons
 from lib.safety.plots import (
     plot_accuracy_vs_severity,
     plot_example_maps,
@@ -69,8 +67,10 @@ from lib.safety.plots import (
     plot_reliability,
     plot_risk_coverage,
 )
+from lib.safety.predictors import detection_table, fit_combined, image_signals, orientations, predictor_comparisons
 from lib.safety.robustness import corruption_errors, mean_corruption_error
 from lib.safety.selective import threshold_for_risk
+from lib.safety.shift import confidence_and_correct, evaluate_shifts, prediction_row
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 started = time.perf_counter()

@@ -41,12 +41,12 @@ from pathlib import Path
 import pandas as pd
 
 from lib.config import load_params
-from lib.paths import chdir_repo_root
 from lib.plots import publish, set_style
+from lib.run.paths import chdir_repo_root
+from lib.run.study import run_folders
 from lib.safety.plots import plot_variant_comparison
 from lib.safety.predictors import predictor_lines
 from lib.safety.summary import add_mce, model_summary, recommendation
-from lib.study import run_folders
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 out = Path(out_dir)

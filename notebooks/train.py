@@ -21,7 +21,7 @@
 # after each epoch to `checkpoint_dir` and an interrupted run resumes from it; it is deleted once the run
 # is done. Metrics go to dvclive (`out_dir/live`), the weights to `out_dir/model.pt`.
 #
-# Run by DVC through `lib/notebook.py` (see `dvc.yaml`); the parameters below are overridden. `seed`
+# Run by DVC through `lib/run/notebook.py` (see `dvc.yaml`); the parameters below are overridden. `seed`
 # (None: params.yaml's `seed`) trains an extra seed of the configuration (the `train-seeds` matrix).
 
 # %% tags=["parameters"]
@@ -34,16 +34,15 @@ progress = True
 seed = None
 
 # %%
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from lib.config import load_params
-from lib.paths import chdir_repo_root
 from lib.plots import plot_training_curves, publish
-from lib.study import run_name
-from lib.train import save_model, train
+from lib.run.paths import chdir_repo_root
+from lib.run.study import run_name
+from lib.run.train import save_run, train
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
@@ -57,10 +56,8 @@ print(params.model_for(variant, dataset))
 # %%
 result = train(params, dataset, variant, live_dir=out / "live",
                checkpoint_path=Path(checkpoint_dir) / f"{run}.pt", progress=progress)
-save_model(result, out / "model.pt")  # then deletes the checkpoint: the next run of this configuration trains anew
+save_run(result, out)  # model.pt, timing.json; the checkpoint goes, so a rerun of this configuration trains anew
 history = pd.DataFrame(result.history)
-(out / "timing.json").write_text(json.dumps({"train_seconds": float(history["epoch_seconds"].sum()),
-                                             "resumed_from_epoch": result.resumed_from_epoch}, indent=2) + "\n")
 history.round(4)
 
 # %%

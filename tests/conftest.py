@@ -9,8 +9,8 @@ import yaml
 from PIL import Image
 
 from lib.config import Params
+from lib.config.profiles import applied
 from lib.data import materialize
-from lib.profiles import applied
 
 REPO = Path(__file__).resolve().parents[1]
 

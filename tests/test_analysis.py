@@ -4,16 +4,18 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
+from lib.analysis.compare import compare_methods, top_group
 from lib.analysis.explain import (
     attention_gradients, discard_lowest, explain, grad_cam, gradient_rollout, rollout,
 )
 from lib.analysis.extract import attention_maps, forward_with_head_mask, masked_heads
 from lib.analysis.faithfulness import (
-    bootstrap_ci, curve_auc, localisation, patch_ranking, perturbation_curves, remove_patches,
+    curve_auc, localisation, patch_ranking, perturbation_curves, remove_patches,
 )
 from lib.analysis.metrics import (
     attention_entropy, cls_distribution, gini, head_importance, high_norm_tokens, mean_attention_distance,
@@ -22,6 +24,7 @@ from lib.analysis.metrics import (
 from lib.analysis.tables import faithfulness_tables
 from lib.layers.attention import ATTENTION_LAYERS
 from lib.models import VisionTransformer
+from lib.stats import bootstrap_ci
 
 
 def tiny_vit(attention: str = "softmax", pos_embed: str = "rope_mixed", seed: int = 0, **kwargs) -> VisionTransformer:
@@ -352,6 +355,8 @@ def test_perturbation_curves_start_at_clean_accuracy():
     aucs = tables["faithfulness"]
     assert set(aucs["metric"]) == {"deletion_auc", "insertion_auc", "positive_perturbation_auc", "negative_perturbation_auc"}
     assert ((aucs["ci_low"] <= aucs["value"]) & (aucs["value"] <= aucs["ci_high"])).all()
+    per_image = tables["per_image"].groupby(["method", "metric"])["value"].mean()  # the AUCs are their image means
+    assert np.allclose(per_image.loc[list(zip(aucs["method"], aucs["metric"]))].to_numpy(), aucs["value"].to_numpy())
 
 
 def test_bootstrap_ci_is_deterministic_and_brackets_the_mean():
@@ -373,3 +378,46 @@ def test_localisation_scores_through_quantus():
     assert scores["pointing_game"].tolist() == [1.0, 0.0]
     # relevance mass = sum_p r_p * coverage_p / sum_p r_p
     assert np.allclose(scores["relevance_mass"], [3 / 4, (1 * 0.5) / 3])
+
+
+def _per_image(scores: dict[str, np.ndarray], metric: str = "deletion_auc", better: str = "lower") -> pd.DataFrame:
+    return pd.concat([pd.DataFrame({"method": method, "metric": metric, "image": np.arange(len(values)),
+                                    "value": values, "better": better}) for method, values in scores.items()])
+
+
+def test_compare_methods_pairs_images_and_reports_ties():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.8, 200)  # image difficulty, shared by every method: pairing removes it
+    scores = {"random": base + 0.2, "rollout": base + 0.05, "integrated_gradients": base + 0.05 + rng.normal(0, 1e-3, 200),
+              "grad_cam": base + 0.3}
+    table = compare_methods(_per_image(scores), resamples=500, seed=1).set_index("method")
+    # lower is better: the best is the lowest mean, positive differences mean better
+    best = table.loc[table["status"] == "best"].index[0]
+    assert best in ("rollout", "integrated_gradients")
+    assert top_group(table.reset_index(), "deletion_auc")[1:] == sorted({"rollout", "integrated_gradients"} - {best})
+    assert table.loc["grad_cam", "status"] == "worse"
+    # against the random order, by hand: mean of random - method, with the bootstrap CI of those differences
+    difference = scores["random"] - scores["rollout"]
+    assert table.loc["rollout", "vs_reference"] == pytest.approx(difference.mean())
+    assert (table.loc["rollout", "vs_reference_low"], table.loc["rollout", "vs_reference_high"]) == pytest.approx(
+        bootstrap_ci(difference, 500, seed=1))
+    assert table.loc["grad_cam", "vs_reference_high"] < 0  # worse than random
+    assert table.loc["random", "status"] == ""  # the reference is neither best nor tied
+
+
+def test_compare_methods_best_alone_when_every_gap_excludes_zero():
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0, 1, 100)
+    scores = {"random": base, "rollout": base + 0.1 + rng.normal(0, 0.01, 100), "cls_attention": base + 0.05}
+    table = compare_methods(_per_image(scores, "pointing_game", "higher"), resamples=500)
+    assert top_group(table, "pointing_game") == ["rollout"]
+    gap = table.set_index("method").loc["cls_attention"]
+    assert gap["gap_to_best"] == pytest.approx((scores["rollout"] - scores["cls_attention"]).mean())
+    assert gap["gap_low"] > 0
+
+
+def test_compare_methods_skips_images_a_method_cannot_score():
+    scores = {"random": np.array([0.0, 0.0, 1.0, np.nan]), "rollout": np.array([1.0, 1.0, 1.0, 1.0])}
+    table = compare_methods(_per_image(scores, "pointing_game", "higher"), resamples=100).set_index("method")
+    assert table.loc["rollout", "vs_reference"] == pytest.approx(2 / 3)  # over the 3 images both score
+    assert table.loc["random", "n"] == 3

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.benchmark import (COMPARED_MODELS, compare_with_timm, crossover_tokens, efficiency_targets, forward_flops,
+from lib.efficiency.benchmark import (COMPARED_MODELS, compare_with_timm, crossover_tokens, efficiency_targets, forward_flops,
                            images_for, lib_and_timm_models, loglog_slope, measure_in_subprocess, round_ratios,
                            sweep_seconds, throughput_summary, tiny_model)
 
@@ -29,6 +29,19 @@ def test_crossover_interpolates_in_log_space():
     assert crossover_tokens(linear, softmax) == pytest.approx(expected)
     assert crossover_tokens(table(tokens, [0.5, 1, 2]), softmax) == 100  # cheaper throughout
     assert crossover_tokens(table(tokens, [0.5, 1, 20]), softmax) == math.inf  # not cheaper at the end
+
+
+def test_crossover_margin_keeps_ties_out():
+    tokens = [100, 400, 1600]
+    softmax = table(tokens, [1.0, 4.0, 16.0])
+    ties_then_cheaper = table(tokens, [0.98, 3.88, 8.0])  # 2% and 3% cheaper: within timing noise; then half
+    assert crossover_tokens(ties_then_cheaper, softmax) == 100  # the sign rule counts the ties as cheaper
+    # at least 10% cheaper: the crossing of log(ratio / 0.9) between 400 (ratio 0.97) and 1600 (ratio 0.5)
+    before, after = math.log(0.97 / 0.9), math.log(0.5 / 0.9)
+    expected = math.exp(math.log(400) + before / (before - after) * (math.log(1600) - math.log(400)))
+    assert crossover_tokens(ties_then_cheaper, softmax, margin=0.1) == pytest.approx(expected)
+    assert crossover_tokens(table(tokens, [0.95, 3.8, 15.0]), softmax, margin=0.1) == math.inf  # never 10% cheaper
+    assert crossover_tokens(table(tokens, [0.5, 1, 2]), softmax, margin=0.1) == 100  # at least 10% cheaper throughout
 
 
 def test_flops_grow_linearly_for_linear_attention_and_quadratically_for_softmax():
@@ -94,6 +107,6 @@ def test_compare_with_timm_names_an_unknown_compiled_model():
 
 
 def test_compiled_evaluation_sweep_matches_eager():
-    """The sweep `python -m lib.benchmark compile-sweep` times: compiled outputs equal eager ones at each size."""
+    """The sweep `python -m lib.efficiency.benchmark compile-sweep` times: compiled outputs equal eager ones at each size."""
     row = sweep_seconds("rope_mixed", [8, 12], images=3, batch=2, mode="recompile")
     assert row["resolutions"] == 2 and row["seconds"] > 0 and row["max_abs_difference_to_eager"] <= 1e-5

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-import lib.compiling
-from lib.compiling import compile_or_eager
 from lib.layers.attention import ATTENTION_LAYERS
 from lib.layers.position import POSITION_ENCODINGS
 from lib.layers.rope import RotaryTables, rotate_complex
 from lib.models import VisionTransformer
-from lib.train import train
+from lib.run.compiling import compile_or_eager
+import lib.run.compiling
+from lib.run.train import train
 from tests.test_train import metrics_of, same_weights
 
 ATTENTION_KWARGS = {"local": {"window_radius": 1}, "multi_axis": {"window_size": 3, "grid_size": 3},
@@ -97,7 +97,7 @@ def test_a_model_that_does_not_compile_trains_eagerly_with_one_line(tiny_params,
     """train.compile with a model that cannot compile: one line naming the run, then the eager run, bit for bit
     (the failed warm-up leaves the RNG and the gradients as they were)."""
     eager = train(tiny_params, "shapes", "rope_mixed", tmp_path / "eager", tmp_path / "eager.pt", progress=False)
-    monkeypatch.setattr(lib.compiling.torch, "compile", _Uncompilable)
+    monkeypatch.setattr(lib.run.compiling.torch, "compile", _Uncompilable)
     compile_on = tiny_params.train.model_copy(update={"compile": True})
     params = tiny_params.model_copy(update={"train": compile_on})
     capsys.readouterr()

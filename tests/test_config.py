@@ -206,7 +206,7 @@ def test_variant_overrides_apply(tmp_path):
 
 def test_run_folders_name_every_missing_table(tmp_path):
     from lib.config import StudyParams
-    from lib.study import run_folders
+    from lib.run.study import run_folders
 
     runs = StudyParams(datasets=["shapes"], variants=["ape", "rope_mixed"])
     (tmp_path / "shapes-ape").mkdir()

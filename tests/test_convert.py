@@ -4,8 +4,8 @@ import timm
 import torch
 from timm.layers.pos_embed_sincos import get_mixed_grid
 
-from lib.convert import UnsupportedTimmModelError, convert_timm_rope_vit, from_timm_rope_vit, qk_channel_order
 from lib.models import VisionTransformer
+from lib.models.convert import UnsupportedTimmModelError, convert_timm_rope_vit, from_timm_rope_vit, qk_channel_order
 
 FAMILIES = {  # timm family suffix -> lib pos_embed
     "rope": "rope_axial", "rope_ape": "rope_axial_ape", "rope_mixed": "rope_mixed", "rope_mixed_ape": "rope_mixed_ape",

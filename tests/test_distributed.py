@@ -1,7 +1,7 @@
 """Scale-out: 2 CPU processes (gloo) train as one process does; evaluation shards count every image once.
 
 One group of 2 processes, joined through torchrun's environment variables (RANK, WORLD_SIZE, ...), evaluates,
-resumes a single-process checkpoint and runs the torchrun entry point `lib.train_cli`; everything is
+resumes a single-process checkpoint and runs the torchrun entry point `lib.run.train_cli`; everything is
 compared with single-process results computed here.
 """
 import contextlib
@@ -17,14 +17,14 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-import lib.train
-from lib import distributed as dist
-from lib.checkpoint import load_checkpoint, save_atomic
 from lib.config import Params
 from lib.data import load_split
-from lib.study import build_model, normalize
-from lib.train import evaluate_accuracy, train
-from lib.train_cli import main as train_cli
+from lib.run import distributed as dist
+from lib.run.checkpoint import load_checkpoint, save_atomic
+from lib.run.study import build_model, normalize
+from lib.run.train import evaluate_accuracy, train
+import lib.run.train
+from lib.run.train_cli import main as train_cli
 from tests.conftest import tiny_params_dict
 
 WORLD = 2
@@ -46,11 +46,11 @@ def setup(data_root, tmp_path_factory) -> dict:
             shutil.copy(path, root / "epoch1.pt")
 
     started = time.perf_counter()
-    saved, lib.train.save_atomic = lib.train.save_atomic, save_and_keep_epoch_1
+    saved, lib.run.train.save_atomic = lib.run.train.save_atomic, save_and_keep_epoch_1
     try:
         one = train(params, "shapes", "rope_mixed", root / "one" / "live", root / "one.pt", progress=False)
     finally:
-        lib.train.save_atomic = saved
+        lib.run.train.save_atomic = saved
 
     shutil.copy(root / "epoch1.pt", root / "resume.pt")  # a single-process checkpoint, resumed by 2 processes
     _spawn(_worker, params, data_root, root)

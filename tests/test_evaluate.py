@@ -7,12 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from lib.checkpoint import save_atomic
 from lib.data.pin import DataPinError, ensure_data
-from lib.evaluate import accuracy_vs_resolution, evaluate_runs, load_trained_model, wilson_interval
-from lib.report import resolution_markdown, seed_summary
-from lib.safety.evaluate import seed_map_stability
-from lib.study import build_model, run_name
+from lib.resolution.accuracy import accuracy_vs_resolution, evaluate_runs
+from lib.resolution.report import resolution_markdown, seed_summary
+from lib.run.checkpoint import save_atomic
+from lib.run.study import build_model, load_trained_model, run_name
+from lib.safety.shift import seed_map_stability
+from lib.stats import wilson_interval
 
 
 def test_wilson_interval_known_values():

@@ -1,13 +1,13 @@
-"""The exploration helpers behind notebooks/explore.ipynb (lib/explore.py), on a run trained here."""
+"""The exploration helpers behind notebooks/explore.ipynb (lib/analysis/explore.py), on a run trained here."""
 from pathlib import Path
 
 import pytest
 
-from lib.checkpoint import save_atomic
+from lib.analysis.explore import attention_view, find_run, load_curves, load_metrics, load_model, plot_attention_view, trained_runs
 from lib.config import Params
 from lib.data import load_split
-from lib.explore import attention_view, find_run, load_curves, load_metrics, load_model, plot_attention_view, trained_runs
-from lib.train import train
+from lib.run.checkpoint import save_atomic
+from lib.run.train import train
 from tests.conftest import tiny_params_dict
 
 

@@ -8,12 +8,12 @@ import torch
 import yaml
 
 from lib.config import load_params
+from lib.config.profiles import applied
 from lib.data import ImageFolderSet, ImageSet, dataset_info, load_split, take, to_image_set
 from lib.data.external import CIFAR_VAL_SIZE, holdout
 from lib.data.pin import check_external, directory_hash
-from lib.evaluate import accuracy_vs_resolution
-from lib.profiles import applied
-from lib.train import train
+from lib.resolution.accuracy import accuracy_vs_resolution
+from lib.run.train import train
 from tests.conftest import REPO, tiny_params_dict, write_cifar100, write_image_folder
 
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from lib.augment import random_affine, random_resized_crop
 from lib.config import AugmentParams
 from lib.data import load_scenes, scene_image_set
+from lib.data.augment import random_affine, random_resized_crop
 from lib.data.shapes import widen_field_of_view
 from lib.extrapolation.crops import crop_label_noise, crop_lines, crop_visibility, object_masks
 from lib.extrapolation.figures import plot_accuracy_vs_scale, plot_entropy_vs_scale, plot_rescalings
@@ -23,8 +23,8 @@ from lib.extrapolation.summary import findings, heo_ordering, paired_table, seed
 from lib.layers.rope import RopeMixed
 from lib.layers.rope_rescale import RopeRescaled, periods_over_grid, ramp_weights, rescale_factors
 from lib.models import VisionTransformer
+from lib.run.train import augment
 from lib.stats import paired_difference, t_interval, verdict
-from lib.train import augment
 
 
 def ramp_images(n: int = 4, size: int = 24) -> torch.Tensor:
@@ -117,12 +117,13 @@ def rope_model(seed: int = 0) -> VisionTransformer:
 
 @pytest.mark.parametrize("method", ["pi", "ntk", "yarn"])
 def test_each_rescaling_is_rope_mixed_at_the_training_grid_and_differs_elsewhere(method):
-    model, images = rope_model(), torch.rand(2, 3, 24, 24)
+    model, images, big = rope_model(), torch.rand(2, 3, 24, 24), torch.rand(2, 3, 48, 48)
     trained = model.rope
     with torch.no_grad():
-        plain, plain_big = model(images), model(torch.rand(2, 3, 48, 48))
+        plain, plain_big = model(images), model(big)
         model.rope = RopeRescaled(trained, (6, 6), method)
         assert torch.equal(model(images), plain)  # bit for bit
+        assert not torch.allclose(model(big), plain_big)  # a 12x12 grid is rescaled
     assert torch.equal(rescale_factors(trained.freqs, (6, 6), (6, 6), method), torch.ones_like(trained.freqs))
     factors = rescale_factors(trained.freqs, (6, 6), (12, 12), method)
     assert not torch.allclose(factors, torch.ones_like(factors))

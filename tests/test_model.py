@@ -136,7 +136,7 @@ def test_pos_embed_kwargs_reach_the_encodings_constructor(tiny_params):
     assert not torch.equal(by_kwargs.rope.freqs, default.rope.freqs)
     fire = built(pos_embed="fire", attention="softmax", pos_embed_kwargs={"hidden_dim": 8})
     assert fire.pos_bias.hidden_dim == 8 and fire.pos_bias.fc1_weight.shape[-1] == 8
-    from lib.study import build_model  # params.yaml -> model
+    from lib.run.study import build_model  # params.yaml -> model
     fire_variant = tiny_params.variants["fire"].model_copy(update={"pos_embed_kwargs": {"hidden_dim": 8}})
     ablated = tiny_params.model_copy(update={"variants": {**tiny_params.variants, "fire": fire_variant}})
     assert build_model(ablated, "shapes", "fire").pos_bias.hidden_dim == 8

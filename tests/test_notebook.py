@@ -10,7 +10,7 @@ import papermill
 import pytest
 import yaml
 
-from lib.notebook import KERNEL_NAME, NotebookFailed, run_notebook
+from lib.run.notebook import KERNEL_NAME, NotebookFailed, run_notebook
 from tests.conftest import REPO, tiny_params_dict
 
 NOTEBOOK = """# %% tags=["parameters"]
@@ -101,11 +101,11 @@ def test_kernel_starts_in_the_notebooks_folder(workspace):
 
 def test_runner_starts_without_importing_torch():
     """dvc.yaml runs the runner as a script: it must not pay for torch, which the kernel imports anyway."""
-    probe = "import runpy, sys; runpy.run_path('lib/notebook.py', run_name='probe'); print('torch' in sys.modules)"
+    probe = "import runpy, sys; runpy.run_path('lib/run/notebook.py', run_name='probe'); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-P", "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
-    assert "python -P lib/notebook.py" in (REPO / "dvc.yaml").read_text()
-    assert "python -m lib.notebook" not in (REPO / "dvc.yaml").read_text()
+    assert "python -P lib/run/notebook.py" in (REPO / "dvc.yaml").read_text()
+    assert "python -m lib.run.notebook" not in (REPO / "dvc.yaml").read_text()
 
 
 def test_missing_notebook_source(workspace):

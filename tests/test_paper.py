@@ -1,4 +1,4 @@
-"""lib/paper.py on small synthetic result tables written in the real column layout."""
+"""lib/paper on small synthetic result tables written in the real column layout."""
 import re
 from pathlib import Path
 
@@ -9,9 +9,15 @@ import pytest
 
 matplotlib.use("Agg")
 
-from lib import paper  # noqa: E402
+from lib.analysis.compare import compare_methods  # noqa: E402
+from lib.efficiency.benchmark import efficiency_targets, throughput_summary  # noqa: E402
 from lib.extrapolation import summary as rq1  # noqa: E402
-from lib.benchmark import efficiency_targets, throughput_summary  # noqa: E402
+from lib.paper import build as paper_build  # noqa: E402
+from lib.paper import figures as paper_figures  # noqa: E402
+from lib.paper import tables as paper_tables  # noqa: E402
+from lib.paper import text as paper_text  # noqa: E402
+from lib.resolution import report  # noqa: E402
+from lib.stats import t_interval  # noqa: E402
 
 
 def _resolution() -> pd.DataFrame:
@@ -80,6 +86,34 @@ def _method_table(metrics: dict[str, str | float], n: int = 200) -> pd.DataFrame
                              "run": f"shapes-{variant}", "dataset": "shapes", "variant": variant,
                              "attention": attention, "pos_embed": pos_embed})
     return pd.DataFrame(rows)
+
+
+def _method_comparison() -> pd.DataFrame:
+    """Per variant, 100 images: random 0.6, rollout 0.4, integrated gradients 0.3 deletion AUC (image difficulty
+    shared); rope_mixed's rollout ties integrated gradients; insertion mirrors deletion."""
+    rng = np.random.default_rng(0)
+    tables = []
+    for variant, attention, pos_embed in VARIANTS:
+        base = rng.uniform(0.0, 0.3, 100)
+        rollout = 0.3 if variant == "rope_mixed" else 0.4
+        deletion = {"random": base + 0.6, "rollout": base + rollout + rng.normal(0, 1e-3, 100),
+                    "integrated_gradients": base + 0.3}
+        rows = [pd.DataFrame({"method": method, "metric": metric, "image": np.arange(100), "better": better,
+                              "value": values if better == "lower" else 1 - values})
+                for metric, better in (("deletion_auc", "lower"), ("insertion_auc", "higher"))
+                for method, values in deletion.items()]
+        table = compare_methods(pd.concat(rows), resamples=200)
+        tables.append(table.assign(run=f"shapes-{variant}", dataset="shapes", variant=variant, attention=attention,
+                                   pos_embed=pos_embed))
+    return pd.concat(tables, ignore_index=True)
+
+
+def _analysis_accuracy() -> pd.DataFrame:
+    """linear's model at chance (4 classes): left out of the method comparisons."""
+    return pd.DataFrame([{"accuracy": accuracy, "ci_low": accuracy - 0.03, "ci_high": accuracy + 0.03, "n": 1000,
+                          "chance": 0.25, "run": f"shapes-{variant}", "dataset": "shapes", "variant": variant,
+                          "attention": attention, "pos_embed": pos_embed}
+                         for (variant, attention, pos_embed), accuracy in zip(VARIANTS, (0.9, 0.95, 0.26))])
 
 
 def _shift(variant: str, offset: float) -> pd.DataFrame:
@@ -179,6 +213,8 @@ def results(tmp_path) -> Path:
     put("analysis_summary/layer_head.csv", _layer_head())
     put("analysis_summary/faithfulness.csv", _method_table({"deletion_auc": "lower", "insertion_auc": "higher"}))
     put("analysis_summary/localisation.csv", _method_table({"pointing_game": 0.1, "relevance_mass": 0.1}))
+    put("analysis_summary/method_comparison.csv", _method_comparison())
+    put("analysis_summary/accuracy.csv", _analysis_accuracy())
     for variant, offset in (("ape", 0.0), ("rope_mixed", 0.01)):
         put(f"safety/signs-{variant}/shift_metrics.csv", _shift(variant, offset))
         put(f"safety/signs-{variant}/risk_coverage.csv", _risk_coverage(variant))
@@ -200,49 +236,49 @@ def results(tmp_path) -> Path:
 
 
 def test_format_ci():
-    assert paper.format_ci(0.951, 0.936, 0.963) == "95.1 [93.6, 96.3]"
-    assert paper.format_ci(0.2081, 0.1923, 0.2264, scale=1, digits=3) == "0.208 [0.192, 0.226]"
-    assert paper.format_ci(0.5, np.nan, np.nan) == "50.0"
-    assert paper.format_ci(np.nan, 0.1, 0.2) == "n/a"
+    assert paper_tables.format_ci(0.951, 0.936, 0.963) == "95.1 [93.6, 96.3]"
+    assert paper_tables.format_ci(0.2081, 0.1923, 0.2264, scale=1, digits=3) == "0.208 [0.192, 0.226]"
+    assert paper_tables.format_ci(0.5, np.nan, np.nan) == "50.0"
+    assert paper_tables.format_ci(np.nan, 0.1, 0.2) == "n/a"
 
 
 def test_t_interval():
-    mean, low, high = paper.t_interval([1.0, 2.0, 3.0])  # lib.report's, re-exported
+    mean, low, high = t_interval([1.0, 2.0, 3.0])
     assert mean == pytest.approx(2.0)
     assert (low, high) == pytest.approx((2.0 - 2.4842, 2.0 + 2.4842), abs=1e-3)  # t(0.975, 2) * 1 / sqrt(3)
-    assert np.isnan(paper.t_interval([1.0])[1])
+    assert np.isnan(t_interval([1.0])[1])
 
 
 def test_tables_carry_cis_and_are_written_as_markdown_and_latex(results, tmp_path):
-    tables = paper.load_tables(results)
-    summary = paper.resolution_table(tables["resolution"])
+    tables = paper_tables.load_tables(results)
+    summary = paper_tables.resolution_table(tables["resolution"])
     mnist_ape = summary[(summary["dataset"] == "mnist") & (summary["variant"] == "APE")].iloc[0]
     assert mnist_ape["acc. at train px"] == "95.1 [93.6, 96.3]"
     assert (mnist_ape["lowest px"], mnist_ape["highest px"]) == (16, 56)
 
-    convex = paper.convex_table(tables["convex"])
+    convex = paper_tables.convex_table(tables["convex"])
     assert convex.loc[0, "test acc. (%) [95% CI]"] == "97.5 [97.2, 97.8]"
     assert convex.loc[3, "rank"] == "n/a" and convex.loc[2, "at grid edge"] == 2
 
-    md, tex = paper.write_table(summary, tmp_path / "tables" / "resolution", "RQ1: accuracy (%) [95% CI].")
+    md, tex = paper_tables.write_table(summary, tmp_path / "tables" / "resolution", "RQ1: accuracy (%) [95% CI].")
     text = md.read_text()
     assert text.startswith("RQ1: accuracy (%) [95% CI].") and "| 95.1 [93.6, 96.3]" in text
     latex = tex.read_text()
     assert "\\begin{table}" in latex and "\\caption{RQ1: accuracy (\\%) [95\\% CI].}" in latex
     assert "95.1 [93.6, 96.3]" in latex and "\\label{tab:resolution}" in latex
 
-    cost = paper.cost_table(tables["cost"], tables["scaling"])
+    cost = paper_tables.cost_table(tables["cost"], tables["scaling"])
     assert list(cost["faster than softmax from (tokens)"]) == ["(baseline)", "56"]
-    assert "rope\\_mixed" not in paper.write_table(cost, tmp_path / "c", "cost")[1].read_text()  # labels, escaped
+    assert "rope\\_mixed" not in paper_tables.write_table(cost, tmp_path / "c", "cost")[1].read_text()  # labels, escaped
 
-    safety = paper.safety_table(tables["shift"])
+    safety = paper_tables.safety_table(tables["shift"])
     assert list(safety.columns[3:7]) == ["clean acc. (%)", "severity 1 (%)", "severity 2 (%)", "severity 3 (%)"]
     assert safety.loc[0, "clean acc. (%)"] == "70.5 [64.5, 75.5]"
 
 
 def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(results, tmp_path):
     out = tmp_path / "paper"
-    built = paper.build_all(results, out, results_readme=tmp_path / "README.md")
+    built = paper_build.build_all(results, out, results_readme=tmp_path / "README.md")
     for name in ("accuracy_vs_resolution", "cost_vs_tokens", "attention_distance", "attention_distance_attention",
                  "faithfulness", "faithfulness_attention", "localisation", "localisation_attention", "safety",
                  "convex_heads"):
@@ -277,9 +313,13 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
     assert ("torch.compile, lib_rope_mixed: 1.50x the eager training throughput after 16 s of compiling, which pays "
             "off after 180 steps.") in readme
     # RQ3: across variants, then one row per variant (rope_mixed: lowest deletion AUC, its rollout's)
-    assert "most faithful method by deletion AUC (lower better): integrated_gradients in 3 of 3 variants;" in readme
-    assert "by insertion AUC (higher better): random in 3 of 3 variants" in readme
-    assert "random patch orders (deletion AUC, 95% bootstrap CIs apart) in 2 of 3 variants; not in: linear." in readme
+    assert "left out of the comparisons below, their model not above chance" in readme
+    assert "linear 26.0% (chance 25.0%)" in readme
+    # ape: integrated gradients alone; rope_mixed: tied with rollout; linear: left out
+    assert ("  - deletion AUC (lower better): integrated_gradients alone in 1 of 2 variants; tied at the top in 1 "
+            "(integrated_gradients = rollout in 1).") in readme
+    assert ("deletion AUC against the random patch order (paired CI): better in integrated_gradients 2, rollout 2 of 2 "
+            "variants.") in readme
     assert "last layer (layer 1, mean over heads) runs from 13.10 px (APE) to 15.10 px (linear) over 3" in readme
     rq3 = readme.split("## RQ3")[1].split("## RQ4")[0]
     rope_row = next(line for line in rq3.splitlines() if line.startswith("| RoPE-Mixed "))
@@ -307,26 +347,26 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
 
 def test_comparison_groups_split_position_encodings_from_attention_variants():
     table = _layer_head()
-    assert set(paper.position_encodings(table)["variant"]) == {"ape", "rope_mixed"}
-    assert set(paper.attention_variants(table)["variant"]) == {"rope_mixed", "linear"}  # softmax with their encoding
-    assert paper.attention_variants(table[table["attention"] == "softmax"]) is None
-    assert paper.figure_distance(None) is None and paper.figure_method_bars(None, ["deletion_auc"]) is None
+    assert set(report.position_encodings(table)["variant"]) == {"ape", "rope_mixed"}
+    assert set(report.attention_variants(table)["variant"]) == {"rope_mixed", "linear"}  # softmax with their encoding
+    assert report.attention_variants(table[table["attention"] == "softmax"]) is None
+    assert paper_figures.figure_distance(None) is None and paper_figures.figure_method_bars(None, ["deletion_auc"]) is None
 
 
 def test_missing_table_is_named(results):
     (results / "convex" / "summary.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"convex/summary\.csv.*`convex` stage"):
-        paper.load_tables(results)
+        paper_tables.load_tables(results)
 
 
 def test_missing_safety_runs_and_risk_coverage_are_named(results):
     (results / "safety" / "signs-ape" / "risk_coverage.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"signs-ape/risk_coverage\.csv"):
-        paper.load_tables(results)
+        paper_tables.load_tables(results)
     for path in (results / "safety").glob("*/shift_metrics.csv"):
         path.unlink()
     with pytest.raises(FileNotFoundError, match=r"safety/\*/shift_metrics\.csv.*`safety` stage"):
-        paper.load_tables(results)
+        paper_tables.load_tables(results)
 
 
 def test_per_run_analysis_tables_stand_in_for_the_summary(results):
@@ -336,21 +376,21 @@ def test_per_run_analysis_tables_stand_in_for_the_summary(results):
     for run, rows in table.groupby("run"):
         (results / "analysis" / run).mkdir(parents=True)
         rows.to_csv(results / "analysis" / run / "layer_head.csv", index=False)
-    assert len(paper.read_table(results, "layer_head")) == len(table)
+    assert len(paper_tables.read_table(results, "layer_head")) == len(table)
     for path in (results / "analysis").glob("*/layer_head.csv"):
         path.unlink()
     with pytest.raises(FileNotFoundError, match=r"analysis_summary/layer_head\.csv.*analysis/\*/layer_head\.csv"):
-        paper.read_table(results, "layer_head")
+        paper_tables.read_table(results, "layer_head")
 
 
 def test_missing_results_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        paper.load_tables(tmp_path / "nowhere")
+        paper_tables.load_tables(tmp_path / "nowhere")
 
 
 def test_rq1_lines_state_the_design_then_the_computed_findings():
     accuracy = rq1.seed_table(_rq1_accuracy())
-    lines = paper.rq1_lines("- first finding\n\n- second finding\n", accuracy)
+    lines = paper_text.rq1_lines("- first finding\n\n- second finding\n", accuracy)
     assert lines[0].startswith("- Design: every cell") and "trained with 5 seeds" in lines[0]
     assert lines[1:] == ["- first finding", "- second finding"]
 
@@ -358,7 +398,7 @@ def test_rq1_lines_state_the_design_then_the_computed_findings():
 def test_missing_rq1_findings_are_named(results, tmp_path):
     (results / "rq1" / "summary" / "findings.md").unlink()
     with pytest.raises(FileNotFoundError, match=r"findings\.md.*`rq1-summary` stage"):
-        paper.build_all(results, tmp_path / "paper")
+        paper_build.build_all(results, tmp_path / "paper")
 
 
 def test_training_curves_put_every_run_in_one_chart_per_dataset(tmp_path):
@@ -366,12 +406,18 @@ def test_training_curves_put_every_run_in_one_chart_per_dataset(tmp_path):
         folder = tmp_path / "runs" / run / "live" / "plots" / "metrics" / "val"
         folder.mkdir(parents=True)
         (folder / "acc.tsv").write_text("step\tacc\n" + "".join(f"{i}\t{v}\n" for i, v in enumerate(values)))
-    curves = paper.training_curves(tmp_path)
+    curves = paper_figures.training_curves(tmp_path)
     assert list(curves.columns) == ["run", "dataset", "epoch", "accuracy"] and len(curves) == 9
     assert curves.query("run == 'shapes-ape'")["epoch"].tolist() == [1, 2, 3]  # dvclive's step 0 is epoch 1
-    figure = paper.figure_training_curves(curves)
+    figure = paper_figures.figure_training_curves(curves)
     assert [ax.get_title() for ax in figure.axes] == ["shapes: every trained run (one seed)", "signs: every trained run (one seed)"]
     assert len(figure.axes[0].get_lines()) == 2
-    assert paper.figure_training_curves(paper.training_curves(tmp_path / "nowhere")) is None
+    assert paper_figures.figure_training_curves(paper_figures.training_curves(tmp_path / "nowhere")) is None
     # a run's folder stays after the run leaves params.yaml (DVC deletes no outputs): only the runs named count
-    assert set(paper.training_curves(tmp_path, {"shapes-ape", "signs-ape"})["run"]) == {"shapes-ape", "signs-ape"}
+    assert set(paper_figures.training_curves(tmp_path, {"shapes-ape", "signs-ape"})["run"]) == {"shapes-ape", "signs-ape"}
+
+
+def test_rq3_compares_no_method_when_every_model_is_at_chance():
+    accuracy = _analysis_accuracy().assign(accuracy=0.25, ci_low=0.22, ci_high=0.28)
+    lines = paper_text.rq3_lines(_layer_head(), _method_comparison(), accuracy)
+    assert lines[-1] == "- no analysed model is above chance: no explanation method is compared."

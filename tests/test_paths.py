@@ -1,11 +1,11 @@
-"""The repo root finder behind every notebook's first cell (lib/paths.py)."""
+"""The repo root finder behind every notebook's first cell (lib/run/paths.py)."""
 import os
 from pathlib import Path
 
 import pytest
 
-import lib.paths
-from lib.paths import RepoRootNotFound, chdir_repo_root, repo_root
+from lib.run.paths import RepoRootNotFound, chdir_repo_root, repo_root
+import lib.run.paths
 from tests.conftest import REPO
 
 
@@ -55,7 +55,7 @@ def test_outside_any_repo_falls_back_to_the_lib_packages_checkout(tmp_path, monk
 def test_outside_any_repo_without_fallback_says_what_it_looked_for(tmp_path, monkeypatch):
     elsewhere = tmp_path / "no" / "study" / "here"
     elsewhere.mkdir(parents=True)
-    monkeypatch.setattr(lib.paths, "LIB_CHECKOUT", tmp_path / "site-packages")  # a non-editable install
+    monkeypatch.setattr(lib.run.paths, "LIB_CHECKOUT", tmp_path / "site-packages")  # a non-editable install
     monkeypatch.chdir(elsewhere)
     with pytest.raises(RepoRootNotFound) as info:
         chdir_repo_root()

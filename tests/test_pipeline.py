@@ -17,7 +17,7 @@ import pytest
 import yaml
 from jupyter_client.kernelspec import KernelSpecManager
 
-from lib.notebook import KERNEL_NAME
+from lib.run.notebook import KERNEL_NAME
 from tests.conftest import REPO, tiny_params_dict, write_cifar100, write_image_folder
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def make_study(root: Path, profile: str, edit=None) -> Path:
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"], root)  # the default study
-    switched = run([sys.executable, "-m", "lib.profiles", profile], root)  # what `make profile PROFILE=...` runs
+    switched = run([sys.executable, "-m", "lib.config.profiles", profile], root)  # what `make profile PROFILE=...` runs
     assert f"profile {profile!r}" in switched.stdout and "keys rewritten" in switched.stdout
     if edit is not None:
         edit(root)
@@ -275,12 +275,12 @@ def test_metrics_and_plots_show(study):
 def test_exploration_notebook_runs_on_any_trained_run(study):
     for run_name in ("shapes-rope_mixed-seed1", "mnist-ape"):
         out = study / "explored" / run_name
-        run([sys.executable, "-P", "lib/notebook.py", "notebooks/explore.py", str(out), "-p", f"run={run_name}"], study)
+        run([sys.executable, "-P", "lib/run/notebook.py", "notebooks/explore.py", str(out), "-p", f"run={run_name}"], study)
         executed = json.loads((out / "explore.ipynb").read_text())
         outputs = [o for cell in executed["cells"] for o in cell.get("outputs", [])]
         assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # the curves and the attention view
         assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)  # the sliders
-    failed = run([sys.executable, "-P", "lib/notebook.py", "notebooks/explore.py", str(study / "explored" / "x"),
+    failed = run([sys.executable, "-P", "lib/run/notebook.py", "notebooks/explore.py", str(study / "explored" / "x"),
                   "-p", "run=shapes-rope_axial"], study, check=False)  # not trained by the smoke profile
     assert failed.returncode != 0 and "'shapes-rope_axial' is not a trained run" in failed.stdout + failed.stderr
 

@@ -1,4 +1,4 @@
-"""Profiles: override files in profiles/ that one command writes into params.yaml (lib/profiles.py)."""
+"""Profiles: override files in profiles/ that one command writes into params.yaml (lib/config/profiles.py)."""
 import difflib
 import re
 import shutil
@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lib.config import load_params
-from lib.profiles import ProfileError, applied, held_profile, leaves, read_profile, read_profiles, set_args, switch
+from lib.config.profiles import ProfileError, applied, held_profile, leaves, read_profile, read_profiles, set_args, switch
 from tests.conftest import REPO
 
 PROFILES_DIR = REPO / "profiles"
@@ -94,7 +94,7 @@ def test_default_comes_from_git_head(tmp_path):
         subprocess.run(["git", *command], cwd=tmp_path, check=True)
     original = (tmp_path / "params.yaml").read_text()
     for name in ("paper", "default"):
-        result = subprocess.run([sys.executable, "-m", "lib.profiles", name], cwd=tmp_path, capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "lib.config.profiles", name], cwd=tmp_path, capture_output=True,
                                 text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
         assert result.returncode == 0, result.stderr
     assert (tmp_path / "params.yaml").read_text() == original
@@ -130,7 +130,7 @@ def test_hand_edited_profile_key_is_applied_by_make(params_file, default):
     """`profile: paper` typed by hand while the values are the default's: `make profile` (no name) applies it."""
     params_file.write_text(params_file.read_text().replace("profile: default ", "profile: paper   "))
     assert held_profile(yaml.safe_load(params_file.read_text()), default, read_profiles(PROFILES_DIR)) == "default"
-    result = subprocess.run([sys.executable, "-m", "lib.profiles", "--params", str(params_file), "--profiles",
+    result = subprocess.run([sys.executable, "-m", "lib.config.profiles", "--params", str(params_file), "--profiles",
                              str(PROFILES_DIR), "--default", str(REPO / "params.yaml")], capture_output=True, text=True,
                             cwd=REPO)  # what `make profile` runs
     assert result.returncode == 0, result.stderr
@@ -195,7 +195,7 @@ def test_switch_works_on_a_file_that_dvc_exp_run_rewrote(params_file, default):
 def test_a_misspelt_profile_managed_key_is_named_with_a_suggestion(params_file):
     params_file.write_text(params_file.read_text().replace("\n  epochs: 20 ", "\n  epocs: 20 ", 1))
     before = params_file.read_text()
-    result = subprocess.run([sys.executable, "-m", "lib.profiles", "smoke", "--params", str(params_file), "--profiles",
+    result = subprocess.run([sys.executable, "-m", "lib.config.profiles", "smoke", "--params", str(params_file), "--profiles",
                              str(PROFILES_DIR), "--default", str(REPO / "params.yaml")], capture_output=True, text=True,
                             cwd=REPO)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -206,7 +206,7 @@ def test_a_misspelt_profile_managed_key_is_named_with_a_suggestion(params_file):
 
 @pytest.mark.parametrize("content", ["", "- a list\n"])
 def test_a_file_that_is_no_params_file_is_named(tmp_path, content, capsys):
-    from lib.profiles import main
+    from lib.config.profiles import main
     bad = tmp_path / "params.yaml"
     bad.write_text(content)
     assert main(["smoke", "--params", str(bad)]) == 2

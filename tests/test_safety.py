@@ -9,8 +9,8 @@ from skimage.metrics import structural_similarity
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from lib.data import shapes
-from lib.models import VisionTransformer
 from lib.data import signs
+from lib.models import VisionTransformer
 from lib.safety.calibration import (
     brier_score,
     expected_calibration_error,
@@ -20,7 +20,6 @@ from lib.safety.calibration import (
     reliability_bins,
 )
 from lib.safety.corruptions import CORRUPTIONS, FAMILIES, IMAGENET_C, SEVERITIES, corrupt, corrupt_image, image_rng
-from lib.safety.evaluate import map_rows, prediction_row
 from lib.safety.maps import run_model
 from lib.safety.reliability import (
     js_divergence,
@@ -41,6 +40,7 @@ from lib.safety.selective import (
     selective_metrics,
     threshold_for_risk,
 )
+from lib.safety.shift import map_rows, prediction_row
 
 # corruptions that draw no random numbers: the seed cannot change them
 DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression"}

@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-import lib.train
 from lib.config import Params
-from lib.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from lib.train import NonFiniteLossError, run_config, save_model, train
+from lib.run.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from lib.run.train import NonFiniteLossError, run_config, save_model, train
+import lib.run.train
 from tests.conftest import REPO, tiny_params_dict, write_image_folder
 
 
@@ -57,7 +57,7 @@ def interrupt_after_first_checkpoint(monkeypatch) -> None:
         save_atomic(obj, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lib.train, "save_atomic", save_then_die)
+    monkeypatch.setattr(lib.run.train, "save_atomic", save_then_die)
 
 
 def test_resume_after_interruption_equals_uninterrupted(tiny_params, tmp_path, monkeypatch):
@@ -79,7 +79,7 @@ KILL_SCRIPT = """
 import sys
 from pathlib import Path
 from lib.config import load_params
-from lib.train import train
+from lib.run.train import train
 out = Path(sys.argv[2])
 result = train(load_params(sys.argv[1]), "mnist", "rope_mixed", out / "live", out / "ck.pt", progress=False)
 print("FINAL", result.history[-1]["val/acc"], result.history[-1]["val/loss"])
@@ -221,12 +221,12 @@ def test_malicious_checkpoint_cannot_run_code(tmp_path):
 def test_checkpoint_holding_a_class_names_it(tmp_path):
     path = tmp_path / "pickled.pt"
     torch.save({"model": CheckpointError("any class outside the allowed ones")}, path)
-    with pytest.raises(CheckpointError, match="Unsupported global: GLOBAL lib.checkpoint.CheckpointError"):
+    with pytest.raises(CheckpointError, match="Unsupported global: GLOBAL lib.run.checkpoint.CheckpointError"):
         load_checkpoint(path)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_params, tmp_path, monkeypatch):
-    real_cross_entropy = lib.train.F.cross_entropy
+    real_cross_entropy = lib.run.train.F.cross_entropy
     calls = {"n": 0}
     steps_per_epoch = 256 // 64
 
@@ -237,7 +237,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_params, 
         calls["n"] += 1
         return loss * float("nan") if calls["n"] > steps_per_epoch + 1 else loss  # epoch 2, step 2
 
-    monkeypatch.setattr(lib.train.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(lib.run.train.F, "cross_entropy", poisoned)
     path = tmp_path / "ck.pt"
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 2"):
         train(tiny_params, "mnist", "ape", tmp_path / "live", path, progress=False)
@@ -253,7 +253,7 @@ def _live_in_dvc_repo(root, monkeypatch):
     live = Live(dir=str(root / "live"), dvcyaml=None, save_dvc_exp=False, report=None)
     live.log_metric("val/acc", 0.5)
     live.next_step()
-    signal_file = root / ".dvc" / "tmp" / "exps" / "run" / lib.train.STEP_SIGNAL_FILE
+    signal_file = root / ".dvc" / "tmp" / "exps" / "run" / lib.run.train.STEP_SIGNAL_FILE
     assert signal_file.exists()
     return live, signal_file
 
@@ -261,7 +261,7 @@ def _live_in_dvc_repo(root, monkeypatch):
 class _OsWithStaleCheck:
     """`os` as dvclive's signal code sees it when another run removes the file between its check and its removal."""
     path = type("path", (), {"join": staticmethod(os.path.join), "exists": staticmethod(
-        lambda file: Path(file).name == lib.train.STEP_SIGNAL_FILE or os.path.exists(file))})
+        lambda file: Path(file).name == lib.run.train.STEP_SIGNAL_FILE or os.path.exists(file))})
 
     def __getattr__(self, name):
         return getattr(os, name)
@@ -275,10 +275,10 @@ def test_end_live_survives_a_parallel_run_removing_the_step_signal(tmp_path, mon
     signal_file.unlink()  # the other run's removal
     monkeypatch.setattr(dvclive.vscode, "os", _OsWithStaleCheck())
     if ended_by == "dvclive":
-        with pytest.raises(FileNotFoundError, match=lib.train.STEP_SIGNAL_FILE):
+        with pytest.raises(FileNotFoundError, match=lib.run.train.STEP_SIGNAL_FILE):
             live.end()
     else:
-        lib.train.end_live(live)
+        lib.run.train.end_live(live)
         assert (tmp_path / "live" / "metrics.json").exists()  # the run's logs are whole
 
 
@@ -289,4 +289,4 @@ def test_end_live_still_raises_for_any_other_missing_file(tmp_path, monkeypatch)
         raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "live" / "metrics.json"))
     monkeypatch.setattr(live, "end", lose_a_log)
     with pytest.raises(FileNotFoundError, match="metrics.json"):
-        lib.train.end_live(live)
+        lib.run.train.end_live(live)

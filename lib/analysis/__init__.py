@@ -8,8 +8,10 @@ attention-based explanations are.
                   pruning, high-norm tokens
     faithfulness  deletion / insertion and positive / negative perturbation curves and AUCs, bootstrap CIs,
                   pointing game and relevance mass (quantus)
+    compare       explanation methods compared on the same images: paired bootstrap differences, ties
     tables        one model over a data set as tidy tables
     plots         the figures
+    explore       any trained run's curves, metrics and attention maps in JupyterLab (notebooks/explore)
 
 Every function works on batches, at any input resolution, for every registered attention variant.
 """

@@ -127,16 +127,6 @@ def curve_auc(curve: torch.Tensor, fractions: torch.Tensor, upto: float = 1.0) -
     return torch.trapezoid(curve[:, kept], fractions[kept], dim=-1)
 
 
-def bootstrap_ci(values: np.ndarray, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (n,) over resampled items."""
-    rng = np.random.default_rng(seed)
-    values = np.asarray(values, dtype=np.float64)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
-
-
 def patch_coverage(masks: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
     """Fraction of each patch's pixels inside the union of the object masks: (B, objects, H, W) -> (B, h, w)."""
     union = masks.any(dim=1).float()

@@ -11,12 +11,13 @@ from torch import nn
 from lib.analysis.explain import Explanations, explain
 from lib.analysis.extract import attention_maps
 from lib.analysis.faithfulness import (
-    DIRECTIONS, bootstrap_ci, curve_auc, localisation, patch_coverage, patch_ranking, perturbation_curves,
+    DIRECTIONS, curve_auc, localisation, patch_coverage, patch_ranking, perturbation_curves,
 )
 from lib.analysis.metrics import (
     attention_entropy, cls_distribution, gini, head_importance, high_norm_tokens, mean_attention_distance,
     offset_profile, pruning_curve, pruning_order, top_mass,
 )
+from lib.stats import bootstrap_ci
 
 
 def batch_slices(total: int, batch_size: int) -> list[slice]:
@@ -139,7 +140,9 @@ def faithfulness_tables(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
     Returns tables
       curves: method, direction, fraction, probability (of the target class), accuracy;
       faithfulness: method, metric (deletion_auc, insertion_auc, positive_perturbation_auc,
-        negative_perturbation_auc), value, ci_low, ci_high, n, better ("lower"/"higher").
+        negative_perturbation_auc), value, ci_low, ci_high, n, better ("lower"/"higher");
+      per_image: method, metric, image, value, better (every image's AUC: methods are compared on the same
+        images, lib.analysis.compare).
     """
     num_patches = next(iter(maps.values()))[0].numel()
     tie_break = torch.randperm(num_patches, generator=torch.Generator().manual_seed(seed))
@@ -147,7 +150,7 @@ def faithfulness_tables(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
     parts = [perturbation_curves(model, inputs[part], labels[part], targets[part],
                                  {name: order[part] for name, order in rankings.items()}, baseline, fractions)
              for part in batch_slices(len(inputs), batch_size)]
-    curve_rows, auc_rows = [], []
+    curve_rows, auc_rows, image_rows = [], [], []
     for key in parts[0]:
         method, direction = key
         probability = torch.cat([p[key].probability for p in parts])
@@ -163,7 +166,21 @@ def faithfulness_tables(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
             low, high = bootstrap_ci(per_image, resamples, seed=seed)
             auc_rows.append({"method": method, "metric": metric, "value": per_image.mean(), "ci_low": low,
                              "ci_high": high, "n": len(per_image), "better": better})
-    return {"curves": pd.concat(curve_rows, ignore_index=True), "faithfulness": pd.DataFrame(auc_rows)}
+            image_rows.append(pd.DataFrame({"method": method, "metric": metric, "image": np.arange(len(per_image)),
+                                            "value": per_image, "better": better}))
+    return {"curves": pd.concat(curve_rows, ignore_index=True), "faithfulness": pd.DataFrame(auc_rows),
+            "per_image": pd.concat(image_rows, ignore_index=True)}
+
+
+def localisation_per_image(maps: dict[str, torch.Tensor], masks: torch.Tensor, images: torch.Tensor,
+                           labels: torch.Tensor, patch_size: tuple[int, int]) -> pd.DataFrame:
+    """Every image's pointing-game hit and relevance mass per method (method, metric, image, value, better;
+    NaN where quantus cannot score an image), for paired comparisons of methods on the same images."""
+    parts = [pd.DataFrame({"method": method, "metric": metric, "image": np.arange(len(values)), "value": values,
+                           "better": "higher"})
+             for method, saliency in maps.items()
+             for metric, values in localisation(saliency, masks, images, labels, patch_size).items()]
+    return pd.concat(parts, ignore_index=True)
 
 
 def localisation_table(maps: dict[str, torch.Tensor], masks: torch.Tensor, images: torch.Tensor,

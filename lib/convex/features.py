@@ -27,10 +27,9 @@ from einops import rearrange
 
 from lib.config import Params
 from lib.data import DATASETS, load_split
-from lib.evaluate import load_trained_model
 from lib.extrapolation.study import cell_params
 from lib.models import VisionTransformer
-from lib.study import normalize
+from lib.run.study import load_trained_model, normalize
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """Data sets: embedded MNIST subset, synthetic shapes and signs (materialized into data/), and real data sets
-the user places under data/ (CIFAR, ImageNet-style folders; lib/data/external.py)."""
+the user places under data/ (CIFAR, ImageNet-style folders; lib/data/external.py), and the training
+augmentations (lib/data/augment.py)."""
 
 from lib.data.adapters import ImageFolderSet, load_cifar, load_image_folder
 from lib.data.external import EXTERNAL_DATASETS

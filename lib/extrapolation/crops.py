@@ -2,7 +2,7 @@
 
 A crop of a quarter of the image can miss an object; on shapes (the label is where one object lies relative to
 the other) or MNIST (the digit) the cropped image then no longer shows its label: label noise that the
-augmentation adds. `crop_visibility` applies the training crops (`lib.augment.random_resized_crop`, the same
+augmentation adds. `crop_visibility` applies the training crops (`lib.data.augment.random_resized_crop`, the same
 draws for a given generator) to the objects' masks and measures the share of each object's area left in view.
 MNIST has no masks; its digit's ink (pixels above 0.5) serves as the one object.
 """
@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lib.augment import random_resized_crop
 from lib.data import load_split
+from lib.data.augment import random_resized_crop
 
 VISIBLE_ENOUGH = 0.5  # an object with less than half of its area in view is counted as cut
 

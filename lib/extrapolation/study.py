@@ -21,11 +21,11 @@ import torch
 from lib.analysis.metrics import attention_entropy
 from lib.config import Params
 from lib.data import ImageSet, dataset_info
-from lib.evaluate import wilson_interval
 from lib.extrapolation.protocols import load_scaled_set, scaled_grid
 from lib.layers.rope_rescale import RopeRescaled, periods_over_grid, ramp_weights
-from lib.study import build_model, normalize
-from lib.train import save_model, train
+from lib.run.study import normalize
+from lib.run.train import save_model, train
+from lib.stats import wilson_interval
 
 TRAINED = "trained"  # the method column of a model tested as trained (no test-time rescaling)
 
@@ -90,7 +90,7 @@ def mean_attention_entropy(model: torch.nn.Module, images: torch.Tensor) -> tupl
 
 
 @functools.lru_cache(maxsize=16)
-def test_set(root: Path, dataset: str, train_resolution: int, resolution: int, protocol: str, limit: int) -> ImageSet:
+def scaled_test_set(root: Path, dataset: str, train_resolution: int, resolution: int, protocol: str, limit: int) -> ImageSet:
     """`load_scaled_set`, kept for the process's next seeds: every seed of a cell is tested on the same images, and
     a worker tests several seeds (rendering a cell's 10 shapes test sets again took ~2 s a seed). Read-only."""
     return load_scaled_set(root, dataset, train_resolution, resolution, protocol, limit)
@@ -105,7 +105,7 @@ def evaluate_seed(params: Params, cell: str, seed: int, model: torch.nn.Module) 
             "pos_embed": params.variants[variant].pos_embed, "seed": seed}
     accuracy, entropy = [], []
     for point in scale_plan(params, cell):
-        data = test_set(Path(params.data_root), dataset, point["train_resolution"], point["resolution"], point["protocol"],
+        data = scaled_test_set(Path(params.data_root), dataset, point["train_resolution"], point["resolution"], point["protocol"],
                         params.rq1.test_images)
         tested = []  # (frequencies, correct) of the methods tested at this point
         rescalings = rescalings_for(params, variant) if point["protocol"] == "zoom" else []

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.evaluate import wilson_interval
-from lib.stats import paired_difference, t_interval, verdict
+from lib.stats import paired_difference, t_interval, verdict, wilson_interval
 
 KEYS = ["dataset", "train_grid", "augmentation", "variant", "method", "protocol", "scale"]
 

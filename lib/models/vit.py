@@ -209,7 +209,7 @@ default_cfgs = generate_default_cfgs({
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionTransformer:
     if pretrained:
-        raise ValueError(f"{variant} has no pretrained weights; see lib.convert for timm RoPE-ViT weights")
+        raise ValueError(f"{variant} has no pretrained weights; see lib.models.convert for timm RoPE-ViT weights")
     return build_model_with_cfg(VisionTransformer, variant, pretrained=False, **kwargs)
 
 

@@ -7,7 +7,7 @@ selective prediction, and the stability of attention maps under shift.
     selective    risk-coverage curves, AURC, E-AURC, abstention thresholds for a target risk
     reliability  explanation-map similarity (top-k IoU, Spearman, JS), resolution stability, localisation
     maps         logits and explanation maps (CLS attention, rollout from lib.analysis) in batches
-    evaluate     the per-condition rows of notebooks/safety.py
+    shift        the per-condition rows of notebooks/safety.py (clean, corruptions, other resolutions)
     plots        the figures
     (the SYNTHETIC traffic-sign-like case-study data set lives in lib.data.signs)
 """

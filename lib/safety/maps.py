@@ -4,7 +4,7 @@ The maps come from lib.analysis (one forward through the explicit attention path
 - cls_attention: the last block's CLS-to-patch attention, mean over heads (lib.analysis.explain.cls_attention);
 - rollout: attention rollout with mean head fusion and no discarding (lib.analysis.explain.rollout).
 Both are (B, H, W) on the patch grid. The inputs are the [0, 1] images; the model's input scaling
-(lib.study.normalize) is applied here.
+(lib.run.study.normalize) is applied here.
 """
 
 from typing import NamedTuple
@@ -14,7 +14,7 @@ from torch import nn
 
 from lib.analysis.explain import cls_attention, rollout
 from lib.analysis.extract import attention_maps
-from lib.study import normalize
+from lib.run.study import normalize
 
 MAP_METHODS: tuple[str, ...] = ("cls_attention", "rollout")
 

@@ -1,4 +1,4 @@
-"""Glue between `params.yaml` and the code: run names, model construction, input scaling, seeding."""
+"""Glue between `params.yaml` and the code: run names, model construction and loading, input scaling, seeding."""
 import random
 from pathlib import Path
 
@@ -8,6 +8,7 @@ import torch
 from lib.config import Params, StudyParams
 from lib.data import dataset_info
 from lib.models import VisionTransformer
+from lib.run.checkpoint import load_checkpoint
 
 # Images arrive in [0, 1]; the models see them centred to [-1, 1] (same for every dataset, so a
 # perturbation or baseline image means the same thing everywhere).
@@ -57,6 +58,23 @@ def build_model(params: Params, dataset: str, variant: str) -> VisionTransformer
         init_values=arch.init_values,
         global_pool=arch.global_pool,
     )
+
+
+def load_trained_model(params: Params, dataset: str, variant: str, weights_path: Path) -> torch.nn.Module:
+    """Rebuild the model from params and load the weights a training run saved."""
+    state = load_checkpoint(weights_path)
+    if "model" not in state:
+        raise ValueError(f"{weights_path}: expected a dict with a 'model' state dict, found keys {sorted(state)}")
+    model = build_model(params, dataset, variant)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits (N, K) of `model` in eval mode on model-ready (normalized) inputs (N, C, H, W), in batches."""
+    model.eval()
+    return torch.cat([model(inputs[start:start + batch_size]) for start in range(0, len(inputs), batch_size)])
 
 
 def seed_everything(seed: int, device: torch.device = torch.device("cpu")) -> None:

@@ -1,4 +1,4 @@
-"""The study's configuration: `params.yaml`, validated before any work is done.
+"""The schema of `params.yaml`, validated before any work is done.
 
 Every key is declared here with its type and range. A misspelt key, a wrong type, an out-of-range
 value or a name that points nowhere (an unknown attention, a variant the study does not define)
@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lib.benchmark import COMPARED_MODELS
 from lib.data import DATASETS, EXTERNAL_DATASETS
+from lib.efficiency.benchmark import COMPARED_MODELS
 from lib.layers.attention import ATTENTION_LAYERS
 from lib.layers.position import POSITION_ENCODINGS, create_position_encoding
 
@@ -106,7 +106,7 @@ class TrainParams(Strict):
     augment: AugmentParams = AugmentParams()
     train_subset: PositiveInt | None = None
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast the forward pass (GPU profiles)
-    compile: bool = False  # torch.compile the training step (lib/compiling.py); eager where a variant cannot
+    compile: bool = False  # torch.compile the training step (lib/run/compiling.py); eager where a variant cannot
 
     @model_validator(mode="after")
     def _warmup_fits(self):
@@ -194,6 +194,7 @@ class EfficiencyParams(Strict):
     tokens_per_batch: PositiveInt = 4096
     repeats: PositiveInt = 3
     slope_min_tokens: PositiveInt = 256
+    crossover_margin: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     timm_grid: PositiveInt = 14
     timm_batch: PositiveInt = 32
     timm_rounds: PositiveInt = 5
@@ -253,7 +254,7 @@ class SafetyParams(Strict):
 
 class ConvexSetting(NamedTuple):
     """One backbone -> data pairing of the convex-head study, written '<backbone>-><dataset>' in params.yaml (no blanks:
-    a profile's values must survive a shell: `dvc exp run $(python -m lib.profiles paper --set-args)`)."""
+    a profile's values must survive a shell: `dvc exp run $(python -m lib.config.profiles paper --set-args)`)."""
 
     backbone: str                     # an rq1 cell: its seed-k weights are seed k's frozen backbone
     dataset: str                      # the data set the heads are fitted and tested on (another one: transfer)
@@ -375,7 +376,7 @@ TRAINING_MATRICES = ("study", "zoo", "case_study")
 
 
 class Params(Strict):
-    profile: str = "default"               # the profile whose values the file holds (profiles/, lib/profiles.py)
+    profile: str = "default"               # the profile whose values the file holds (profiles/, lib/config/profiles.py)
     seed: Annotated[int, Field(ge=0)] = 0
     data_root: str = "data"
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where training and evaluation run (auto: CUDA if present)
@@ -724,6 +725,3 @@ def main(argv: list[str]) -> int:
     print(f"{path}: OK ({len(params.runs())} runs: {matrices}{test_time})")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -6,49 +6,21 @@ resized, image folders decoded at each size; the procedural `shapes` scenes are 
 so larger images carry real detail.
 """
 import hashlib
-import math
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from lib.checkpoint import load_checkpoint
 from lib.config import Params, fingerprint
 from lib.data import load_split
-from lib.distributed import local_device
-from lib.study import build_model, run_name
-from lib.train import code_fingerprint, evaluate_accuracy
-
-
-def load_trained_model(params: Params, dataset: str, variant: str, weights_path: Path) -> torch.nn.Module:
-    """Rebuild the model from params and load the weights a training run saved."""
-    state = load_checkpoint(weights_path)
-    if "model" not in state:
-        raise ValueError(f"{weights_path}: expected a dict with a 'model' state dict, found keys {sorted(state)}")
-    model = build_model(params, dataset, variant)
-    model.load_state_dict(state["model"])
-    return model.eval()
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits (N, K) of `model` in eval mode on model-ready (normalized) inputs (N, C, H, W), in batches."""
-    model.eval()
-    return torch.cat([model(inputs[start:start + batch_size]) for start in range(0, len(inputs), batch_size)])
-
-
-def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion (better than +-1.96 SE near 0 and 1)."""
-    if total == 0:
-        return math.nan, math.nan
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return centre - half, centre + half
+from lib.run.distributed import local_device
+from lib.run.study import load_trained_model, run_name
+from lib.run.train import code_fingerprint, evaluate_accuracy
+from lib.stats import wilson_interval
 
 
 # The code whose changes can change an evaluation's numbers.
-EVALUATION_CODE = ("evaluate.py", "train.py", "study.py", "data", "layers", "models")
+EVALUATION_CODE = ("resolution/accuracy.py", "run/train.py", "run/study.py", "data", "layers", "models")
 
 
 def accuracy_vs_resolution(

@@ -165,7 +165,7 @@ def measure_in_subprocess(attention: str, pos_embed: str, grids: list[int], toke
     """`measure_variant` in a fresh Python process (own memory accounting); returns its rows."""
     spec = {"attention": attention, "pos_embed": pos_embed, "grids": grids, "tokens_per_batch": tokens_per_batch,
             "repeats": repeats, "attention_kwargs": attention_kwargs or {}, "threads": threads}
-    result = subprocess.run([sys.executable, "-m", "lib.benchmark", "measure", json.dumps(spec)],
+    result = subprocess.run([sys.executable, "-m", "lib.efficiency.benchmark", "measure", json.dumps(spec)],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"benchmark of {attention}/{pos_embed} failed:\n{result.stderr[-3000:]}")
@@ -186,22 +186,27 @@ def loglog_slope(table: pd.DataFrame, x: str = "tokens", y: str = "forward_ms_pe
     return float(np.polyfit(np.log(part[x]), np.log(part[y]), 1)[0])
 
 
-def crossover_tokens(variant: pd.DataFrame, baseline: pd.DataFrame, y: str = "forward_ms_per_image") -> float:
-    """Token count from which `variant` stays cheaper than `baseline` (log-log interpolation).
+def crossover_tokens(variant: pd.DataFrame, baseline: pd.DataFrame, y: str = "forward_ms_per_image",
+                     margin: float = 0.0) -> float:
+    """Token count from which `variant` stays at least `margin` cheaper than `baseline` (time ratio at most
+    1 - margin; log-log interpolation between measured sizes).
 
-    inf if it is not cheaper at the largest measured size; the smallest size if it is cheaper throughout.
+    inf if it is not that much cheaper at the largest measured size; the smallest size if it is throughout.
+    With margin 0 a size where both cost the same within timing noise decides by a coin flip (one run found
+    linear attention cheaper from 50 tokens, the next from 273); a margin of 10% keeps such ties out.
     """
     merged = variant.merge(baseline, on="tokens", suffixes=("", "_base")).sort_values("tokens")
     tokens = merged["tokens"].to_numpy(dtype=float)
-    log_ratio = np.log(merged[y].to_numpy() / merged[f"{y}_base"].to_numpy())  # < 0: variant cheaper
-    if log_ratio[-1] >= 0:
+    # < 0: the variant is at least `margin` cheaper
+    excess = np.log(merged[y].to_numpy() / merged[f"{y}_base"].to_numpy()) - math.log1p(-margin)
+    if excess[-1] >= 0:
         return math.inf
-    start = len(log_ratio) - 1  # walk back to the start of the final run of "cheaper" sizes
-    while start > 0 and log_ratio[start - 1] < 0:
+    start = len(excess) - 1  # walk back to the start of the final run of "cheaper" sizes
+    while start > 0 and excess[start - 1] < 0:
         start -= 1
     if start == 0:
         return float(tokens[0])
-    before, after = log_ratio[start - 1], log_ratio[start]  # >= 0, then < 0: the sign change
+    before, after = excess[start - 1], excess[start]  # >= 0, then < 0: the crossing
     t = before / (before - after)
     return float(np.exp(np.log(tokens[start - 1]) + t * (np.log(tokens[start]) - np.log(tokens[start - 1]))))
 

@@ -9,7 +9,7 @@ afresh, with one line naming what differs. A checkpoint exists only to resume an
 finished model is written (`save_model`), it is deleted, so the next run of the configuration trains anew.
 
 Launched by torchrun, the same code trains on several GPUs or machines with DistributedDataParallel
-(lib/distributed.py; entry point lib/train_cli.py). A batch stays `batch_size` images in all: every process
+(lib/run/distributed.py; entry point lib/run/train_cli.py). A batch stays `batch_size` images in all: every process
 draws the same shuffle and augmentation, trains on its share of each batch (every world_size-th image) and
 DDP averages the gradients, so the result equals a single process's up to the order of float sums.
 Evaluation is sharded the same way and its sums added up. Only rank 0 reads and writes files (checkpoint,
@@ -17,6 +17,7 @@ dvclive logs); a checkpoint resumes with any number of processes. Not bit-for-bi
 stochastic depth draw independently on each process, and batch-level auxiliary losses (MoH load balance)
 are computed over each share.
 """
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,18 +31,18 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lib import distributed as dist
-from lib.augment import random_affine, random_hflip, random_resized_crop
-from lib.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from lib.compiling import compile_or_eager
 from lib.config import Params, fingerprint
 from lib.data import collate, load_split, take
+from lib.data.augment import random_affine, random_hflip, random_resized_crop
 from lib.data.pin import check_pinned, dataset_hash
-from lib.study import build_model, epoch_seed, normalize, seed_everything
+from lib.run import distributed as dist
+from lib.run.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from lib.run.compiling import compile_or_eager
+from lib.run.study import build_model, epoch_seed, normalize, seed_everything
 
 
 # The code whose changes can change a trained model (a checkpoint from other code is not resumed).
-TRAINING_CODE = ("augment.py", "checkpoint.py", "distributed.py", "study.py", "train.py", "data", "layers", "models")
+TRAINING_CODE = ("run/checkpoint.py", "run/distributed.py", "run/study.py", "run/train.py", "data", "layers", "models")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -77,7 +78,7 @@ def run_config(params: Params, dataset: str, variant: str) -> dict:
 
 def code_fingerprint(parts: tuple[str, ...] = ()) -> str:
     """Hash of the `lib` sources (or of the given files / folders under lib/): work done by other code is redone."""
-    root = Path(__file__).parent
+    root = Path(__file__).parents[1]  # lib/
     folders = [root / part for part in parts] or [root]
     sources = sorted({p for folder in folders for p in ([folder] if folder.is_file() else folder.rglob("*.py"))})
     return fingerprint({str(p.relative_to(root)): p.read_text() for p in sources})
@@ -249,6 +250,16 @@ def save_model(result: TrainResult, path: Path) -> None:
     save_atomic({"model": weights, "config": result.config}, path)
     if result.checkpoint_path is not None:
         Path(result.checkpoint_path).unlink(missing_ok=True)
+
+
+def save_run(result: TrainResult, out_dir: Path, processes: int = 1) -> None:
+    """Write a finished run into its folder: `model.pt` (`save_model`, which then deletes the checkpoint) and
+    `timing.json` (training seconds, the epoch it resumed after, the number of processes). Rank 0 only."""
+    out_dir = Path(out_dir)
+    save_model(result, out_dir / "model.pt")
+    timing = {"train_seconds": sum(record["epoch_seconds"] for record in result.history),
+              "resumed_from_epoch": result.resumed_from_epoch, "processes": processes}
+    (out_dir / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
 
 
 def augment(images: torch.Tensor, settings, generator: torch.Generator, batch: int, rows: slice) -> torch.Tensor:

@@ -5,7 +5,7 @@
     profiles/paper.yaml    what the GPU-scale study changes (ViT-S, CIFAR-100 and ImageNet-style folders)
 
 DVC reads params.yaml as it is (its matrices cannot pick a list by a key), so a profile is applied by writing
-its values into the file: `make profile PROFILE=paper` (`python -m lib.profiles paper`) sets exactly the keys
+its values into the file: `make profile PROFILE=paper` (`python -m lib.config.profiles paper`) sets exactly the keys
 that profiles/paper.yaml lists, in place, and `profile: paper`. Every other key, every comment and the layout
 are kept, so `git diff params.yaml` shows the profile and nothing else (a YAML round trip through ruamel, as
 `dvc exp run -S` does, re-lays out 40 lines of this file). `make profile PROFILE=default` puts the keys the
@@ -15,8 +15,8 @@ A switch refuses, changing nothing, while a key it would overwrite holds a value
 of the held profile), when a profile names a key params.yaml does not have, and when the result is not a valid
 study (lib.config's schema). Ablations of keys no profile sets are kept.
 
-`python -m lib.profiles paper --set-args` prints the same switch as `dvc exp run -S` arguments instead:
-`dvc exp run $(python -m lib.profiles paper --set-args)`.
+`python -m lib.config.profiles paper --set-args` prints the same switch as `dvc exp run -S` arguments instead:
+`dvc exp run $(python -m lib.config.profiles paper --set-args)`.
 """
 import argparse
 import copy

@@ -5,7 +5,7 @@ with the eager outputs and gradients (tests/test_compile.py): RoPE rotates in re
 (lib/layers/rope.py). `train.compile: true` compiles the training step (forward and backward); evaluation stays
 eager. Whether compiling pays depends on the machine and on how many steps share one compilation:
 
-    python -m lib.compiling --grid 6 --batch 128     # eager vs compiled training steps, and the compile time
+    python -m lib.run.compiling --grid 6 --batch 128     # eager vs compiled training steps, and the compile time
 """
 import argparse
 import copy
@@ -42,7 +42,7 @@ def compile_speedup(pos_embed: str, grid: int, batch: int, repeats: int, rounds:
     compile time (the first compiled step) and, over `rounds` interleaved rounds of `repeats` steps each,
     images/s of both and the speed-up per round (median, min, max); `break_even_steps`: steps after which the
     compiled run has saved its compile time."""
-    from lib.benchmark import images_for, median_seconds, tiny_model, train_step  # not a training dependency
+    from lib.efficiency.benchmark import images_for, median_seconds, tiny_model, train_step  # not a training dependency
 
     eager = tiny_model(attention, pos_embed, grid)
     images = images_for(grid, batch)

@@ -15,8 +15,7 @@ import torch
 from lib.analysis.explain import cls_attention, rollout
 from lib.analysis.extract import attention_maps
 from lib.config import Params
-from lib.evaluate import load_trained_model
-from lib.study import normalize, run_name
+from lib.run.study import load_trained_model, normalize, run_name
 
 
 @dataclass(frozen=True)

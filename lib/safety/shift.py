@@ -18,14 +18,14 @@ from torch import nn
 
 from lib.config import Params
 from lib.data import ImageSet, load_split
-from lib.evaluate import load_trained_model, wilson_interval
+from lib.run.study import load_trained_model, run_name
 from lib.safety.calibration import calibration_metrics, probabilities, reliability_bins
 from lib.safety.corruptions import FAMILY_OF, corrupt
 from lib.safety.maps import run_model
 from lib.safety.predictors import image_signals
 from lib.safety.reliability import localisation, resolution_stability
 from lib.safety.selective import augrc, aurc, excess_aurc, risk_coverage_curve, selective_metrics
-from lib.study import run_name
+from lib.stats import wilson_interval
 
 
 def confidence_and_correct(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

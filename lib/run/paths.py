@@ -1,17 +1,17 @@
 """The repository root, so that a notebook runs from any working directory.
 
 Every path the study uses (params.yaml, data/, results/, checkpoints/) is relative to the repo root, but
-JupyterLab, VS Code and `lib/notebook.py` start a notebook's kernel in the notebook's own folder,
+JupyterLab, VS Code and `lib/run/notebook.py` start a notebook's kernel in the notebook's own folder,
 notebooks/. Each study notebook therefore calls `chdir_repo_root()` in its first code cell.
 
-Imports nothing from `lib` (and no third-party package): `lib/notebook.py` loads this file on its own,
+Imports nothing from `lib` (and no third-party package): `lib/run/notebook.py` loads this file on its own,
 without importing the `lib` package, which imports torch.
 """
 import os
 from pathlib import Path
 
 MARKERS: tuple[str, ...] = ("params.yaml", "dvc.yaml")  # the files that only the repo root holds, both
-LIB_CHECKOUT = Path(__file__).resolve().parents[1]  # the folder above the `lib` package in use (the fallback)
+LIB_CHECKOUT = Path(__file__).resolve().parents[2]  # the folder above the `lib` package in use (the fallback)
 
 
 class RepoRootNotFound(FileNotFoundError):

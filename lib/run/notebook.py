@@ -1,9 +1,9 @@
 """Run a parameterized notebook as a pipeline step, without ever damaging existing results.
 
-    python -P lib/notebook.py notebooks/train.py results/runs/mnist-ape -p dataset=mnist -p variant=ape
+    python -P lib/run/notebook.py notebooks/train.py results/runs/mnist-ape -p dataset=mnist -p variant=ape
 
 Run as a script (`-P`: the script's folder is not put on sys.path) so that the step starts in about 2 s:
-`python -m lib.notebook` works too, but importing the `lib` package imports torch and timm (about 5 s
+`python -m lib.run.notebook` works too, but importing the `lib` package imports torch and timm (about 5 s
 per step, 30 steps in the study) only for the kernel to import them again.
 
 1. The notebook's stable source, a jupytext `py:percent` file (what DVC depends on; saving the
@@ -12,7 +12,7 @@ per step, 30 steps in the study) only for the kernel to import them again.
    that the notebook writes its results into.
    The kernel starts in the source's folder, as JupyterLab starts it, so every pipeline run exercises what
    a user's Lab session does: each study notebook moves to the repo root in its first code cell
-   (`lib.paths.chdir_repo_root`), and path parameters are relative to the repo root (run this from the
+   (`lib.run.paths.chdir_repo_root`), and path parameters are relative to the repo root (run this from the
    root, as DVC does) or absolute. The kernel imports the `lib` beside this script (a DVC experiment's
    copy of the repo runs its own code, not the editable install's).
    Every study notebook validates `params.yaml` in its first cell (`lib.config.load_params`), so a bad
@@ -40,11 +40,11 @@ import yaml  # noqa: E402
 
 
 KERNEL_NAME = "attention-rope-study"  # registered by `make setup` (ipykernel install --sys-prefix)
-STUDY_ROOT = Path(__file__).resolve().parents[1]  # the checkout this runner belongs to
+STUDY_ROOT = Path(__file__).resolve().parents[2]  # the checkout this runner belongs to
 
 
 def _load_paths():
-    """lib/paths.py, loaded from its file: `import lib.paths` would import the `lib` package, hence torch."""
+    """lib/run/paths.py, loaded from its file: `import lib.run.paths` would import the `lib` package, hence torch."""
     spec = importlib.util.spec_from_file_location("_study_paths", Path(__file__).with_name("paths.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
