@@ -46,16 +46,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from lib.analysis.compare import compare_methods
 from lib.analysis.plots import (
     plot_explanation_grid, plot_faithfulness, plot_mean_distance, plot_offset_profiles, plot_perturbation_curves,
     plot_pruning,
 )
-from lib.analysis.compare import compare_methods
 from lib.analysis.tables import (
-    attention_tables, explain_all, faithfulness_tables, head_importance_tables, localisation_per_image,
-    localisation_table,
+    accuracy_vs_chance, attention_tables, explain_all, faithfulness_tables, head_importance_tables,
+    localisation_per_image, localisation_table,
 )
-from lib.stats import wilson_interval
 from lib.config import load_params
 from lib.data import load_split
 from lib.plots import publish, set_style
@@ -87,10 +86,8 @@ def save_table(table: pd.DataFrame, name: str) -> pd.DataFrame:
 print(f"{run['run']}: {len(data)} {settings.split} images {tuple(data.images.shape[1:])}, attention={spec.attention}, "
       f"pos_embed={spec.pos_embed}")
 # the model's accuracy on the analysed images: explanations of a model at chance level explain nothing
-correct = int((predict(model, inputs, batch_size).argmax(-1) == data.labels).sum())
-low, high = wilson_interval(correct, len(data))
-accuracy = save_table(pd.DataFrame([{"accuracy": correct / len(data), "ci_low": low, "ci_high": high, "n": len(data),
-                                     "chance": 1 / len(data.classes)}]), "accuracy")
+correct = predict(model, inputs, batch_size).argmax(-1) == data.labels
+accuracy = save_table(accuracy_vs_chance(correct, len(data.classes)), "accuracy")
 accuracy.round(3)
 
 # %% [markdown]
@@ -165,9 +162,12 @@ publish(fig, out / "perturbation_curves")
 # %%
 start = time.perf_counter()
 if data.masks is not None:
-    local = localisation_table(explanations.maps, data.masks[subset], data.images[subset], data.labels[subset],
-                               model.patch_embed.patch_size, settings.bootstrap_resamples, seed)
-else:  # no masks (mnist): an empty table with the same columns, so every run writes the same files
+    local_per_image = localisation_per_image(explanations.maps, data.masks[subset], data.images[subset],
+                                             data.labels[subset], model.patch_embed.patch_size)
+    local = localisation_table(local_per_image, data.masks[subset], model.patch_embed.patch_size,
+                               settings.bootstrap_resamples, seed)
+else:  # no masks (mnist): empty tables with the same columns, so every run writes the same files
+    local_per_image = pd.DataFrame(columns=["method", "metric", "image", "value", "better"])
     local = pd.DataFrame(columns=["method", "metric", "value", "ci_low", "ci_high", "n", "mask_area_share"])
 timings["localisation"] = time.perf_counter() - start
 local = save_table(local, "localisation")
@@ -179,10 +179,7 @@ print(local.pivot_table(index="method", columns="metric", values="value").round(
 # whose gap interval reaches 0 is tied with the best).
 
 # %%
-per_image = faith["per_image"]
-if data.masks is not None:
-    per_image = pd.concat([per_image, localisation_per_image(explanations.maps, data.masks[subset], data.images[subset],
-                                                             data.labels[subset], model.patch_embed.patch_size)])
+per_image = pd.concat([faith["per_image"], local_per_image]) if len(local_per_image) else faith["per_image"]
 comparison = save_table(compare_methods(per_image, settings.bootstrap_resamples, seed), "method_comparison")
 comparison.pivot_table(index="method", columns="metric", values="gap_to_best").round(3)
 

@@ -158,7 +158,8 @@ checks
 # %% [markdown]
 # ## Accuracy per head and setting
 # Mean test accuracy over seeds ± the 95% t half-width; `chosen` is the median validation choice (range
-# over seeds), `at edge` the seeds whose choice sits at an end of the grid.
+# over seeds), `at edge` the seeds whose choice sits at an end of the grid (in brackets: of those, the ones whose next
+# value inward scores within one binomial standard error on validation, a plateau rather than a grid cut short).
 
 # %%
 sections = [f"Seeds {config.seeds} (seed k: the backbone's k-th training seed, the training subset, gates and "

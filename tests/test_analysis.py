@@ -21,10 +21,12 @@ from lib.analysis.metrics import (
     attention_entropy, cls_distribution, gini, head_importance, high_norm_tokens, mean_attention_distance,
     offset_profile, patch_distribution, pruning_curve, top_mass,
 )
-from lib.analysis.tables import faithfulness_tables
+from lib.analysis.tables import (
+    accuracy_vs_chance, attention_tables, faithfulness_tables, localisation_per_image, localisation_table,
+)
 from lib.layers.attention import ATTENTION_LAYERS
 from lib.models import VisionTransformer
-from lib.stats import bootstrap_ci
+from lib.stats import bootstrap_ci, wilson_interval
 
 
 def tiny_vit(attention: str = "softmax", pos_embed: str = "rope_mixed", seed: int = 0, **kwargs) -> VisionTransformer:
@@ -91,6 +93,23 @@ def test_every_explanation_runs_for_every_variant_at_a_non_square_grid(name):
         assert saliency.shape == (2, 5, 9) and torch.isfinite(saliency).all(), method
     assert result.ig_pixels.shape == (2, 20, 36) and result.cls_layers.shape == (2, 2, 2, 5, 9)
     assert hook_count(model) == 0
+
+
+def test_explanations_and_attention_tables_skip_the_registers():
+    """With registers the prefix is CLS plus the registers: maps cover the patches only, and the analysis takes the
+    prefix count from the model (the registers are never mistaken for patches)."""
+    model = tiny_vit("softmax", reg_tokens=3)
+    inputs = images(2, (20, 36))
+    result = explain(model, inputs, torch.tensor([1, 2]), torch.zeros(1, 1, 20, 36), torch.Generator().manual_seed(0),
+                     ig_steps=2)
+    assert all(saliency.shape == (2, 5, 9) for saliency in result.maps.values())
+    explicit = explain(model, inputs, torch.tensor([1, 2]), torch.zeros(1, 1, 20, 36), torch.Generator().manual_seed(0),
+                       ig_steps=2, num_prefix_tokens=4)
+    assert all(torch.allclose(result.maps[m], explicit.maps[m]) for m in ("cls_attention", "rollout", "grad_cam"))
+    tables = attention_tables(model, inputs)
+    assert len(tables["layer_head"]) == 2 * 2 and tables["layer_head"]["entropy_nats"].notna().all()
+    assert (tables["layer_head"][["grid_h", "grid_w"]] == [5, 9]).all().all()
+    assert tables["offset_profile"][["dx", "dy"]].abs().max().tolist() == [8, 4]  # offsets of the 5 x 9 patch grid
 
 
 # ------------------------------------------------------------------------------ gradient rollout
@@ -380,6 +399,31 @@ def test_localisation_scores_through_quantus():
     assert np.allclose(scores["relevance_mass"], [3 / 4, (1 * 0.5) / 3])
 
 
+def test_localisation_table_summarises_the_per_image_scores_it_is_given():
+    masks = torch.zeros(3, 2, 8, 8, dtype=torch.bool)
+    masks[:, 0, 0:2, 0:2] = True
+    masks[:, 1, 4:8, 4:8] = True
+    maps = {"a": torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0)), "b": torch.zeros(3, 4, 4)}
+    maps["b"][:, 0, 0] = 1.0  # every image: all relevance on object 1's patch
+    images, labels = torch.rand(3, 3, 8, 8), torch.zeros(3, dtype=torch.long)
+    per_image = localisation_per_image(maps, masks, images, labels, (2, 2))
+    table = localisation_table(per_image, masks, (2, 2), resamples=200, seed=3).set_index(["method", "metric"])
+    for method, saliency in maps.items():  # the same numbers as scoring each method directly
+        for metric, values in localisation(saliency, masks, images, labels, (2, 2)).items():
+            row = table.loc[(method, metric)]
+            assert row["value"] == pytest.approx(values.mean()) and row["n"] == 3
+            assert (row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_ci(values, 200, seed=3))
+    assert table.loc[("b", "relevance_mass"), "value"] == pytest.approx(1.0)
+    assert table["mask_area_share"].iloc[0] == pytest.approx((4 + 16) / 64)
+
+
+def test_accuracy_vs_chance_counts_hits_with_a_wilson_interval():
+    row = accuracy_vs_chance(torch.tensor([True] * 30 + [False] * 70), num_classes=4).iloc[0]
+    assert row["accuracy"] == 0.3 and row["n"] == 100 and row["chance"] == 0.25
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(wilson_interval(30, 100))
+    assert row["ci_low"] < row["chance"]  # 30 of 100 on 4 classes: not distinguishable from chance
+
+
 def _per_image(scores: dict[str, np.ndarray], metric: str = "deletion_auc", better: str = "lower") -> pd.DataFrame:
     return pd.concat([pd.DataFrame({"method": method, "metric": metric, "image": np.arange(len(values)),
                                     "value": values, "better": better}) for method, values in scores.items()])
@@ -403,6 +447,7 @@ def test_compare_methods_pairs_images_and_reports_ties():
         bootstrap_ci(difference, 500, seed=1))
     assert table.loc["grad_cam", "vs_reference_high"] < 0  # worse than random
     assert table.loc["random", "status"] == ""  # the reference is neither best nor tied
+    assert table.loc[best, ["gap_to_best", "gap_low", "gap_high"]].tolist() == [0.0, 0.0, 0.0]
 
 
 def test_compare_methods_best_alone_when_every_gap_excludes_zero():

@@ -187,7 +187,7 @@ def _selection_runs(grid=(0.8, 0.9), other=(0.7, 0.7), seeds=range(3)):
             for position, val in enumerate(accs):
                 rows.append({"setting": "a -> b", "head": head, "family": family, "seed": seed, "regularizer": "r",
                              "value": 10.0**-position, "grid_position": position, "val_accuracy": val,
-                             "test_accuracy": val - 0.01 * seed, "fit_seconds": 1.0, "parameters": 10})
+                             "val_images": 100, "test_accuracy": val - 0.01 * seed, "fit_seconds": 1.0, "parameters": 10})
     return pd.DataFrame(rows)
 
 
@@ -199,6 +199,14 @@ def test_selection_marks_grid_edges_and_summary_comes_from_the_numbers():
     summary = summarize(selected, ["convex", "linear"])
     assert summary.loc[0, "setting"] == "a -> b" and summary.loc[0, "test_accuracy"] == pytest.approx(0.89)
     assert summary.loc[0, "at_edge"] == 0 and summary.loc[1, "at_edge"] == 3
+    # an edge choice is on a plateau where the next value inward is within one binomial SE on validation:
+    # 0.9 on 100 images: SE 0.03, so 0.88 inward is a plateau, 0.85 is not
+    plateau = select_on_validation(_selection_runs(grid=(0.8, 0.88, 0.9))).set_index(["head", "seed"])
+    assert plateau.loc[("convex", 0), "at_edge"] and plateau.loc[("convex", 0), "edge_on_plateau"]
+    assert plateau.loc[("linear", 0), "edge_on_plateau"]  # a tie (0.7, 0.7) is the flattest plateau
+    steep = select_on_validation(_selection_runs(grid=(0.8, 0.85, 0.9))).set_index(["head", "seed"])
+    assert steep.loc[("convex", 0), "at_edge"] and not steep.loc[("convex", 0), "edge_on_plateau"]
+    assert not by_key["edge_on_plateau"].loc[("convex", 0)]  # not at an edge: never on a plateau
     two = pd.concat([_selection_runs().assign(setting="z -> y"), _selection_runs()], ignore_index=True)
     assert list(dict.fromkeys(summarize(select_on_validation(two), ["convex", "linear"])["setting"])) == ["z -> y", "a -> b"]
 
@@ -426,7 +434,7 @@ def test_excess_at_choice_reads_the_objectives_at_the_primal_heads_validation_ch
     from lib.convex.compare import excess_at_choice
 
     rows = [{"setting": "s", "seed": seed, "head": head, "value": value, "objective": objective,
-             "val_accuracy": val, "grid_position": position, "family": "f", "fit_seconds": 1.0}
+             "val_accuracy": val, "grid_position": position, "family": "f", "fit_seconds": 1.0, "val_images": 100}
             for seed in (0, 1)
             for head, objectives, vals in (("convex linear attention", (1.0, 0.5), (0.9, 0.9)),
                                            ("linear attention (Adam)", (1.1, 1.0), (0.8, 0.9 - 0.2 * seed)))

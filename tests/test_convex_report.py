@@ -11,7 +11,8 @@ def attention_runs() -> pd.DataFrame:
     """Two seeds, a 2-value beta grid (0.1 strong, 0.01 weak); Adam's objectives above the optimum by 10% / 100%
     at 0.1 / 0.01; seed 0's Adam head chooses 0.01 on validation, seed 1's 0.1."""
     rows = [{"setting": "s", "seed": seed, "head": head, "value": value, "objective": objective,
-             "val_accuracy": val, "grid_position": position, "family": family, "fit_seconds": 1.0}
+             "val_accuracy": val, "grid_position": position, "family": family, "fit_seconds": 1.0,
+             "val_images": 100}
             for seed in (0, 1)
             for head, family, objectives, vals in (
                 ("convex linear attention", "convex", (1.0, 0.5), (0.9, 0.9)),

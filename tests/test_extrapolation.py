@@ -328,6 +328,38 @@ def test_float_check_rerun_trains_every_cell_with_other_threads(tiny_params, tmp
     assert "1 of the 2 cells so far (shapes-rrc-ape)" in float_check_lines(params, accuracy, part)[0]
 
 
+def test_a_float_check_of_more_seeds_is_compared_on_the_study_seeds_only(tiny_params, tmp_path):
+    cells = ["shapes-rrc-ape", "shapes-rrc-rope_axial", "shapes-rrc-rope_mixed"]
+    accuracy = synthetic_accuracy()  # seeds 0-3
+    rerun = accuracy.assign(accuracy=accuracy["accuracy"] + 0.001)
+    extra = rerun[rerun["seed"] == 0].assign(seed=4)
+    extra.loc[extra["variant"] == "rope_mixed", "accuracy"] = 0.0  # seed 4: RoPE-Mixed far below the others
+    rerun = pd.concat([rerun, extra], ignore_index=True)
+    params = tiny_params.model_copy(update={"rq1": tiny_params.rq1.model_copy(update={"cells": cells, "seeds": [0, 1, 2, 3, 4]})})
+    write_float_check(params, rerun, 2, tmp_path / "float_check")
+    study = params.model_copy(update={"rq1": params.rq1.model_copy(update={"seeds": [0, 1, 2, 3]})})
+    lines = float_check_lines(study, accuracy, tmp_path / "float_check", out_dir=tmp_path)
+    compared = pd.read_csv(tmp_path / "verdict_stability.csv")
+    # seed 4 of the rerun would move every RoPE-Mixed difference: left out, the differences are the study's
+    assert compared["same_verdict"].all() and compared["shift"].abs().max() < 1e-9
+    assert "every seed retrained; the study's seeds [0, 1, 2, 3] of the rerun's [0, 1, 2, 3, 4]" in lines[0]
+    assert f"{len(compared)} of {len(compared)} verdicts unchanged" in lines[0]
+    # what does not decide RQ1's numbers leaves the check current: a variant no cell uses, a model key added since
+    # the rerun (read at its default)
+    extra = study.model_copy(update={"variants": {**study.variants, "unused": study.variants["ape"]}})
+    assert float_check_lines(extra, accuracy, tmp_path / "float_check")[0].startswith("Rerun with other floats")
+    settings = tmp_path / "float_check" / "settings.json"
+    recorded = json.loads(settings.read_text())
+    del recorded["study"]["model"]["num_registers"]
+    settings.write_text(json.dumps(recorded))
+    assert float_check_lines(study, accuracy, tmp_path / "float_check")[0].startswith("Rerun with other floats")
+    registers = study.model_copy(update={"model": study.model.model_copy(update={"num_registers": 2})})
+    assert "model differ" in float_check_lines(registers, accuracy, tmp_path / "float_check")[0]
+    more = params.model_copy(update={"rq1": params.rq1.model_copy(update={"seeds": [0, 1, 2, 3, 4, 5]})})
+    assert float_check_lines(more, accuracy, tmp_path / "float_check")[0].startswith(
+        "Float check: stale, it ran with other settings (rq1.seeds differ from params.yaml)")
+
+
 def test_figures_name_training_grids_where_panels_differ_in_them():
     """One augmentation trained on two grids, another on one: every line of every panel gets its own style."""
     base = synthetic_accuracy()

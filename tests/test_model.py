@@ -157,3 +157,42 @@ def test_every_encoding_lists_the_arguments_it_takes(name):
         assert set(defaults) == set(accepted) and all(v is not inspect.Parameter.empty for v in defaults.values())
         VisionTransformer(img_size=24, patch_size=4, in_chans=1, num_classes=4, pos_embed=name, attention="softmax",
                           pos_embed_kwargs=defaults)
+
+
+@pytest.mark.parametrize("pos_embed", ["ape", "rope_mixed", "fire"])
+def test_registers_are_prefix_tokens_without_position(pos_embed):
+    model = tiny(pos_embed=pos_embed, reg_tokens=3)
+    assert model.num_prefix_tokens == 4 and model.reg_token.shape == (1, 3, 32)
+    assert "reg_token" in model.no_weight_decay()
+    for h, w in RESOLUTIONS[:3]:
+        images = torch.randn(2, 1, h, w)
+        logits, attns = model.forward_with_attention(images)
+        tokens = 4 + (h // 4) * (w // 4)
+        assert logits.shape == (2, 10) and [a.shape for a in attns] == [(2, 2, tokens, tokens)] * 2
+        assert torch.allclose(attns[-1].sum(-1), torch.ones(2, 2, tokens), atol=1e-5)
+        with torch.no_grad():
+            assert torch.allclose(model(images), logits, atol=1e-5)  # fused = explicit
+    # the registers enter as learned, position-free tokens: CLS then the registers, unchanged by the grid
+    x, _ = model.embed(torch.randn(1, 1, 28, 28))
+    y, _ = model.embed(torch.randn(1, 1, 44, 12))
+    assert torch.equal(x[:, 1:4], model.reg_token) and torch.equal(y[:, :4], x[:, :4])
+    # and they matter: the same weights without them give other logits
+    images = torch.randn(2, 1, 28, 28)
+    without = tiny(pos_embed=pos_embed)
+    without.load_state_dict({k: v for k, v in model.state_dict().items() if k != "reg_token"})
+    with torch.no_grad():
+        assert not torch.allclose(without(images), model(images), atol=1e-4)
+
+
+def test_no_registers_is_the_model_as_before(tiny_params):
+    """reg_tokens = 0 adds no parameter and draws no random number: every trained run stays bit-identical."""
+    plain, zero = tiny(), tiny(reg_tokens=0)
+    assert plain.reg_token is None and plain.num_prefix_tokens == 1
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), zero.state_dict().values()))
+    assert list(plain.state_dict()) == list(zero.state_dict())
+    with pytest.raises(ValueError, match="reg_tokens must be >= 0"):
+        tiny(reg_tokens=-1)
+    from lib.run.study import build_model  # params.yaml's model.num_registers, or a variant's override
+    with_registers = tiny_params.model_copy(update={"model": tiny_params.model.model_copy(update={"num_registers": 2})})
+    assert build_model(with_registers, "shapes", "rope_mixed").num_prefix_tokens == 3
+    assert build_model(tiny_params, "shapes", "rope_mixed").num_prefix_tokens == 1

@@ -53,7 +53,12 @@ def compare_methods(per_image: pd.DataFrame, resamples: int = 1000, seed: int = 
         for method in scores.columns:
             vs_reference = (_paired(scores[method], scores[reference], resamples, seed)
                             if reference in scores.columns and method != reference else (np.nan,) * 3 + (0,))
-            gap = _paired(scores[best], scores[method], resamples, seed) if method != reference else (np.nan,) * 4
+            if method == reference:
+                gap = (np.nan,) * 4
+            elif method == best:  # no gap to itself: nothing to resample
+                gap = (0.0, 0.0, 0.0, int(scores[best].notna().sum()))
+            else:
+                gap = _paired(scores[best], scores[method], resamples, seed)
             status = ("" if method == reference else STATUS_BEST if method == best
                       else STATUS_TIED if gap[1] <= 0 else STATUS_WORSE)
             rows.append({

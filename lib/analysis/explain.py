@@ -161,9 +161,11 @@ class GridGradCAM(GradCAM):
 
 
 def grad_cam(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, target_layer: nn.Module | None = None,
-             num_prefix_tokens: int = 1) -> torch.Tensor:
-    """Grad-CAM (B, H, W) in [0, 1] on the patch tokens of `target_layer` (default: the last block's norm1)."""
+             num_prefix_tokens: int | None = None) -> torch.Tensor:
+    """Grad-CAM (B, H, W) in [0, 1] on the patch tokens of `target_layer` (default: the last block's norm1);
+    `num_prefix_tokens` defaults to the model's (CLS and any registers)."""
     target_layer = model.blocks[-1].norm1 if target_layer is None else target_layer
+    num_prefix_tokens = model.num_prefix_tokens if num_prefix_tokens is None else num_prefix_tokens
     cam = GridGradCAM(model, target_layer, patch_grid(model, inputs), num_prefix_tokens)
     try:
         maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in targets])
@@ -209,10 +211,11 @@ class Explanations(NamedTuple):
 
 def explain(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, baseline: torch.Tensor,
             generator: torch.Generator, ig_steps: int = 16, head_fusion: str = "mean",
-            discard_ratio: float = 0.0, num_prefix_tokens: int = 1) -> Explanations:
+            discard_ratio: float = 0.0, num_prefix_tokens: int | None = None) -> Explanations:
     """Every method's map for `targets` (one class index per image); one forward-backward serves the
     three attention methods. Method order: random, cls_attention, rollout, grad_rollout, grad_cam,
-    integrated_gradients."""
+    integrated_gradients. `num_prefix_tokens` defaults to the model's (CLS and any registers)."""
+    num_prefix_tokens = model.num_prefix_tokens if num_prefix_tokens is None else num_prefix_tokens
     grid_hw = patch_grid(model, inputs)
     attention = attention_gradients(model, inputs, targets)
     cls_layers = cls_attention(attention.maps, grid_hw, num_prefix_tokens)

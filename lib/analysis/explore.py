@@ -75,7 +75,8 @@ def attention_view(model: torch.nn.Module, image: torch.Tensor) -> dict:
     block and head (L, h, gh, gw) and the rollout (gh, gw)."""
     record = attention_maps(model, normalize(image)[None])
     return {"probabilities": record.logits.softmax(-1)[0], "grid_hw": record.grid_hw,
-            "cls": cls_attention(record.maps, record.grid_hw)[0], "rollout": rollout(record.maps, record.grid_hw)[0]}
+            "cls": cls_attention(record.maps, record.grid_hw, model.num_prefix_tokens)[0],
+            "rollout": rollout(record.maps, record.grid_hw, model.num_prefix_tokens)[0]}
 
 
 def plot_attention_view(image: torch.Tensor, view: dict, layer: int, head: int | None, classes: list[str],

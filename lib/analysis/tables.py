@@ -17,7 +17,7 @@ from lib.analysis.metrics import (
     attention_entropy, cls_distribution, gini, head_importance, high_norm_tokens, mean_attention_distance,
     offset_profile, pruning_curve, pruning_order, top_mass,
 )
-from lib.stats import bootstrap_ci
+from lib.stats import bootstrap_ci, wilson_interval
 
 
 def batch_slices(total: int, batch_size: int) -> list[slice]:
@@ -33,7 +33,7 @@ def _layer_head_frame(values: dict[str, torch.Tensor]) -> pd.DataFrame:
 
 
 def attention_tables(model: nn.Module, inputs: torch.Tensor, batch_size: int = 250, top_fraction: float = 0.1,
-                     high_norm_threshold: float = 5.0, num_prefix_tokens: int = 1) -> dict[str, pd.DataFrame]:
+                     high_norm_threshold: float = 5.0, num_prefix_tokens: int | None = None) -> dict[str, pd.DataFrame]:
     """Attention statistics of every block and head, averaged over `inputs` (B, C, height, width).
 
     Returns tables
@@ -42,7 +42,9 @@ def attention_tables(model: nn.Module, inputs: torch.Tensor, batch_size: int = 2
       offset_profile: layer, head, dx, dy, mean_attention;
       high_norm: layer, outlier tokens per image, share of images with one, CLS and patch-query mass on them,
         their token share, median of the largest robust z-score.
+    `num_prefix_tokens` defaults to the model's (CLS and any registers).
     """
+    num_prefix_tokens = model.num_prefix_tokens if num_prefix_tokens is None else num_prefix_tokens
     per_image: dict[str, list[torch.Tensor]] = {name: [] for name in (
         "distance", "entropy", "top_mass", "gini", "count", "cls_mass", "patch_mass", "max_z")}
     profile_sum = None
@@ -183,18 +185,25 @@ def localisation_per_image(maps: dict[str, torch.Tensor], masks: torch.Tensor, i
     return pd.concat(parts, ignore_index=True)
 
 
-def localisation_table(maps: dict[str, torch.Tensor], masks: torch.Tensor, images: torch.Tensor,
-                       labels: torch.Tensor, patch_size: tuple[int, int], resamples: int = 1000,
-                       seed: int = 0) -> pd.DataFrame:
-    """Pointing game and relevance mass (union of the object masks) per method, with bootstrap 95% CIs, and
-    the mask's mean share of the image area (the relevance mass of a uniform map; the `random` method gives
-    the chance level of both metrics empirically)."""
+def localisation_table(per_image: pd.DataFrame, masks: torch.Tensor, patch_size: tuple[int, int],
+                       resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Pointing game and relevance mass (union of the object masks) per method, with bootstrap 95% CIs over the
+    images quantus could score, from `localisation_per_image`'s rows; and the mask's mean share of the image area
+    (the relevance mass of a uniform map; the `random` method gives the chance level of both metrics empirically)."""
     area = patch_coverage(masks, patch_size).flatten(1).mean(-1).numpy()
     rows = []
-    for method, saliency in maps.items():
-        for metric, per_image in localisation(saliency, masks, images, labels, patch_size).items():
-            valid = per_image[np.isfinite(per_image)]
-            low, high = bootstrap_ci(valid, resamples, seed=seed)
-            rows.append({"method": method, "metric": metric, "value": valid.mean(), "ci_low": low, "ci_high": high,
-                         "n": len(valid), "mask_area_share": area.mean()})
+    for (method, metric), part in per_image.groupby(["method", "metric"], sort=False):
+        valid = part["value"].to_numpy()
+        valid = valid[np.isfinite(valid)]
+        low, high = bootstrap_ci(valid, resamples, seed=seed)
+        rows.append({"method": method, "metric": metric, "value": valid.mean(), "ci_low": low, "ci_high": high,
+                     "n": len(valid), "mask_area_share": area.mean()})
     return pd.DataFrame(rows)
+
+
+def accuracy_vs_chance(correct: torch.Tensor, num_classes: int) -> pd.DataFrame:
+    """One row: the share of images predicted right with its Wilson 95% interval, and chance (1 / classes).
+    Explanations of a model whose interval reaches chance explain nothing; summaries leave such models out."""
+    hits, n = int(correct.sum()), len(correct)
+    low, high = wilson_interval(hits, n)
+    return pd.DataFrame([{"accuracy": hits / n, "ci_low": low, "ci_high": high, "n": n, "chance": 1 / num_classes}])

@@ -5,8 +5,8 @@
 
 `python -m lib.config [params.yaml]` checks a file; `--effective` prints the values each run actually uses.
 """
-from lib.config.schema import (AugmentParams, ConvexParams, EfficiencyParams, Params, ParamsError, StudyParams,
-                               describe_errors, fingerprint, load_params, main)
+from lib.config.schema import (AugmentParams, ConvexParams, EfficiencyParams, ModelParams, Params, ParamsError,
+                               StudyParams, describe_errors, fingerprint, load_params, main)
 
-__all__ = ["AugmentParams", "ConvexParams", "EfficiencyParams", "Params", "ParamsError", "StudyParams",
+__all__ = ["AugmentParams", "ConvexParams", "EfficiencyParams", "ModelParams", "Params", "ParamsError", "StudyParams",
            "describe_errors", "fingerprint", "load_params", "main"]

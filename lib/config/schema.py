@@ -65,6 +65,7 @@ class ModelParams(Strict):
     init_values: Annotated[float, Field(gt=0)] | None = None
     rope_theta: Annotated[float, Field(gt=1)] | None = None
     global_pool: Literal["token", "avg"] = "token"
+    num_registers: Annotated[int, Field(ge=0)] = 0  # register tokens after CLS (Darcet et al. 2024); 0: none
 
     @model_validator(mode="after")
     def _heads_divide_width(self):

@@ -175,7 +175,8 @@ def run_comparison(
         accuracies = grid_accuracies(fitted, splits)
         for position, (value, head, scores) in enumerate(zip(spec.grid, fitted, accuracies)):
             rows.append({"head": spec.name, "family": spec.family, "seed": seed, "regularizer": spec.regularizer,
-                         "value": value, "grid_position": position, **scores, **describe(head)})
+                         "value": value, "grid_position": position, **scores, "val_images": len(splits["val"][1]),
+                         **describe(head)})
             if keep is not None:
                 keep[spec.name, value] = head
         best = max(row["val_accuracy"] for row in rows[-len(fitted):])
@@ -185,7 +186,8 @@ def run_comparison(
 
 def select_on_validation(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (setting, head, seed) the grid value with the best validation accuracy (ties: strongest regularization);
-    `at_edge` marks a choice at either end of the grid (the grid may be too narrow there)."""
+    `at_edge` marks a choice at either end of the grid (the grid may be too narrow there), `edge_on_plateau` an
+    edge choice whose inward neighbour is within one binomial standard error of it on the `val_images` images."""
     keys = [k for k in ("setting", "head", "seed") if k in runs]
     runs = runs.reset_index(drop=True)
     ordered = runs.sort_values(["val_accuracy", "grid_position"], ascending=[False, True], kind="stable")
@@ -196,6 +198,14 @@ def select_on_validation(runs: pd.DataFrame) -> pd.DataFrame:
     selected = (selected.join(grid_seconds, on=keys).join(last, on=keys).join(first_row, on=keys)
                 .sort_values("first_row").drop(columns="first_row").reset_index(drop=True))
     selected["at_edge"] = (selected["grid_position"] == 0) | (selected["grid_position"] == selected["last_position"])
+    # an edge choice on a plateau: the next value inward scores within one binomial standard error on validation,
+    # so the edge won by noise, not because the grid stops short of a better value
+    inward = selected["grid_position"] + np.where(selected["grid_position"] == 0, 1, -1)
+    neighbour = runs.set_index(keys + ["grid_position"])["val_accuracy"]
+    inward_accuracy = [neighbour.get((*key, position), np.nan)
+                       for key, position in zip(selected[keys].itertuples(index=False), inward)]
+    standard_error = np.sqrt(selected["val_accuracy"] * (1 - selected["val_accuracy"]) / selected["val_images"])
+    selected["edge_on_plateau"] = selected["at_edge"] & (selected["val_accuracy"] - np.array(inward_accuracy) <= standard_error)
     return selected.drop(columns="last_position")
 
 
@@ -221,6 +231,7 @@ def summarize(selected: pd.DataFrame, order: list[str]) -> pd.DataFrame:
                    "regularizer": part["regularizer"].iloc[0], "chosen_value": part["value"].median(),
                    "chosen_min": part["value"].min(), "chosen_max": part["value"].max(),
                    "at_edge": int(part["at_edge"].sum()) if "at_edge" in part else 0,
+                   "edge_on_plateau": int(part["edge_on_plateau"].sum()) if "edge_on_plateau" in part else 0,
                    "parameters": part["parameters"].mean(), "fit_seconds": part["fit_seconds"].mean(),
                    "grid_seconds": part["grid_seconds"].mean()}
             if setting is not None:
@@ -262,7 +273,11 @@ def findings(paired: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     if len(edges):
         where = ", ".join(f"{r['head']} ({r['setting']}, {int(r['at_edge'])} of {int(r['seeds'])} seeds)"
                           for _, r in edges.iterrows())
-        lines.append(f"- Chosen at a grid edge (the grid may be too narrow there): {where}.")
+        plateau = int(edges["edge_on_plateau"].sum())
+        total = int(edges["at_edge"].sum())
+        lines.append(f"- Chosen at a grid edge (the grid may be too narrow there): {where}. In {plateau} of these {total} "
+                     f"choices the next value inward scores within one binomial standard error on validation (a "
+                     f"plateau: the edge won by noise, not by a better value beyond the grid).")
     else:
         lines.append("- No head's validation choice sits at an edge of its grid, in any setting or seed.")
     return lines

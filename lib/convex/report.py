@@ -27,7 +27,7 @@ def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
         "test accuracy (%)": [f"{100 * m:.1f} ± {100 * h:.1f}" for m, h in zip(summary["test_accuracy"], summary["ci95"])],
         "chosen": [f"{r} = {v:.2g} ({lo:.2g}-{hi:.2g})" for r, v, lo, hi in
                    zip(summary["regularizer"], summary["chosen_value"], summary["chosen_min"], summary["chosen_max"])],
-        "at edge": summary["at_edge"],
+        "at edge (on a plateau)": [f"{e} ({p})" for e, p in zip(summary["at_edge"], summary["edge_on_plateau"])],
         "parameters": summary["parameters"].round().astype(int),
         "grid time (s)": summary["grid_seconds"].round(1),
         "rank": summary["rank"].round(1) if "rank" in summary else float("nan"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lib.config import Params, load_params
+from lib.config import ModelParams, Params, load_params
 from lib.extrapolation.study import run_cell
 from lib.extrapolation.summary import check_complete, onset_line, paired_table
 
@@ -66,13 +66,32 @@ def stability_lines(compared: pd.DataFrame, what: str) -> list[str]:
 
 
 def study_settings(params: Params) -> dict:
-    """What decides RQ1's numbers apart from the floats: the model, training, data and every rq1 key but the
-    thread and worker counts. A float check is comparable with the study only where these are equal."""
+    """What decides RQ1's numbers apart from the floats: the model, training, the data sets and variants its cells
+    use, and every rq1 key but the thread and worker counts. A float check is comparable with the study only where
+    these are equal."""
     rq1 = params.rq1.model_dump(exclude={"threads", "workers"})
-    return json.loads(json.dumps({"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump(),
-                                  "datasets": {k: v.model_dump() for k, v in params.datasets.items()},
-                                  "variants": {k: v.model_dump() for k, v in params.variants.items()},
-                                  "evaluate": params.evaluate.model_dump(), "rq1": rq1}, sort_keys=True, default=str))
+    cells = [params.rq1.parse(cell) for cell in params.rq1.cells]
+    datasets, variants = sorted({cell.dataset for cell in cells}), sorted({cell.variant for cell in cells})
+    return _jsonable({"seed": params.seed, "model": params.model.model_dump(), "train": params.train.model_dump(),
+                      "datasets": {k: params.datasets[k].model_dump() for k in datasets},
+                      "variants": {k: params.variants[k].model_dump() for k in variants},
+                      "evaluate": params.evaluate.model_dump(), "rq1": rq1})
+
+
+def _jsonable(settings: dict) -> dict:
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def _as_now(recorded: dict, current: dict) -> dict:
+    """`recorded` settings read the way `study_settings` reads them now: a model key added since at its default,
+    and only the data sets and variants the current cells use (others may come and go without touching RQ1)."""
+    return {**recorded, "model": _jsonable(ModelParams.model_validate(recorded["model"]).model_dump()),
+            "datasets": {k: recorded["datasets"].get(k) for k in current["datasets"]},
+            "variants": {k: recorded["variants"].get(k) for k in current["variants"]}}
+
+
+def _without_seeds(settings: dict) -> dict:
+    return {**settings, "rq1": {k: v for k, v in settings["rq1"].items() if k != "seeds"}}
 
 
 def write_float_check(params: Params, accuracy: pd.DataFrame, threads: int, out_dir: Path,
@@ -116,19 +135,29 @@ def float_check(params: Params, accuracy: pd.DataFrame, float_dir: Path) -> tupl
     if not settings.is_file():
         return None, [f"Float check: not run ({settings} missing; `python -m lib.extrapolation.stability rerun`)."]
     recorded = json.loads(settings.read_text())
-    if recorded["study"] != study_settings(params):
-        changed = sorted(k for k in recorded["study"] if recorded["study"][k] != study_settings(params).get(k))
+    current = study_settings(params)
+    # a rerun of more seeds covers the study's: its seeds are retrained independently, so its rows of the study's
+    # seeds are what a rerun of just those seeds gives
+    rerun_seeds = recorded["study"]["rq1"]["seeds"]
+    changed = sorted(k for k in current
+                     if _without_seeds(_as_now(recorded["study"], current)).get(k) != _without_seeds(current)[k])
+    if changed or not set(params.rq1.seeds) <= set(rerun_seeds):
+        changed = changed or ["rq1.seeds"]
         return None, [f"Float check: stale, it ran with other settings ({', '.join(changed)} differ from params.yaml); "
                       f"rerun it with `python -m lib.extrapolation.stability rerun` before quoting verdict stability."]
     other = pd.read_csv(Path(float_dir) / "accuracy.csv")
+    other = other[other["seed"].isin(params.rq1.seeds)]
     cells = [cell for cell in params.rq1.cells if cell in set(other["cell"])]
     compared = compare_verdicts(paired_table(accuracy[accuracy["cell"].isin(cells)]), paired_table(other))
     covered = ("every cell" if len(cells) == len(params.rq1.cells)
                else f"{len(cells)} of the {len(params.rq1.cells)} cells so far ({', '.join(cells)}): the comparisons among them")
-    what = f"rq1.threads = {recorded['threads']} instead of {params.rq1.threads}, {covered}, every seed retrained"
+    seeds = ("every seed retrained" if set(rerun_seeds) == set(params.rq1.seeds)
+             else f"every seed retrained; the study's seeds {list(params.rq1.seeds)} of the rerun's {rerun_seeds}")
+    what = f"rq1.threads = {recorded['threads']} instead of {params.rq1.threads}, {covered}, {seeds}"
     lines = stability_lines(compared, what)
     if (Path(float_dir) / "history.csv").is_file():
-        lines.append(onset_line(pd.read_csv(Path(float_dir) / "history.csv"), "The rerun's learning onset"))
+        history = pd.read_csv(Path(float_dir) / "history.csv")
+        lines.append(onset_line(history[history["seed"].isin(params.rq1.seeds)], "The rerun's learning onset"))
     return compared, lines
 
 

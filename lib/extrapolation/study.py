@@ -23,7 +23,7 @@ from lib.config import Params
 from lib.data import ImageSet, dataset_info
 from lib.extrapolation.protocols import load_scaled_set, scaled_grid
 from lib.layers.rope_rescale import RopeRescaled, periods_over_grid, ramp_weights
-from lib.run.study import normalize
+from lib.run.study import load_trained_model, normalize
 from lib.run.train import save_model, train
 from lib.stats import wilson_interval
 
@@ -143,18 +143,23 @@ def ramp_rows(params: Params, cell: str, seed: int, model: torch.nn.Module) -> l
             for i, axis in enumerate(("x", "y"))]
 
 
-def run_seed(params: Params, cell: str, seed: int, weights_dir: Path, checkpoint_dir: Path) -> dict:
-    """Train (or resume) one seed of `cell`, save its weights, test it; return its tables as row lists."""
+def train_seed(params: Params, cell: str, seed: int, weights_dir: Path, checkpoint_dir: Path) -> list[dict]:
+    """Train (or resume) one seed of `cell` and save its weights; return its per-epoch history rows."""
+    dataset, _, variant, _ = params.rq1.parse(cell)
+    with tempfile.TemporaryDirectory() as live_dir:  # per-epoch records are kept in history.csv instead
+        result = train(cell_params(params, cell, seed), dataset, variant, live_dir=Path(live_dir),
+                       checkpoint_path=checkpoint_dir / f"{cell}-seed{seed}.pt", progress=False)
+    save_model(result, weights_dir / f"seed{seed}.pt")  # and delete the finished run's checkpoint
+    return [{"cell": cell, "seed": seed, **record} for record in result.history]
+
+
+def evaluate_trained_seed(params: Params, cell: str, seed: int, weights_dir: Path) -> dict:
+    """Test the saved weights of one seed of `cell`: its accuracy, entropy and ramp rows."""
     dataset, _, variant, _ = params.rq1.parse(cell)
     seeded = cell_params(params, cell, seed)
-    with tempfile.TemporaryDirectory() as live_dir:  # per-epoch records are kept in history.csv instead
-        result = train(seeded, dataset, variant, live_dir=Path(live_dir), checkpoint_path=checkpoint_dir / f"{cell}-seed{seed}.pt",
-                       progress=False)
-    save_model(result, weights_dir / f"seed{seed}.pt")  # and delete the finished run's checkpoint
-    model = result.model.eval()
+    model = load_trained_model(seeded, dataset, variant, weights_dir / f"seed{seed}.pt")
     accuracy, entropy = evaluate_seed(seeded, cell, seed, model)
-    history = [{"cell": cell, "seed": seed, **record} for record in result.history]
-    return {"accuracy": accuracy, "entropy": entropy, "history": history, "ramp": ramp_rows(seeded, cell, seed, model)}
+    return {"accuracy": accuracy, "entropy": entropy, "ramp": ramp_rows(seeded, cell, seed, model)}
 
 
 def _set_threads(threads: int) -> None:
@@ -162,7 +167,11 @@ def _set_threads(threads: int) -> None:
 
 
 def run_cell(params: Params, cell: str, weights_dir: Path, checkpoint_dir: Path, log=print) -> dict[str, pd.DataFrame]:
-    """Every seed of `cell` (rq1.workers at a time, rq1.threads threads each); tables ordered by seed."""
+    """Every seed of `cell` (rq1.workers processes of rq1.threads threads each); tables ordered by seed.
+
+    Training and testing a seed are separate jobs, every training queued first: with an odd number of seeds the
+    last training runs beside the other seeds' tests instead of beside an idle core, so 5 seeds on 2 workers take
+    about 2.5 rounds of (train + test) instead of 3. A seed's floats do not depend on which process runs it."""
     weights_dir, checkpoint_dir = Path(weights_dir), Path(checkpoint_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -171,15 +180,17 @@ def run_cell(params: Params, cell: str, weights_dir: Path, checkpoint_dir: Path,
     workers = min(params.rq1.workers, len(seeds))
     if workers == 1:
         _set_threads(params.rq1.threads)
-        results = [run_seed(params, cell, seed, weights_dir, checkpoint_dir) for seed in seeds]
+        histories = [train_seed(params, cell, seed, weights_dir, checkpoint_dir) for seed in seeds]
+        tests = [evaluate_trained_seed(params, cell, seed, weights_dir) for seed in seeds]
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_set_threads,
                                  initargs=(params.rq1.threads,)) as pool:
-            futures = [pool.submit(run_seed, params, cell, seed, weights_dir, checkpoint_dir) for seed in seeds]
-            results = []
-            for seed, future in zip(seeds, futures):
-                results.append(future.result())
-                log(f"{cell} seed {seed}: trained and tested")
-    return {name: pd.DataFrame([row for result in results for row in result[name]])
-            for name in ("accuracy", "entropy", "history", "ramp")}
-
+            trainings = [pool.submit(train_seed, params, cell, seed, weights_dir, checkpoint_dir) for seed in seeds]
+            histories, testing = [], []
+            for seed, training in zip(seeds, trainings):  # a seed's test is queued once its training is done
+                histories.append(training.result())
+                log(f"{cell} seed {seed}: trained")
+                testing.append(pool.submit(evaluate_trained_seed, params, cell, seed, weights_dir))
+            tests = [future.result() for future in testing]
+    tables = {name: pd.DataFrame([row for test in tests for row in test[name]]) for name in ("accuracy", "entropy", "ramp")}
+    return {**tables, "history": pd.DataFrame([row for history in histories for row in history])}

@@ -62,6 +62,9 @@ class VisionTransformer(nn.Module):
         rope_theta: RoPE base; None keeps the paper's (100 axial, 10 mixed).
         init_values: LayerScale init; None disables LayerScale.
         norm_eps: LayerNorm epsilon (timm's RoPE-ViT ports use 1e-6).
+        reg_tokens: register tokens (Darcet et al. 2024, "Vision Transformers Need Registers"; timm's name):
+            learned prefix tokens after CLS, with no position and no rotation, that the classifier never reads.
+            They give attention a place to park global information other than background patches.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class VisionTransformer(nn.Module):
         init_values: float | None = None,
         global_pool: str = "token",
         norm_eps: float = 1e-5,
+        reg_tokens: int = 0,
     ):
         super().__init__()
         if global_pool not in ("token", "avg"):
@@ -93,7 +97,9 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim
         self.global_pool = global_pool
-        self.num_prefix_tokens = 1
+        if reg_tokens < 0:
+            raise ValueError(f"reg_tokens must be >= 0, got {reg_tokens}")
+        self.num_prefix_tokens = 1 + reg_tokens  # CLS, then the registers
         self.attention_name, self.pos_embed_name = attention, pos_embed
 
         self.patch_embed = PatchEmbed(
@@ -101,6 +107,7 @@ class VisionTransformer(nn.Module):
             output_fmt="NHWC", strict_img_size=False, dynamic_img_pad=False,
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
         self.abs_pos, self.rope, self.pos_bias = create_position_encoding(
             pos_embed, embed_dim, num_heads, depth, self.patch_embed.grid_size, rope_theta=rope_theta,
             pos_embed_kwargs=pos_embed_kwargs,
@@ -123,11 +130,13 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
         self.apply(_init_weights)
         trunc_normal_(self.cls_token, std=0.02)
+        if self.reg_token is not None:
+            trunc_normal_(self.reg_token, std=0.02)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Parameter names that AdamW should not decay (timm optimizer factory convention)."""
-        names = {"cls_token"}
+        names = {"cls_token", "reg_token"} if self.reg_token is not None else {"cls_token"}
         for prefix, module in (("abs_pos", self.abs_pos), ("rope", self.rope), ("pos_bias", self.pos_bias)):
             if module is None:
                 continue
@@ -137,13 +146,14 @@ class VisionTransformer(nn.Module):
         return names
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch tokens with absolute position added and CLS prepended, and the patch grid (H, W)."""
+        """Patch tokens with absolute position added and CLS (then the registers) prepended, and the grid (H, W)."""
         patches = self.patch_embed(images)
         grid_hw = tuple(patches.shape[1:3])
         x = rearrange(patches, "b h w c -> b (h w) c")
         if self.abs_pos is not None:
             x = x + self.abs_pos(grid_hw, device=x.device)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        prefix = [self.cls_token] + ([self.reg_token] if self.reg_token is not None else [])
+        x = torch.cat([token.expand(x.shape[0], -1, -1) for token in prefix] + [x], dim=1)
         return x, grid_hw
 
     def rotary_tables(self, x: torch.Tensor, grid_hw: tuple[int, int]) -> RotaryTables | None:
@@ -156,7 +166,7 @@ class VisionTransformer(nn.Module):
         return PositionTables(self.rotary_tables(x, grid_hw), bias)
 
     def forward_features(self, images: torch.Tensor, return_attn: bool = False):
-        """Final normalized tokens (B, 1 + H*W, C); with return_attn also each block's attention."""
+        """Final normalized tokens (B, prefix + H*W, C); with return_attn also each block's attention."""
         x, grid_hw = self.embed(images)
         tables = self.position_tables(x, grid_hw)
         attns = []

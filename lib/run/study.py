@@ -57,6 +57,7 @@ def build_model(params: Params, dataset: str, variant: str) -> VisionTransformer
         drop_path_rate=arch.drop_path_rate,
         init_values=arch.init_values,
         global_pool=arch.global_pool,
+        reg_tokens=arch.num_registers,
     )
 
 

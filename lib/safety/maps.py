@@ -30,8 +30,8 @@ def explanation_maps(model: nn.Module, images: torch.Tensor) -> Outputs:
     """Logits and every MAP_METHODS map for one batch of [0, 1] images (B, C, height, width)."""
     record = attention_maps(model, normalize(images))
     maps = {
-        "cls_attention": cls_attention(record.maps, record.grid_hw)[:, -1].mean(dim=1),
-        "rollout": rollout(record.maps, record.grid_hw),
+        "cls_attention": cls_attention(record.maps, record.grid_hw, model.num_prefix_tokens)[:, -1].mean(dim=1),
+        "rollout": rollout(record.maps, record.grid_hw, model.num_prefix_tokens),
     }
     return Outputs(record.logits, maps)
 
