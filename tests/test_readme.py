@@ -91,35 +91,37 @@ def test_every_doc_links_back_to_readme(doc):
     assert "../README.md" in {t.split("#", 1)[0] for t in relative_links(doc)}
 
 
-def ablation_overrides(path: Path) -> list[str]:
-    """The `-S` overrides of every `dvc exp run` line inside the fenced code blocks of `path`."""
+def ablation_overrides(path: Path) -> list[list[str]]:
+    """The `-S` overrides of each `dvc exp run` line inside the fenced code blocks of `path`, one list per command
+    (a command's overrides apply together)."""
     found = []
     for block in FENCE.finditer(path.read_text(encoding="utf-8")):
         for line in block.group(0).splitlines():
             line = line.removeprefix("$ ").split("  #")[0]
             if line.startswith("dvc exp run"):
-                found += [arg.strip("'\"") for arg in re.findall(r"-S\s+('[^']*'|\"[^\"]*\"|\S+)", line)]
-    return found
+                found.append([arg.strip("'\"") for arg in re.findall(r"-S\s+('[^']*'|\"[^\"]*\"|\S+)", line)])
+    return [overrides for overrides in found if overrides]
 
 
-EXAMPLES = [(path.name, override) for path in (README, ROOT / "docs" / "ablations.md")
-            for override in ablation_overrides(path)]
+EXAMPLES = [(path.name, overrides) for path in (README, ROOT / "docs" / "ablations.md")
+            for overrides in ablation_overrides(path)]
 
 
 def test_the_readme_has_ablation_examples():
     assert sum(name == "README.md" for name, _ in EXAMPLES) >= 3
 
 
-@pytest.mark.parametrize("where, override", EXAMPLES)
-def test_ablation_examples_parse_in_dvc_and_validate(where, override, tmp_path):
-    """Each documented `dvc exp run -S` goes through DVC's own override parser (as `dvc exp run` applies it to
-    params.yaml), and the result passes the schema: an example that DVC or the study would refuse fails here."""
+@pytest.mark.parametrize("where, overrides", EXAMPLES, ids=[" ".join(o) for _, o in EXAMPLES])
+def test_ablation_examples_parse_in_dvc_and_validate(where, overrides, tmp_path):
+    """Each documented `dvc exp run -S ...` goes through DVC's own override parser (as `dvc exp run` applies a
+    command's overrides to params.yaml, together), and the result passes the schema: an example that DVC or the
+    study would refuse fails here."""
     from dvc.utils.hydra import apply_overrides
 
     from lib.config import load_params
     params_file = tmp_path / "params.yaml"
     params_file.write_text((ROOT / "params.yaml").read_text())
-    apply_overrides(str(params_file), [override])
+    apply_overrides(str(params_file), overrides)
     load_params(params_file)
 
 
@@ -131,6 +133,21 @@ def test_readme_rq5_quotes_the_committed_convex_findings():
     findings = (ROOT / "results" / "convex" / "findings.md").read_text(encoding="utf-8").replace("−", "-")
     assert len(quoted) >= 5
     assert [q for q in quoted if q not in findings] == []
+
+
+def test_readme_rq1_quotes_the_committed_resolution_study():
+    """Every interval the README's RQ1 section states (seed means and paired differences) and every verdict count
+    ("N of M") is one the `rq1-summary` stage wrote (accuracy.md, paired.md, findings.md)."""
+    section = README.read_text(encoding="utf-8").split("**RQ1")[1].split("**RQ2")[0].replace("−", "-")
+    summary = ROOT / "results" / "rq1" / "summary"
+    written = " ".join((summary / name).read_text(encoding="utf-8") for name in ("accuracy.md", "paired.md", "findings.md"))
+    written = " ".join(written.split())
+    interval = re.compile(r"[+-]?\d+\.\d+ \[[+-]?\d+\.\d+, [+-]?\d+\.\d+\]")
+    quoted = interval.findall(" ".join(section.split()))
+    assert len(quoted) >= 20
+    assert [q for q in quoted if q not in written] == []
+    counts = re.findall(r"\b(\d+ of (?:the )?\d+)\b", " ".join(section.split()))
+    assert counts and [c for c in counts if c not in written] == []
 
 
 def test_readme_rq2_quotes_the_committed_efficiency_numbers():
