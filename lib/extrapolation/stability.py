@@ -139,10 +139,11 @@ def float_check(params: Params, accuracy: pd.DataFrame, float_dir: Path) -> tupl
     # a rerun of more seeds covers the study's: its seeds are retrained independently, so its rows of the study's
     # seeds are what a rerun of just those seeds gives
     rerun_seeds = recorded["study"]["rq1"]["seeds"]
-    changed = sorted(k for k in current
-                     if _without_seeds(_as_now(recorded["study"], current)).get(k) != _without_seeds(current)[k])
-    if changed or not set(params.rq1.seeds) <= set(rerun_seeds):
-        changed = changed or ["rq1.seeds"]
+    recorded_now = _without_seeds(_as_now(recorded["study"], current))
+    changed = sorted(k for k, value in _without_seeds(current).items() if recorded_now.get(k) != value)
+    if not set(params.rq1.seeds) <= set(rerun_seeds):
+        changed.append("rq1.seeds")
+    if changed:
         return None, [f"Float check: stale, it ran with other settings ({', '.join(changed)} differ from params.yaml); "
                       f"rerun it with `python -m lib.extrapolation.stability rerun` before quoting verdict stability."]
     other = pd.read_csv(Path(float_dir) / "accuracy.csv")
