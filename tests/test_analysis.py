@@ -160,6 +160,30 @@ def test_gradients_of_maps_off_the_autograd_path_equal_autograd(monkeypatch):
     assert hook_count(model) == 0
 
 
+@pytest.mark.parametrize("attention", sorted(ATTENTION_LAYERS))
+def test_every_variant_is_explained_and_its_heads_can_be_masked(attention):
+    """The analysis hooks (values at qkv where there is one, heads at proj's input) fit every attention variant."""
+    model = tiny_vit(attention)
+    inputs, targets = images(2), torch.tensor([4, 5])
+    result = attention_gradients(model, inputs, targets)
+    assert result.grads.shape == result.maps.shape and torch.isfinite(result.grads).all() and result.grads.abs().sum() > 0
+    with torch.no_grad():
+        kept = forward_with_head_mask(model, inputs, torch.ones(2, 2))
+        silenced = forward_with_head_mask(model, inputs, torch.zeros(2, 2))
+        assert torch.allclose(kept, model(inputs), atol=1e-5) and not torch.allclose(silenced, kept, atol=1e-4)
+    assert hook_count(model) == 0
+
+
+def test_a_map_off_the_autograd_path_without_values_is_a_clear_error(monkeypatch):
+    model = tiny_vit("symmetric")
+    forward = model.forward_with_attention
+    monkeypatch.setattr(model, "forward_with_attention",
+                        lambda x: (forward(x)[0], [m.detach().requires_grad_() for m in forward(x)[1]]))
+    with pytest.raises(ValueError, match="SymmetricAttention has no qkv projection"):
+        attention_gradients(model, images(2), torch.tensor([4, 5]))
+    assert hook_count(model) == 0
+
+
 # -------------------------------------------------------------------------------------- Grad-CAM
 
 def manual_grad_cam(model, inputs, targets):

@@ -196,3 +196,22 @@ def test_no_registers_is_the_model_as_before(tiny_params):
     with_registers = tiny_params.model_copy(update={"model": tiny_params.model.model_copy(update={"num_registers": 2})})
     assert build_model(with_registers, "shapes", "rope_mixed").num_prefix_tokens == 3
     assert build_model(tiny_params, "shapes", "rope_mixed").num_prefix_tokens == 1
+
+
+def test_mlp_ratio_zero_gives_attention_only_blocks():
+    """Bermeitinger et al.'s minimal block: x + attn(norm(x)) and nothing else; every other block is unchanged."""
+    model, full = tiny(mlp_ratio=0), tiny(mlp_ratio=2.0)
+    block = model.blocks[0]
+    assert not any(hasattr(block, name) for name in ("mlp", "norm2", "ls2"))
+    mlp_params = sum(p.numel() for n, p in full.named_parameters() if ".mlp." in n or ".norm2." in n)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in full.parameters()) - mlp_params
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        out, _ = block(x, (2, 2), 1)
+        assert torch.allclose(out, x + block.attn(block.norm1(x), (2, 2), 1), atol=1e-6)
+    images = torch.randn(2, 1, 20, 44)
+    model.train()
+    model(images).logsumexp(-1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with pytest.raises(ValueError, match="mlp_ratio must be >= 0"):
+        tiny(mlp_ratio=-1)

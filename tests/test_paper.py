@@ -230,6 +230,10 @@ def results(tmp_path) -> Path:
     put("rq1/summary/entropy.csv", _rq1_entropy())
     (root / "rq1" / "summary" / "findings.md").write_text(
         "".join(f"- {line}\n" for line in rq1.findings(seeds, paired, pd.DataFrame())))
+    (root / "segmentation").mkdir()
+    (root / "segmentation" / "findings.md").write_text(
+        "- linear probe, rope_mixed - ape: the interval excludes 0 at 1 of 5 scales (2x +4.2 [+1.0, +7.4]); no "
+        "difference detected at the others.\n")
     (root / "safety_summary").mkdir()
     (root / "safety_summary" / "recommendation.md").write_text("**signs**: trust **rope_mixed** with threshold 0.9\n")
     return root
@@ -297,6 +301,8 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
     # numbers from the tables, with their CIs
     # RQ1: the seed study's design and its verdicts, then the single-seed sweep with no claim drawn from it
     rq1_text = readme.split("## RQ1")[1].split("## RQ2")[0]
+    dense = rq1_text.split("### Dense prediction across resolutions")[1].split("###")[0]  # the segmentation stage's
+    assert "2x +4.2 [+1.0, +7.4]" in dense
     assert "trained with 5 seeds; each seed tested on the same 200 test images" in rq1_text
     assert ("shapes: Heo et al.'s ordering RoPE-Mixed > RoPE-Axial > APE above the training resolution holds (both "
             "paired CIs above 0) in 1 of 1 conditions (rrc/zoom 2x)") in rq1_text

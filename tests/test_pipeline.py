@@ -245,6 +245,21 @@ def test_convex_stage_compares_every_head_paired_in_domain_and_in_transfer(study
     assert all(line in readme for line in findings if line.strip())  # the results README quotes the stage's verdicts
 
 
+def test_segmentation_stage_scores_every_seed_at_every_scale_and_compares_paired(study):
+    out = study / "results" / "segmentation"
+    per_seed = pd.read_csv(out / "per_seed.csv")
+    assert set(per_seed["cell"]) == {"shapes-rrc-ape", "shapes-rrc-rope_mixed", "raw_patches"}  # + the pixel control
+    assert set(per_seed["seed"]) == {0, 1} and set(per_seed["task"]) == {"relation"}
+    assert set(per_seed["head"]) == {"linear probe", "fine-tune"}
+    assert sorted(set(per_seed["grid"])) == [4, 8, 16]  # 0.5x, 1x, 2x the 8x8 training grid
+    assert per_seed["miou"].between(0, 1).all() and (per_seed["images"] == 20).all()
+    paired = pd.read_csv(out / "paired.csv")
+    assert set(zip(paired["first"], paired["second"])) == {("rope_mixed", "ape")} and (paired["seeds"] == 2).all()
+    assert (out / "miou_vs_scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mIoU" in (out / "findings.md").read_text()
+    assert "Dense prediction across resolutions" in (study / "results" / "README.md").read_text()
+
+
 def test_paper_figures_stage_writes_figures_tables_and_the_results_readme(study):
     paper = study / "results" / "paper"
     for name in ("accuracy_vs_resolution", "cost_vs_tokens", "attention_distance", "safety", "convex_heads"):
@@ -295,13 +310,15 @@ def test_rerun_gives_identical_metrics(study):
     metrics = study / "results" / "runs" / "shapes-rope_mixed" / "live" / "metrics.json"
     weights = study / "results" / "runs" / "shapes-rope_mixed" / "model.pt"
     evaluation = study / "results" / "resolution" / "resolution.csv"
-    before = metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes()
+    segmentation = study / "results" / "segmentation" / "per_seed.csv"  # probes and fine-tunes in worker processes
+    before = metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes(), segmentation.read_bytes()
     assert not list((study / "checkpoints").glob("*.pt"))  # finished runs keep no checkpoint to resume
     retrained = dvc("repro", "--force", "--single-item", "train@shapes-rope_mixed", cwd=study)
     assert "resuming" not in retrained.stdout + retrained.stderr  # --force trains from scratch
     rerun = dvc("repro", "--force", "--single-item", "evaluate", cwd=study)
+    dvc("repro", "--force", "--single-item", "segmentation", cwd=study)
     dvc("repro", "--single-item", "paper-figures", cwd=study)  # it charts every run's curve: the rerun rewrote them
-    assert (metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes()) == before
+    assert (metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes(), segmentation.read_bytes()) == before
     # unchanged weights: the evaluation reuses every run's rows instead of evaluating again
     evaluated = len(RUNS) + 2  # and the test_time run shapes-rope_adaptive_res, the extra seed shapes-rope_mixed-seed1
     assert (rerun.stdout + rerun.stderr).count("unchanged, reusing its evaluation") == evaluated  # logged live

@@ -179,3 +179,15 @@ def test_readme_rq2_quotes_the_committed_efficiency_numbers():
     assert [n for n in numbers if n not in stated] == []
     compile_seconds = pd.read_csv(efficiency / "lib_vs_timm.csv")["compile_seconds"].dropna().round().astype(int)
     assert {int(n) for n in re.findall(r"(\d+) s of compiling", paragraph)} <= set(compile_seconds)
+
+
+def test_readme_dense_prediction_quotes_the_committed_segmentation_findings():
+    """Every interval the README's dense-prediction paragraph states is one the `segmentation` stage wrote."""
+    paragraph = " ".join(README.read_text(encoding="utf-8").split("**Dense prediction")[1].split("\n\n")[0].split())
+    findings = " ".join((ROOT / "results" / "segmentation" / "findings.md").read_text(encoding="utf-8").split())
+    interval = re.compile(r"[+-]?\d+\.\d+ \[[+-]?\d+\.\d+, [+-]?\d+\.\d+\]")
+    quoted = interval.findall(paragraph.replace("−", "-"))
+    assert len(quoted) >= 3
+    assert [q for q in quoted if q not in findings] == []
+    counts = re.findall(r"\b(\d+ of \d+)\b", paragraph)
+    assert [c for c in counts if c not in findings] == []

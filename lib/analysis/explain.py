@@ -117,9 +117,10 @@ def attention_gradients(model: nn.Module, inputs: torch.Tensor, targets: torch.T
     values, head_outputs, handles = [], [], []
     for block in model.blocks:
         heads = block.attn.num_heads
-        handles.append(block.attn.qkv.register_forward_hook(
-            lambda module, args, out, heads=heads: values.append(
-                rearrange(out, "b n (three h d) -> three b h n d", three=3, h=heads)[2])))
+        if hasattr(block.attn, "qkv"):  # a variant without a fused qkv (symmetric) keeps its maps on the autograd path
+            handles.append(block.attn.qkv.register_forward_hook(
+                lambda module, args, out, heads=heads: values.append(
+                    rearrange(out, "b n (three h d) -> three b h n d", three=3, h=heads)[2])))
         handles.append(block.attn.proj.register_forward_pre_hook(lambda module, args: head_outputs.append(args[0])))
     try:
         with torch.enable_grad():
@@ -133,6 +134,9 @@ def attention_gradients(model: nn.Module, inputs: torch.Tensor, targets: torch.T
     map_grads = list(grads[:depth])
     for layer, grad in enumerate(map_grads):
         if grad is None:
+            if len(values) != depth:
+                raise ValueError(f"block {layer}'s attention map is not on the autograd path and "
+                                 f"{type(model.blocks[layer].attn).__name__} has no qkv projection to read values from")
             heads = maps[layer].shape[1]
             out_grad = rearrange(grads[depth + layer], "b n (h d) -> b h n d", h=heads)
             map_grads[layer] = out_grad @ values[layer].detach().transpose(-2, -1)

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, NamedTuple, get_args, get_origin
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lib.data import DATASETS, EXTERNAL_DATASETS
+from lib.data import DATASETS, EXTERNAL_DATASETS, dataset_info
 from lib.efficiency.benchmark import COMPARED_MODELS
 from lib.layers.attention import ATTENTION_LAYERS
 from lib.layers.position import POSITION_ENCODINGS, create_position_encoding
@@ -60,7 +60,7 @@ class ModelParams(Strict):
     embed_dim: PositiveInt = 64
     depth: PositiveInt = 4
     num_heads: PositiveInt = 4
-    mlp_ratio: Annotated[float, Field(gt=0)] = 2.0
+    mlp_ratio: Annotated[float, Field(ge=0)] = 2.0  # 0: attention-only blocks, no MLP (Bermeitinger et al. 2024)
     drop_path_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
     init_values: Annotated[float, Field(gt=0)] | None = None
     rope_theta: Annotated[float, Field(gt=1)] | None = None
@@ -317,6 +317,42 @@ class ConvexParams(Strict):
         return value
 
 
+class SegmentationParams(Strict):
+    """Dense prediction across resolutions (DVC stage `segmentation`, notebooks/segmentation.py): per-patch heads on
+    the trained seeds of RQ1 cells, trained at the training resolution, scored by pixel mIoU at every scale."""
+
+    cells: list[str]                                  # rq1 cells whose seeds are the backbones ([]: the stage is off)
+    task: Literal["relation", "objects"] = "relation"  # pixel classes: first/second object along the label, or identity
+    seeds: SeedsForInterval = [0, 1, 2, 3, 4]         # a subset of rq1.seeds
+    scales: Annotated[list[Annotated[float, Field(gt=0)]], Increasing] = [0.5, 0.75, 1.0, 1.5, 2.0]  # zoom protocol
+    comparisons: list[str] = []                       # 'first - second' variants: paired differences over seeds
+    train_images: PositiveInt = 500                   # training images of the heads (training resolution)
+    test_images: PositiveInt = 200                    # the first N test images, at every scale
+    probe_c: Annotated[float, Field(gt=0)] = 1.0      # linear probe: inverse L2 strength (scikit-learn's C)
+    finetune_epochs: Annotated[int, Field(ge=0)] = 3  # light fine-tune of backbone + head (0: probe only)
+    finetune_lr: Annotated[float, Field(gt=0)] = 5e-4
+    batch_size: PositiveInt = 64
+
+    @field_validator("scales")
+    @classmethod
+    def _includes_training_scale(cls, value: list[float]) -> list[float]:
+        if 1.0 not in value:
+            raise ValueError(f"segmentation.scales must include 1.0 (the training resolution), got {value}")
+        return value
+
+    @field_validator("comparisons")
+    @classmethod
+    def _differences(cls, value: list[str]) -> list[str]:
+        for text in value:
+            if len(text.split(" - ")) != 2:
+                raise ValueError(f"segmentation.comparisons: {text!r} is not 'first - second' (two variants)")
+        return value
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The comparisons as (first, second) variant names."""
+        return [tuple(text.split(" - ")) for text in self.comparisons]
+
+
 class Rq1Params(Strict):
     """The resolution study (DVC matrix `rq1`, notebooks/rq1.py): every cell trains every seed, then is tested at
     every scale under every protocol; `rq1-summary` compares cells by paired differences over seeds."""
@@ -399,6 +435,7 @@ class Params(Strict):
     safety: SafetyParams
     convex: ConvexParams | None = None
     rq1: Rq1Params | None = None
+    segmentation: SegmentationParams | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self):
@@ -432,6 +469,8 @@ class Params(Strict):
             self._check_rq1()
         if self.convex is not None:
             self._check_convex()
+        if self.segmentation is not None:
+            self._check_segmentation()
         _known(self.analysis.reference_pos_embed, POSITION_ENCODINGS, "position encoding", key="analysis.reference_pos_embed")
         _known(self.safety.baseline_variant, self.variants, "variant defined under 'variants'", key="safety.baseline_variant")
         for name in self.datasets:
@@ -514,6 +553,32 @@ class Params(Strict):
             depth = self.model_for(variant, self.rq1.parse(setting.backbone).dataset).depth
             if self.convex.layer > depth:
                 raise ValueError(f"convex.layer: {self.convex.layer} exceeds the depth {depth} of backbone {setting.backbone}")
+
+    def _check_segmentation(self) -> None:
+        """Every backbone is an RQ1 cell on a data set with object masks, trained for every segmentation seed."""
+        if self.rq1 is None:
+            raise ValueError("segmentation.cells: the backbones are rq1 cells, but params has no rq1 section")
+        missing = sorted(set(self.segmentation.seeds) - set(self.rq1.seeds))
+        if missing:
+            raise ValueError(f"segmentation.seeds: {missing} not in rq1.seeds {self.rq1.seeds} (seed k's backbone is "
+                             f"the cell's seed-k weights)")
+        variants = set()
+        for cell in self.segmentation.cells:
+            _known(cell, self.rq1.cells, "rq1 cell (rq1.cells)", key="segmentation.cells")
+            dataset = self.rq1.parse(cell).dataset
+            info = dataset_info(dataset, Path(self.data_root))
+            if not info.get("has_masks", False):
+                raise ValueError(f"segmentation.cells: {cell}'s data set {dataset} has no object masks to segment")
+            if self.segmentation.task == "relation":
+                from lib.segmentation.probe import RELATIONS
+                if len(info["objects"]) != 2 or not all(any(f"_{r}_" in c for r in RELATIONS) for c in info["classes"]):
+                    raise ValueError(f"segmentation.task: relation needs two objects and '<object>_<relation>_<object>' "
+                                     f"classes; {cell}'s data set {dataset} has objects {info['objects']}")
+            variants.add(self.rq1.parse(cell).variant)
+        for first, second in self.segmentation.pairs():
+            for name in (first, second):  # raw_patches: the control probe on the patches' own pixels
+                _known(name, sorted(variants) + ["raw_patches"], "variant of a segmentation cell",
+                       key="segmentation.comparisons")
 
     def _matrix_names_resolve(self, group: str) -> None:
         """Every dataset and variant of the matrix `group` is defined under `datasets` / `variants`."""

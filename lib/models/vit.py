@@ -24,7 +24,10 @@ from lib.layers.rope import RotaryTables
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), optional LayerScale."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), optional LayerScale.
+
+    mlp_ratio = 0 drops the MLP sub-block (norm, MLP, LayerScale): the attention-only block of Bermeitinger et al.
+    2024, "Reducing the Transformer Architecture to a Minimum"."""
 
     def __init__(
         self, dim: int, attn: nn.Module, mlp_ratio: float = 4.0, drop_path: float = 0.0,
@@ -35,10 +38,14 @@ class Block(nn.Module):
         self.attn = attn
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio))
-        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if mlp_ratio < 0:
+            raise ValueError(f"mlp_ratio must be >= 0 (0: no MLP), got {mlp_ratio}")
+        self.has_mlp = mlp_ratio > 0
+        if self.has_mlp:
+            self.norm2 = norm_layer(dim)
+            self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio))
+            self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+            self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x, grid_hw, num_prefix_tokens, rope=None, return_attn=False, bias=None):
         mixed = self.attn(self.norm1(x), grid_hw, num_prefix_tokens, rope=rope, return_attn=return_attn, bias=bias)
@@ -46,7 +53,8 @@ class Block(nn.Module):
         if return_attn:
             mixed, attn = mixed
         x = x + self.drop_path1(self.ls1(mixed))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        if self.has_mlp:
+            x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x, attn
 
 
@@ -62,6 +70,7 @@ class VisionTransformer(nn.Module):
         rope_theta: RoPE base; None keeps the paper's (100 axial, 10 mixed).
         init_values: LayerScale init; None disables LayerScale.
         norm_eps: LayerNorm epsilon (timm's RoPE-ViT ports use 1e-6).
+        mlp_ratio: MLP width / embed_dim; 0 removes the MLP from every block (attention-only blocks).
         reg_tokens: register tokens (Darcet et al. 2024, "Vision Transformers Need Registers"; timm's name):
             learned prefix tokens after CLS, with no position and no rotation, that the classifier never reads.
             They give attention a place to park global information other than background patches.

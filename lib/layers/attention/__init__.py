@@ -3,10 +3,14 @@ from torch import nn
 
 from lib.layers.attention.axial import AxialAttention
 from lib.layers.attention.base import QKVAttention
+from lib.layers.attention.bilevel_routing import BiLevelRoutingAttention
+from lib.layers.attention.complex_rotation import ComplexRotationAttention
+from lib.layers.attention.gaussian_adaptive import GaussianAdaptiveAttention
 from lib.layers.attention.linear import LinearAttention
 from lib.layers.attention.moh import MoHAttention
 from lib.layers.attention.multi_axis import MultiAxisAttention
 from lib.layers.attention.softmax import SoftmaxAttention
+from lib.layers.attention.symmetric import SymmetricAttention
 from lib.layers.attention.sparse import FixedSparseAttention, LocalAttention, MaskedAttention, StridedSparseAttention
 
 ATTENTION_LAYERS: dict[str, type[nn.Module]] = {
@@ -18,6 +22,10 @@ ATTENTION_LAYERS: dict[str, type[nn.Module]] = {
     "axial": AxialAttention,
     "multi_axis": MultiAxisAttention,
     "moh": MoHAttention,
+    "bilevel_routing": BiLevelRoutingAttention,
+    "gaussian_adaptive": GaussianAdaptiveAttention,
+    "symmetric": SymmetricAttention,
+    "complex_rotation": ComplexRotationAttention,
 }
 
 
@@ -29,7 +37,8 @@ def create_attention(name: str, dim: int, num_heads: int, **kwargs) -> nn.Module
 
 
 __all__ = [
-    "ATTENTION_LAYERS", "AxialAttention", "FixedSparseAttention", "LinearAttention", "LocalAttention",
+    "ATTENTION_LAYERS", "AxialAttention", "BiLevelRoutingAttention", "ComplexRotationAttention",
+    "GaussianAdaptiveAttention", "SymmetricAttention", "FixedSparseAttention", "LinearAttention", "LocalAttention",
     "MaskedAttention", "MoHAttention", "MultiAxisAttention", "QKVAttention", "SoftmaxAttention",
     "StridedSparseAttention", "create_attention",
 ]
