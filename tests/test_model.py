@@ -215,3 +215,15 @@ def test_mlp_ratio_zero_gives_attention_only_blocks():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     with pytest.raises(ValueError, match="mlp_ratio must be >= 0"):
         tiny(mlp_ratio=-1)
+
+
+def test_parameter_counts_of_the_study_models_as_the_readme_states():
+    """The default study's RoPE-Mixed ViT and Bermeitinger et al.'s minimum (symmetric attention without value and
+    output projections, no MLP) on shapes: the counts README.md quotes."""
+    from pathlib import Path
+
+    from lib.config import load_params
+    from lib.run.study import build_model
+    params = load_params(Path(__file__).parents[1] / "params.yaml")
+    counts = {v: sum(p.numel() for p in build_model(params, "shapes", v).parameters()) for v in ("rope_mixed", "symmetric")}
+    assert counts == {"rope_mixed": 137_732, "symmetric": 20_996}

@@ -123,6 +123,8 @@ def test_seed_summary_and_paired_differences_by_hand():
     assert paired["difference"] == pytest.approx(1 / 6)
     assert paired["ci_low"] == pytest.approx(1 / 6 - 4.302653 * 0.0577350 / 3 ** 0.5, rel=1e-4)
     assert paired["verdict"] == "a > b"
+    one_sided = pd.concat([per_seed, per_seed[per_seed["variant"] == "a"].assign(head="fine-tune")])
+    assert set(paired_summary(one_sided, [("a", "b")])["head"]) == {"linear probe"}  # b has no fine-tune: no row
 
 
 @pytest.mark.parametrize("change, message", [
@@ -156,3 +158,21 @@ def test_a_cell_on_a_data_set_without_masks_is_refused(data_root):
     raw["segmentation"]["comparisons"] = []
     with pytest.raises(ValueError, match="mnist has no object masks"):
         Params.model_validate(raw)
+
+
+def test_finetune_with_training_randomness_ignores_the_global_generator():
+    """Normalised RoPE jitters its coordinates in training, from the global generator: the fine-tune seeds it, so
+    the result depends on the seed only, not on what ran before (a worker's earlier jobs)."""
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=4, in_chans=3, num_classes=4, embed_dim=16, depth=1, num_heads=2,
+                              pos_embed="rope_mixed_norm").eval()
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(8, 3, 16, 16, generator=generator)
+    targets = torch.randint(0, 3, (8, 4, 4), generator=generator)
+    probe = LinearProbe(3).fit(patch_features(model, images), targets)
+    runs = []
+    for state in (5, 6):
+        torch.manual_seed(state)
+        runs.append(finetune_segmenter(model, probe, images, targets, epochs=2, lr=1e-3, batch_size=4, seed=0))
+        assert torch.initial_seed() == state  # the caller's generator is restored
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values()))

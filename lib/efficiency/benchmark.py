@@ -11,14 +11,14 @@ is counted as 3x the forward.
 """
 import argparse
 import copy
-import json
 import math
+import multiprocessing
 import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -160,16 +160,29 @@ def measure_variant(attention: str, pos_embed: str, grids: list[int], tokens_per
     return rows
 
 
+def _measure(spec: dict) -> list[dict]:
+    """`measure_variant` in a worker of `measure_in_subprocess`, at the spec's thread count."""
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    return measure_variant(spec["attention"], spec["pos_embed"], spec["grids"], spec["tokens_per_batch"],
+                           spec["repeats"], spec.get("attention_kwargs"))
+
+
 def measure_in_subprocess(attention: str, pos_embed: str, grids: list[int], tokens_per_batch: int, repeats: int,
                           attention_kwargs: dict | None = None, threads: int | None = None) -> list[dict]:
-    """`measure_variant` in a fresh Python process (own memory accounting); returns its rows."""
+    """`measure_variant` in a fresh process (own memory accounting); returns its rows.
+
+    The process is forked from a server that imported this module once, so a variant does not pay a new
+    interpreter's ~5 s start (torch, timm), and no other model's memory is in its count."""
     spec = {"attention": attention, "pos_embed": pos_embed, "grids": grids, "tokens_per_batch": tokens_per_batch,
             "repeats": repeats, "attention_kwargs": attention_kwargs or {}, "threads": threads}
-    result = subprocess.run([sys.executable, "-m", "lib.efficiency.benchmark", "measure", json.dumps(spec)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"benchmark of {attention}/{pos_embed} failed:\n{result.stderr[-3000:]}")
-    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["lib.efficiency.benchmark"])  # takes effect when the server first starts
+    try:
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            rows = pool.submit(_measure, spec).result()
+    except Exception as err:
+        raise RuntimeError(f"benchmark of {attention}/{pos_embed} failed: {err!r}") from err
     # FLOPs here, not in the measured process: counting them materializes what the fast path avoids
     model = tiny_model(attention, pos_embed, min(grids), attention_kwargs)
     for row in rows:
@@ -376,13 +389,10 @@ def sweep_seconds(pos_embed: str, resolutions: list[int], images: int, batch: in
 
 
 def main(argv: list[str]) -> int:
-    """`measure SPEC`: the subprocess entry of `measure_in_subprocess` (one JSON spec in, one JSON list of rows
-    out, on the last line of stdout). `compile-sweep`: an evaluation sweep over resolutions, eager against
-    torch.compile with a recompile per resolution and with dynamic shapes (the evaluate stage stays eager)."""
+    """`compile-sweep`: an evaluation sweep over resolutions, eager against torch.compile with a recompile per
+    resolution and with dynamic shapes (the evaluate stage stays eager)."""
     parser = argparse.ArgumentParser(description="the efficiency benchmark's measurements")
     commands = parser.add_subparsers(dest="command", required=True)
-    measure = commands.add_parser("measure", help="measure one attention variant (internal)")
-    measure.add_argument("spec", help="JSON: attention, pos_embed, grids, tokens_per_batch, repeats, attention_kwargs, threads")
     sweep = commands.add_parser("compile-sweep", help="eager vs compiled evaluation over a resolution sweep")
     sweep.add_argument("--pos-embeds", nargs="+", default=["ape", "rope_mixed"])
     sweep.add_argument("--resolutions", type=int, nargs="+", default=[12, 16, 20, 24, 32, 40, 48],
@@ -392,14 +402,6 @@ def main(argv: list[str]) -> int:
     sweep.add_argument("--threads", type=int, default=None)
     sweep.add_argument("--out", type=Path, default=None, help="also write the table to this CSV file")
     args = parser.parse_args(argv)
-    if args.command == "measure":
-        spec = json.loads(args.spec)
-        if spec.get("threads"):
-            torch.set_num_threads(spec["threads"])
-        rows = measure_variant(spec["attention"], spec["pos_embed"], spec["grids"], spec["tokens_per_batch"],
-                               spec["repeats"], spec.get("attention_kwargs"))
-        print(json.dumps(rows))
-        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     table = pd.DataFrame([sweep_seconds(p, args.resolutions, args.images, args.batch, mode)

@@ -25,7 +25,7 @@ def plot_miou_vs_scale(summary: pd.DataFrame) -> plt.Figure:
                         capsize=2, ms=4, lw=1.2)
         ax.axvline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(summary["grid_ratio"].unique()), [f"{s:g}x" for s in sorted(summary["grid_ratio"].unique())])
+        ax.set_xticks(sorted(summary["grid_ratio"].unique()), [f"{s:.3g}x" for s in sorted(summary["grid_ratio"].unique())])
         ax.set_title(f"{head} (trained at 1x)")
         ax.set_xlabel("test grid / training grid (zoom)")
     axes[0][0].set_ylabel("pixel mIoU (%), seed mean [95% CI]")

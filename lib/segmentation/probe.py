@@ -162,9 +162,17 @@ class PatchSegmenter(nn.Module):
 def finetune_segmenter(backbone: nn.Module, probe: LinearProbe, images: torch.Tensor, targets: torch.Tensor,
                        epochs: int, lr: float, batch_size: int, seed: int) -> PatchSegmenter:
     """Train copies of `backbone` and of the probe's linear head together on (images, patch targets) with AdamW; the
-    originals are left untouched. Deterministic for a seed (the shuffling)."""
-    generator = torch.Generator().manual_seed(seed)
-    segmenter = PatchSegmenter(copy.deepcopy(backbone), probe.as_linear()).train()
+    originals are left untouched. Deterministic for a seed: the shuffling, and the global generator that training-only
+    randomness draws from (normalised RoPE's box jitter), seeded here and restored afterwards."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _finetune(PatchSegmenter(copy.deepcopy(backbone), probe.as_linear()), images, targets, epochs, lr,
+                         batch_size, torch.Generator().manual_seed(seed))
+
+
+def _finetune(segmenter: PatchSegmenter, images: torch.Tensor, targets: torch.Tensor, epochs: int, lr: float,
+              batch_size: int, generator: torch.Generator) -> PatchSegmenter:
+    segmenter.train()
     optimizer = torch.optim.AdamW(segmenter.parameters(), lr=lr, weight_decay=0.05)
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=generator)

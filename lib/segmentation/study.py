@@ -151,6 +151,8 @@ def paired_summary(per_seed: pd.DataFrame, comparisons: list[tuple[str, str]]) -
         for (head, scale), group in per_seed.groupby(["head", "grid_ratio"], sort=False):
             a = group[group["variant"] == first].set_index("seed")["miou"].to_dict()
             b = group[group["variant"] == second].set_index("seed")["miou"].to_dict()
+            if not (a and b):  # e.g. the raw-pixel control has a linear probe only
+                continue
             difference = paired_difference(a, b)
             rows.append({"first": first, "second": second, "head": head, "grid_ratio": scale, **difference,
                          "verdict": verdict(difference, first, second)})
