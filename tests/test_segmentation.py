@@ -176,3 +176,10 @@ def test_finetune_with_training_randomness_ignores_the_global_generator():
         runs.append(finetune_segmenter(model, probe, images, targets, epochs=2, lr=1e-3, batch_size=4, seed=0))
         assert torch.initial_seed() == state  # the caller's generator is restored
     assert all(torch.equal(a, b) for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values()))
+
+
+def test_no_cells_turns_the_stage_off_whatever_the_other_keys(data_root):
+    """The paper profile lists no cells: its rq1 seeds need not cover the default segmentation seeds."""
+    raw = tiny_params_dict(data_root)
+    raw["segmentation"].update(cells=[], comparisons=[], seeds=[0, 7])
+    assert Params.model_validate(raw).segmentation.cells == []

@@ -556,6 +556,8 @@ class Params(Strict):
 
     def _check_segmentation(self) -> None:
         """Every backbone is an RQ1 cell on a data set with object masks, trained for every segmentation seed."""
+        if not self.segmentation.cells:  # the stage is off (the paper profile): nothing to check against rq1
+            return
         if self.rq1 is None:
             raise ValueError("segmentation.cells: the backbones are rq1 cells, but params has no rq1 section")
         missing = sorted(set(self.segmentation.seeds) - set(self.rq1.seeds))
