@@ -34,13 +34,14 @@ out_dir = "results/segmentation"
 # %%
 from pathlib import Path
 
+import pandas as pd
 from IPython.display import Markdown, display
 
 from lib.config import load_params
 from lib.plots import publish, set_style
 from lib.run.paths import chdir_repo_root
 from lib.segmentation.figures import plot_miou_vs_scale
-from lib.segmentation.study import findings, paired_summary, seed_summary, segment_cells
+from lib.segmentation.study import SUMMARY_COLUMNS, findings, paired_summary, seed_summary, segment_cells
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
@@ -52,6 +53,7 @@ out.mkdir(parents=True, exist_ok=True)
 if cfg is None or not cfg.cells:
     lines = ["No segmentation cells in this profile (segmentation.cells is empty): the probe needs RQ1 cells on a data "
              "set with object masks."]
+    pd.DataFrame(columns=SUMMARY_COLUMNS).to_csv(out / "summary.csv", index=False)  # paper-figures reads it
 else:
     per_seed = segment_cells(params, Path(weights_dir))
     per_seed.to_csv(out / "per_seed.csv", index=False)

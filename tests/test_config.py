@@ -141,6 +141,13 @@ BAD = [
     ("rq1.augmentations", {"rrc": {"crop_area": [1.0, 0.25]}}, ["rq1.augmentations.rrc.crop_area", "increasing"]),
     ("rq1.augmentations", {"rrc": {"crop_area": [0.0, 1.0]}, "light": {}}, ["rq1.augmentations.rrc.crop_area.0",
                                                                            "greater than 0"]),
+    ("pretrained.models", {"vit_s": {"timm_model": "vit_nonexistent", "checkpoint": None}},
+     ["pretrained.models.vit_s.timm_model", "'vit_nonexistent' is not a timm model"]),
+    ("pretrained.models", {"ViT S": {"timm_model": "vit_small_patch16_rope_224", "checkpoint": None}},
+     ["pretrained.models", "ViT S", "pattern"]),
+    ("pretrained.run", ["vit_s_rope_mixd"], ["pretrained.run", "unknown model of pretrained.models 'vit_s_rope_mixd'",
+                                             "did you mean 'vit_s_rope_mixed'"]),
+    ("pretrained.resolutions", [224, 128], ["pretrained.resolutions", "increasing"]),
 ]
 
 

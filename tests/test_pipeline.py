@@ -393,6 +393,10 @@ def shrink_paper_profile(root: Path) -> None:
     params["safety"]["example_corruptions"] = ["fog"]
     params["rq1"].update(cells=["cifar100-rrc-rope_mixed", "imagenet-rrc-ape"], seeds=[0, 1], scales=[0.5, 1.0, 1.5],
                          test_images=20, entropy_images=4)
+    tiny = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 32, "num_classes": 3}  # no weights file here
+    params["pretrained"]["models"]["vit_s_rope_mixed"].update(checkpoint=None, timm_kwargs=tiny)
+    params["pretrained"].update(run=["vit_s_rope_mixed"],
+                                resolutions=[32, 48], test_images=10, batch_size=4)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     write_cifar100(root / "data", train=200, test=40)
     write_image_folder(root / "data", classes=3, train=12, val=4)
@@ -428,6 +432,12 @@ def test_paper_profile_runs_every_stage_on_user_data(paper_study):
     assert (rq1["cifar100-rrc-rope_mixed"]["n"] == 20).all() and (rq1["imagenet-rrc-ape"]["n"] == 12).all()
     assert set(rq1["imagenet-rrc-ape"]["resolution"]) == {16, 32, 48}  # grids 1, 2, 3 at patch 16
     assert set(pd.concat(rq1.values())["protocol"]) == {"zoom"}
+    pretrained = pd.read_csv(paper_study / "results" / "pretrained" / "vit_s_rope_mixed" / "accuracy.csv")
+    assert list(pretrained["method"]) == ["trained", "pi", "ntk", "yarn"] * 2 and (pretrained["n"] == 10).all()
+    assert set(pretrained["weights"]) == {"random"} and set(pretrained["resolution"]) == {32, 48}
     readme = (paper_study / "results" / "README.md").read_text()
     assert all(f"## RQ{i}." in readme for i in range(1, 6))
+    # no segmentation cells in the paper profile: a header-only summary, the no-cells sentence, no figure
+    assert pd.read_csv(paper_study / "results" / "segmentation" / "summary.csv").empty
+    assert "No segmentation cells in this profile" in readme and "segmentation_miou_vs_scale" not in readme
     assert json.loads(dvc("status", "--json", cwd=paper_study).stdout) == {}

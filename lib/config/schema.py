@@ -353,6 +353,40 @@ class SegmentationParams(Strict):
         return [tuple(text.split(" - ")) for text in self.comparisons]
 
 
+class PretrainedModel(Strict):
+    """One pretrained model of the `pretrained` stage: a timm RoPE-ViT and its local weights file."""
+
+    timm_model: str                  # e.g. vit_small_patch16_rope_mixed_224 (timm's naver-ai/rope-vit ports)
+    checkpoint: str | None           # its weights, a path under data_root (never downloaded); null: random weights (dry run)
+    timm_kwargs: dict[str, Any] = {}  # passed to timm.create_model (e.g. a smaller depth for a dry run)
+
+    @field_validator("timm_model")
+    @classmethod
+    def _timm_knows(cls, value: str) -> str:
+        import timm
+        if not timm.is_model(value):
+            raise ValueError(f"{value!r} is not a timm model (e.g. vit_small_patch16_rope_mixed_224)")
+        return value
+
+
+class PretrainedParams(Strict):
+    """Pretrained RoPE-ViTs tested zero-shot at many resolutions (DVC matrix `pretrained`, notebooks/pretrained.py)."""
+
+    models: dict[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")], PretrainedModel] = {}  # the catalogue, by name
+    run: Annotated[list[str], Increasing] = []  # the models tested, one stage each ([]: no stage); the paper profile's
+    dataset: str = "imagenet"        # an image-folder data set under data_root: <dataset>/val/<wnid>/<image>
+    resolutions: Annotated[list[Resolution], Field(min_length=1), Increasing] = [128, 160, 192, 224, 256, 320, 384, 448, 512]
+    rescalings: list[Literal["pi", "ntk", "yarn"]] = ["pi", "ntk", "yarn"]  # test-time rules, RoPE-Mixed models only
+    test_images: PositiveInt | None = None  # the first N validation images (null: all)
+    batch_size: PositiveInt = 64
+
+    @model_validator(mode="after")
+    def _run_known_models(self):
+        for name in self.run:
+            _known(name, self.models, "model of pretrained.models", key="pretrained.run")
+        return self
+
+
 class Rq1Params(Strict):
     """The resolution study (DVC matrix `rq1`, notebooks/rq1.py): every cell trains every seed, then is tested at
     every scale under every protocol; `rq1-summary` compares cells by paired differences over seeds."""
@@ -436,6 +470,7 @@ class Params(Strict):
     convex: ConvexParams | None = None
     rq1: Rq1Params | None = None
     segmentation: SegmentationParams | None = None
+    pretrained: PretrainedParams = PretrainedParams()
 
     @model_validator(mode="after")
     def _references_resolve(self):
@@ -537,14 +572,18 @@ class Params(Strict):
         if len(set(self.rq1.cells)) != len(self.rq1.cells):
             raise ValueError(f"rq1.cells: a cell is listed twice in {self.rq1.cells}")
 
+    def _check_backbone_seeds(self, section: str, backbones_key: str, seeds: list[int]) -> None:
+        """A stage whose backbones are rq1 cells needs an rq1 section that trains every one of its seeds."""
+        if self.rq1 is None:
+            raise ValueError(f"{section}.{backbones_key}: the backbones are rq1 cells, but params has no rq1 section")
+        missing = sorted(set(seeds) - set(self.rq1.seeds))
+        if missing:
+            raise ValueError(f"{section}.seeds: {missing} not in rq1.seeds {self.rq1.seeds} (seed k's backbone is the "
+                             f"cell's seed-k weights)")
+
     def _check_convex(self) -> None:
         """Every setting's backbone is an RQ1 cell trained for every convex seed, its data set is defined."""
-        if self.rq1 is None:
-            raise ValueError("convex.settings: the backbones are rq1 cells, but params has no rq1 section")
-        missing = sorted(set(self.convex.seeds) - set(self.rq1.seeds))
-        if missing:
-            raise ValueError(f"convex.seeds: {missing} not in rq1.seeds {self.rq1.seeds} (seed k's backbone is the cell's "
-                             f"seed-k weights)")
+        self._check_backbone_seeds("convex", "settings", self.convex.seeds)
         for setting in self.convex.pairings():
             key = f"convex.settings ({setting.name})"
             _known(setting.backbone, self.rq1.cells, "rq1 cell (rq1.cells)", key=f"{key} backbone")
@@ -558,12 +597,7 @@ class Params(Strict):
         """Every backbone is an RQ1 cell on a data set with object masks, trained for every segmentation seed."""
         if not self.segmentation.cells:  # the stage is off (the paper profile): nothing to check against rq1
             return
-        if self.rq1 is None:
-            raise ValueError("segmentation.cells: the backbones are rq1 cells, but params has no rq1 section")
-        missing = sorted(set(self.segmentation.seeds) - set(self.rq1.seeds))
-        if missing:
-            raise ValueError(f"segmentation.seeds: {missing} not in rq1.seeds {self.rq1.seeds} (seed k's backbone is "
-                             f"the cell's seed-k weights)")
+        self._check_backbone_seeds("segmentation", "cells", self.segmentation.seeds)
         variants = set()
         for cell in self.segmentation.cells:
             _known(cell, self.rq1.cells, "rq1 cell (rq1.cells)", key="segmentation.cells")

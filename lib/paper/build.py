@@ -146,9 +146,12 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
         "convex_heads": figure_convex(tables["convex"]),
         "training_curves": figure_training_curves(training_curves(results_dir, set(tables["resolution"]["run"]))),
     }
-    segmentation = Path(results_dir) / "segmentation" / "summary.csv"  # absent where no cell is configured
-    if segmentation.is_file():
-        figures["segmentation_miou_vs_scale"] = plot_miou_vs_scale(pd.read_csv(segmentation))
+    segmentation = Path(results_dir) / "segmentation" / "summary.csv"
+    if not segmentation.is_file():
+        raise missing_table(segmentation, "segmentation")
+    segmentation_summary = pd.read_csv(segmentation)
+    if not segmentation_summary.empty:  # empty where segmentation.cells is
+        figures["segmentation_miou_vs_scale"] = plot_miou_vs_scale(segmentation_summary)
     for dataset in dict.fromkeys(tables["rq1_accuracy"]["dataset"]):
         figures[f"rq1_accuracy_vs_scale_{dataset}"] = plot_accuracy_vs_scale(tables["rq1_accuracy"], dataset)
         figures[f"rq1_entropy_vs_scale_{dataset}"] = plot_entropy_vs_scale(tables["rq1_entropy"], dataset)

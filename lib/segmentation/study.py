@@ -22,7 +22,7 @@ from lib.segmentation.probe import (LinearProbe, finetune_segmenter, first_objec
                                     patch_targets, pixel_labels, predict_pixels, raw_patches, relation_pixel_labels)
 from lib.stats import paired_difference, t_interval, verdict
 
-HEADS = ("linear probe", "fine-tune")
+SUMMARY_COLUMNS = ["cell", "variant", "head", "grid_ratio", "miou", "ci_low", "ci_high", "seeds"]
 RAW_PATCHES = "raw_patches"  # the control: the linear probe on each patch's own pixels (no backbone, no position)
 
 
@@ -36,11 +36,11 @@ def _sets(params: Params, cell: str, seed: int):
     return train, lambda size: load_scaled_set(root, dataset, resolution, size, "zoom", cfg.test_images)
 
 
-def dense_labels(params: Params, data) -> torch.Tensor:
-    """Pixel labels (N, H, W) of `segmentation.task` for an ImageSet with masks."""
-    if params.segmentation.task == "objects":
+def dense_labels(task: str, dataset: str, data) -> torch.Tensor:
+    """Pixel labels (N, H, W) of `task` (segmentation.task) for an ImageSet with masks of `dataset`."""
+    if task == "objects":
         return pixel_labels(data.masks)
-    info = dataset_info(params.rq1.parse(params.segmentation.cells[0]).dataset)
+    info = dataset_info(dataset)
     return relation_pixel_labels(data.masks, first_objects(data.labels, info["classes"], info["objects"]))
 
 
@@ -51,7 +51,7 @@ def _score(params: Params, heads: dict, patch: int, train_grid: int, test_set, k
     for scale in params.segmentation.scales:
         grid = scaled_grid(train_grid, scale)
         test = test_set(grid * patch)
-        truth = dense_labels(params, test)
+        truth = dense_labels(params.segmentation.task, keys["dataset"], test)
         for head, logits_of in heads.items():
             with torch.no_grad():
                 predicted = predict_pixels(logits_of(test.images), truth.shape[-2:])
@@ -70,7 +70,7 @@ def segment_seed(params: Params, cell: str, seed: int, weights_dir: Path) -> lis
     patch = model.patch_embed.patch_size[0]
     num_classes = 1 + len(dataset_info(dataset)["objects"])
     train, test_set = _sets(params, cell, seed)
-    targets = patch_targets(dense_labels(params, train), patch, num_classes)
+    targets = patch_targets(dense_labels(cfg.task, dataset, train), patch, num_classes)
     probe = LinearProbe(num_classes, cfg.probe_c).fit(patch_features(model, train.images), targets)
     heads = {"linear probe": lambda images: probe.logits(patch_features(model, images))}
     if cfg.finetune_epochs:
@@ -92,7 +92,7 @@ def raw_patch_rows(params: Params, cell: str) -> list[dict]:
     patch = params.model_for(variant, dataset).patch_size
     num_classes = 1 + len(dataset_info(dataset)["objects"])
     train, test_set = _sets(params, cell, cfg.seeds[0])
-    targets = patch_targets(dense_labels(params, train), patch, num_classes)
+    targets = patch_targets(dense_labels(cfg.task, dataset, train), patch, num_classes)
     probe = LinearProbe(num_classes, cfg.probe_c).fit(raw_patches(train.images, patch), targets)
     heads = {"linear probe": lambda images: probe.logits(raw_patches(images, patch))}
     keys = {"cell": RAW_PATCHES, "dataset": dataset, "task": cfg.task, "variant": RAW_PATCHES, "pos_embed": "none", "seed": -1}
@@ -139,9 +139,8 @@ def seed_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (cell, variant, head, scale), group in per_seed.groupby(["cell", "variant", "head", "grid_ratio"], sort=False):
         mean, low, high = t_interval(group["miou"])
-        rows.append({"cell": cell, "variant": variant, "head": head, "grid_ratio": scale, "miou": mean,
-                     "ci_low": low, "ci_high": high, "seeds": len(group)})
-    return pd.DataFrame(rows)
+        rows.append(dict(zip(SUMMARY_COLUMNS, (cell, variant, head, scale, mean, low, high, len(group)))))
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 def paired_summary(per_seed: pd.DataFrame, comparisons: list[tuple[str, str]]) -> pd.DataFrame:

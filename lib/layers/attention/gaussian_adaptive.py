@@ -76,10 +76,10 @@ import torch
 from einops import rearrange, reduce
 from torch import nn
 
-from lib.layers.attention.base import QKVAttention, rotate_qk, softmax_attention
+from lib.layers.attention.softmax import SoftmaxAttention
 
 
-class GaussianAdaptiveAttention(QKVAttention):
+class GaussianAdaptiveAttention(SoftmaxAttention):
     """Gaussian recalibration of each head's channels (learnable mean offsets, variance scales), then softmax attention.
 
     Args:
@@ -95,6 +95,8 @@ class GaussianAdaptiveAttention(QKVAttention):
 
     References: Ioannides et al. 2024 (arXiv 2401.11143).
     """
+
+    supports_bias = False  # the recalibration is per token; a relative logit bias is untested with it
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
                  num_gaussians: int = 1, mean_offset_init: float = 0.0, variance_scale_init: float = 2.0,
@@ -134,11 +136,6 @@ class GaussianAdaptiveAttention(QKVAttention):
         mean_weights = reduce(weights.float(), "b n h d -> h d", "mean")
         low, high = mean_weights.min(), mean_weights.max()
         return (mean_weights - low) / (high - low).clamp_min(torch.finfo(mean_weights.dtype).eps)
-
-    def mix(self, q, k, v, grid_hw, num_prefix_tokens, rope, return_attn):
-        q, k = rotate_qk(q, k, rope)
-        dropout_p = self.attn_drop if self.training else 0.0
-        return softmax_attention(q, k, v, self.scale, None, dropout_p, return_attn)
 
     def forward(self, x, grid_hw, num_prefix_tokens, rope=None, return_attn=False, bias=None):
         self.check_bias(bias)
