@@ -17,6 +17,7 @@ from lib.paper import figures as paper_figures  # noqa: E402
 from lib.paper import tables as paper_tables  # noqa: E402
 from lib.paper import text as paper_text  # noqa: E402
 from lib.resolution import report  # noqa: E402
+from lib.segmentation.study import SUMMARY_COLUMNS  # noqa: E402
 from lib.stats import t_interval  # noqa: E402
 
 
@@ -234,6 +235,10 @@ def results(tmp_path) -> Path:
     (root / "segmentation" / "findings.md").write_text(
         "- linear probe, rope_mixed - ape: the interval excludes 0 at 1 of 5 scales (2x +4.2 [+1.0, +7.4]); no "
         "difference detected at the others.\n")
+    put("segmentation/summary.csv", pd.DataFrame(
+        [{"cell": f"shapes-rrc-{v}", "variant": v, "head": "linear probe", "grid_ratio": r, "miou": m, "ci_low": m - 0.05,
+          "ci_high": m + 0.05, "seeds": 3} for v, shift in (("ape", 0.0), ("rope_mixed", 0.04))
+         for r, m in ((0.5, 0.5 + shift), (1.0, 0.7 + shift), (2.0, 0.4 + shift))], columns=SUMMARY_COLUMNS))
     (root / "safety_summary").mkdir()
     (root / "safety_summary" / "recommendation.md").write_text("**signs**: trust **rope_mixed** with threshold 0.9\n")
     return root
@@ -288,7 +293,7 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
                  "convex_heads"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 0
         assert (out / "figures" / f"{name}.pdf").stat().st_size > 0
-    for name in ("rq1_accuracy_vs_scale_shapes", "rq1_entropy_vs_scale_shapes"):
+    for name in ("rq1_accuracy_vs_scale_shapes", "rq1_entropy_vs_scale_shapes", "segmentation_miou_vs_scale"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 0
     for name in ("resolution", "cost", "analysis", "distance", "faithfulness", "localisation", "safety", "convex",
                  "rq1_ordering", "rq1_paired", "rq1_accuracy"):
@@ -357,6 +362,16 @@ def test_comparison_groups_split_position_encodings_from_attention_variants():
     assert set(report.attention_variants(table)["variant"]) == {"rope_mixed", "linear"}  # softmax with their encoding
     assert report.attention_variants(table[table["attention"] == "softmax"]) is None
     assert paper_figures.figure_distance(None) is None and paper_figures.figure_method_bars(None, ["deletion_auc"]) is None
+
+
+def test_no_segmentation_cells_draw_no_dense_figure(results, tmp_path):
+    """The paper profile has no segmentation cells: the stage writes a header-only summary (it is a DVC dependency of
+    paper-figures) and the no-cells sentence; the build draws no dense figure and links none."""
+    pd.DataFrame(columns=SUMMARY_COLUMNS).to_csv(results / "segmentation" / "summary.csv", index=False)
+    (results / "segmentation" / "findings.md").write_text("- No segmentation cells in this profile.\n")
+    readme = paper_build.build_all(results, tmp_path / "paper")["readme"].read_text()
+    assert not (tmp_path / "paper" / "figures" / "segmentation_miou_vs_scale.png").exists()
+    assert "No segmentation cells in this profile." in readme and "segmentation_miou_vs_scale" not in readme
 
 
 def test_missing_table_is_named(results):
