@@ -39,6 +39,7 @@ from IPython.display import display
 from lib.config import load_params
 from lib.extrapolation.pretrained import evaluate_resolutions, load_pretrained
 from lib.plots import publish, set_style
+from lib.run.distributed import local_device
 from lib.run.paths import chdir_repo_root
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
@@ -50,9 +51,10 @@ out.mkdir(parents=True, exist_ok=True)
 
 # %%
 checkpoint = None if spec.checkpoint is None else Path(params.data_root) / spec.checkpoint
-model, data_config = load_pretrained(spec.timm_model, checkpoint, **spec.timm_kwargs)
+model, data_config = load_pretrained(spec.timm_model, checkpoint, params.seed, **spec.timm_kwargs)
+model = model.to(local_device(params.device))
 weights = "random weights (dry run)" if checkpoint is None else str(checkpoint)
-print(f"{model_name}: {spec.timm_model}, {weights}; eval transform {data_config}")
+print(f"{model_name}: {spec.timm_model}, {weights}, on {local_device(params.device)}; eval transform {data_config}")
 
 # %%
 table = evaluate_resolutions(model, data_config, Path(params.data_root) / cfg.dataset / "val", cfg.resolutions,

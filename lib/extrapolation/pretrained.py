@@ -46,10 +46,11 @@ PUBLISHED_TOP1 = {
 }
 
 
-def load_pretrained(timm_model: str, checkpoint: Path | None, **timm_kwargs) -> tuple[torch.nn.Module, dict]:
+def load_pretrained(timm_model: str, checkpoint: Path | None, seed: int = 0, **timm_kwargs) -> tuple[torch.nn.Module, dict]:
     """(lib VisionTransformer, timm data config) of timm model `timm_model` with the weights of `checkpoint`.
 
-    checkpoint: a local .safetensors/.pth file of that model (never downloaded); None: random weights.
+    checkpoint: a local .safetensors/.pth file of that model (never downloaded); None: random weights, drawn with
+        `seed` (a dry run gives the same numbers every time).
     timm_kwargs: passed to `timm.create_model` (e.g. a smaller depth for a dry run).
     """
     pretrained = {}
@@ -58,7 +59,9 @@ def load_pretrained(timm_model: str, checkpoint: Path | None, **timm_kwargs) -> 
             raise FileNotFoundError(f"{checkpoint}: no such weights file for {timm_model}; place timm's "
                                     f"{timm_model}.naver_in1k weights there (nothing is downloaded)")
         pretrained = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(checkpoint)}}
-    model = timm.create_model(timm_model, dynamic_img_size=True, **pretrained, **timm_kwargs)
+    with torch.random.fork_rng():  # the initialisation (overwritten by the file's weights, if any) leaves the caller's RNG
+        torch.manual_seed(seed)
+        model = timm.create_model(timm_model, dynamic_img_size=True, **pretrained, **timm_kwargs)
     return from_timm_rope_vit(model.eval()), resolve_data_config({}, model=model)
 
 
@@ -75,7 +78,7 @@ def folder_label_map(classes: list[str], num_classes: int) -> torch.Tensor:
     return torch.arange(num_classes)
 
 
-def test_loader(folder: Path, resolution: int, data_config: dict, test_images: int | None, batch_size: int,
+def validation_loader(folder: Path, resolution: int, data_config: dict, test_images: int | None, batch_size: int,
                 workers: int) -> DataLoader:
     """The first `test_images` images of an image folder (None: all) through timm's eval transform at `resolution`."""
     transform = create_transform(**{**data_config, "input_size": (3, resolution, resolution)}, is_training=False)
@@ -87,9 +90,10 @@ def test_loader(folder: Path, resolution: int, data_config: dict, test_images: i
 
 @torch.inference_mode()
 def correct_at(model: torch.nn.Module, loader: DataLoader, label_map: torch.Tensor) -> torch.Tensor:
-    """Bool (N,): whether each image's top-1 prediction is its class."""
+    """Bool (N,): whether each image's top-1 prediction is its class; the model runs on the device it is on."""
     model.eval()
-    return torch.cat([model(images).argmax(-1) == label_map[labels] for images, labels in loader])
+    device = next(model.parameters()).device
+    return torch.cat([model(images.to(device)).argmax(-1).cpu() == label_map[labels] for images, labels in loader])
 
 
 def methods_for(model: torch.nn.Module, rescalings: list[str]) -> list[str]:
@@ -112,7 +116,7 @@ def evaluate_resolutions(model: torch.nn.Module, data_config: dict, folder: Path
     published = PUBLISHED_TOP1.get(timm_model, {})
     rows = []
     for resolution in resolutions:
-        loader = test_loader(folder, resolution, data_config, test_images, batch_size, workers)
+        loader = validation_loader(folder, resolution, data_config, test_images, batch_size, workers)
         for method in methods_for(model, rescalings):
             model.rope = trained_rope if method == TRAINED else RopeRescaled(trained_rope, train_grid, method)
             correct = correct_at(model, loader, label_map)
