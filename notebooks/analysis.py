@@ -24,9 +24,11 @@
 #    relative offset (what the position encoding learned), and high-norm "sink" tokens (Darcet et al. 2023).
 # 2. **Head importance** (Michel et al. 2019) and the accuracy as heads are pruned, against random orders.
 # 3. **Explanations** of the predicted class on the first `analysis.num_images` test images: raw CLS attention,
-#    rollout, gradient-weighted rollout (Chefer et al. 2021), Grad-CAM, Integrated Gradients, random maps;
-#    their **faithfulness** (deletion / insertion, positive / negative perturbation, 95% bootstrap CIs) and,
-#    on `shapes`, their **localisation** of the two objects (pointing game, relevance mass).
+#    rollout, gradient-weighted rollout (Chefer et al. 2021), Grad-CAM, Integrated Gradients (from
+#    `analysis.ig_baseline`), random maps; their **faithfulness** (deletion / insertion, positive / negative
+#    perturbation, 95% bootstrap CIs) under every fill of `analysis.fills` (the first: the headline tables; how
+#    much IG gains by integrating from the fill image: `ig_baseline.csv`) and, on `shapes`, their
+#    **localisation** of the two objects (pointing game, relevance mass).
 #
 # Settings come from the `analysis` section of `params.yaml`. Definitions are in the docstrings of
 # `lib/analysis`. Tables are tidy CSVs, one row per observation.
@@ -49,11 +51,14 @@ import torch
 from lib.analysis.compare import compare_methods
 from lib.analysis.plots import (
     plot_explanation_grid, plot_faithfulness, plot_mean_distance, plot_offset_profiles, plot_perturbation_curves,
-    plot_pruning,
+    plot_pruning, plot_sanity,
 )
+from lib.analysis.explain import explain
+from lib.analysis.fills import reference_images
+from lib.analysis.sanity import cascading_randomisation
 from lib.analysis.tables import (
-    accuracy_vs_chance, attention_tables, explain_all, faithfulness_tables, head_importance_tables,
-    localisation_per_image, localisation_table,
+    IG_FROM_FILL, accuracy_vs_chance, attention_tables, explain_all, faithfulness_by_fill, fill_sensitivity,
+    head_importance_tables, localisation_per_image, localisation_table, without_method,
 )
 from lib.config import load_params
 from lib.data import load_split
@@ -72,8 +77,7 @@ model = load_trained_model(params, dataset, variant, Path(weights))
 data = load_split(Path(params.data_root), dataset, settings.split, params.datasets[dataset].train_resolution,
                   limit=settings.max_images, workers=params.data_workers)  # in memory: the first max_images
 inputs = normalize(data.images)
-# the perturbation and Integrated-Gradients baseline: the split's mean colour, a constant image
-baseline = normalize(data.images.mean(dim=(0, 2, 3), keepdim=True).expand(1, -1, *data.images.shape[-2:]))
+mean_colour = data.images.mean(dim=(0, 2, 3), keepdim=True)  # the split's mean colour: the headline fill
 timings = {}
 
 
@@ -127,21 +131,32 @@ publish(fig, out / "pruning")
 
 # %%
 subset = slice(0, min(settings.num_images, len(data)))
+patch = model.patch_embed.patch_size[0]
+reference = lambda kind: normalize(reference_images(kind, data.images[subset], mean_colour, patch))
 start = time.perf_counter()
 predicted = predict(model, inputs[subset], batch_size).argmax(-1)
-explanations = explain_all(model, inputs[subset], predicted, baseline, batch_size, settings.ig_steps, seed,
-                           settings.head_fusion, settings.discard_ratio)
+explanations = explain_all(model, inputs[subset], predicted, reference(settings.ig_baseline), batch_size,
+                           settings.ig_steps, seed, settings.head_fusion, settings.discard_ratio)
 timings["explanations"] = time.perf_counter() - start
 
 start = time.perf_counter()
 fractions = torch.linspace(0, 1, settings.perturbation_steps + 1)
-faith = faithfulness_tables(model, inputs[subset], data.labels[subset], predicted, explanations.maps, baseline,
-                            fractions, batch_size, settings.bootstrap_resamples, seed)
+controls = settings.control_variants is None or variant in settings.control_variants  # every fill, the sanity check
+fills = settings.fills if controls else settings.fills[:1]
+by_fill = faithfulness_by_fill(model, inputs[subset], data.labels[subset], predicted, explanations.maps,
+                               {kind: reference(kind) for kind in fills}, fractions, batch_size,
+                               settings.ig_steps, settings.bootstrap_resamples, seed)
+faith = without_method(by_fill[settings.fills[0]], IG_FROM_FILL)  # the headline tables: the first fill
+sensitivity = fill_sensitivity(by_fill, resamples=settings.bootstrap_resamples, seed=seed)
 timings["faithfulness"] = time.perf_counter() - start
 faithfulness = save_table(faith["faithfulness"], "faithfulness")
 curves = save_table(faith["curves"], "perturbation_curves")
 save_table(faith["per_image"], "faithfulness_per_image")
+save_table(sensitivity["fills"], "fills")
+ig_baseline = save_table(sensitivity["ig_baseline"].assign(baseline=settings.ig_baseline), "ig_baseline")
 print(faithfulness.pivot_table(index="method", columns="metric", values="value").round(3))
+print(f"Integrated Gradients from each fill image instead of {settings.ig_baseline} (positive: looks more faithful):")
+print(ig_baseline[["fill", "metric", "ig", "ig_from_fill", "gain", "gain_low", "gain_high"]].round(3).to_string(index=False))
 
 # %%
 shown = slice(0, settings.example_images)
@@ -155,6 +170,31 @@ fig = plot_faithfulness(faithfulness)
 publish(fig, out / "faithfulness")
 fig = plot_perturbation_curves(curves)
 publish(fig, out / "perturbation_curves")
+
+# %% [markdown]
+# ## Sanity check: do the maps change when the model's weights are re-drawn? (first `analysis.sanity_images`;
+# runs of `analysis.control_variants`)
+# Cascading randomisation (Adebayo et al. 2018), top down; a method fails where its maps, with every layer
+# re-drawn, still rank the patches like the trained model's (`lib/analysis/sanity.py`).
+
+# %%
+start = time.perf_counter()
+if settings.sanity_images and controls:
+    checked = slice(0, min(settings.sanity_images, subset.stop))
+    ig_reference = reference(settings.ig_baseline)[checked]
+    maps_of = lambda m, x, t: explain(m, x, t, ig_reference, torch.Generator().manual_seed(seed), settings.ig_steps,
+                                      settings.head_fusion, settings.discard_ratio).maps
+    sanity = cascading_randomisation(model, inputs[subset][checked], predicted[checked], maps_of, seed,
+                                     settings.bootstrap_resamples, settings.sanity_max_correlation)
+    fig = plot_sanity(sanity)
+    publish(fig, out / "sanity")
+else:
+    sanity = pd.DataFrame(columns=["step", "randomised", "method", "spearman", "ci_low", "ci_high", "n",
+                                   "max_correlation", "fails"])
+timings["sanity_check"] = time.perf_counter() - start
+sanity = save_table(sanity, "sanity")
+print(sanity[sanity["step"] == sanity["step"].max()][["method", "spearman", "ci_low", "ci_high", "fails"]].round(3)
+      .to_string(index=False))
 
 # %% [markdown]
 # ## Localisation of the objects (`shapes` only: the circle and square masks)

@@ -60,6 +60,8 @@ def gather(name: str) -> pd.DataFrame:
 layer_head, offsets, faithfulness = gather("layer_head"), gather("offset_profile"), gather("faithfulness")
 localisation, high_norm, pruning = gather("localisation"), gather("high_norm"), gather("pruning")
 accuracy, comparison = gather("accuracy"), gather("method_comparison")  # paired method comparisons per run
+fills, ig_baseline = gather("fills"), gather("ig_baseline")  # deletion / insertion under every fill; IG from the fill
+sanity = gather("sanity")  # cascading randomisation of the weights: how much each method's maps change
 compare_dataset = layer_head["dataset"].value_counts().idxmax()  # the dataset with the most analysed variants
 set_style()
 
@@ -94,6 +96,22 @@ fig = plot_metric_by_variant(position_encodings(faith), hue="pos_embed")
 publish(fig, out / "faithfulness_by_pos_embed")
 table = faithfulness.pivot_table(index=["dataset", "variant"], columns=["metric", "method"], values="value")
 print(table.round(3).to_string())
+
+# %% [markdown]
+# ## Does the fill decide the verdict? The best method per fill, and what Integrated Gradients gains from the fill image
+
+# %%
+print(fills[fills["status"].isin(["best", "tied with best"])].pivot_table(
+    index=["dataset", "variant"], columns=["metric", "fill"], values="method", aggfunc=lambda m: " = ".join(sorted(m))
+).to_string())
+print(ig_baseline.pivot_table(index=["dataset", "variant"], columns=["metric", "fill"], values="gain").round(3).to_string())
+
+# %% [markdown]
+# ## Sanity check: rank correlation with the trained model's maps as the weights are re-drawn, top down
+
+# %%
+if len(sanity):
+    print(sanity.pivot_table(index=["variant", "method"], columns="step", values="spearman", sort=False).round(2).to_string())
 
 # %% [markdown]
 # ## Localisation of the objects (data sets with object masks: shapes) by attention variant and by position encoding

@@ -11,7 +11,7 @@ from torch import nn
 
 from lib.analysis.compare import compare_methods, top_group
 from lib.analysis.explain import (
-    attention_gradients, discard_lowest, explain, grad_cam, gradient_rollout, rollout,
+    attention_gradients, discard_lowest, explain, grad_cam, gradient_rollout, integrated_gradients, rollout,
 )
 from lib.analysis.extract import attention_maps, forward_with_head_mask, masked_heads
 from lib.analysis.faithfulness import (
@@ -21,8 +21,11 @@ from lib.analysis.metrics import (
     attention_entropy, cls_distribution, gini, head_importance, high_norm_tokens, mean_attention_distance,
     offset_profile, patch_distribution, pruning_curve, top_mass,
 )
+from lib.analysis.fills import reference_images
+from lib.analysis.sanity import cascade, cascading_randomisation, redraw
 from lib.analysis.tables import (
-    accuracy_vs_chance, attention_tables, faithfulness_tables, localisation_per_image, localisation_table,
+    IG_FROM_FILL, accuracy_vs_chance, attention_tables, faithfulness_by_fill, faithfulness_tables, fill_sensitivity,
+    localisation_per_image, localisation_table, without_method,
 )
 from lib.layers.attention import ATTENTION_LAYERS
 from lib.models import VisionTransformer
@@ -490,3 +493,93 @@ def test_compare_methods_skips_images_a_method_cannot_score():
     table = compare_methods(_per_image(scores, "pointing_game", "higher"), resamples=100).set_index("method")
     assert table.loc["rollout", "vs_reference"] == pytest.approx(2 / 3)  # over the 3 images both score
     assert table.loc["random", "n"] == 3
+
+
+def test_reference_images_are_what_their_names_say():
+    pixels = torch.rand(5, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    mean_colour = pixels.mean(dim=(0, 2, 3), keepdim=True)
+    assert torch.equal(reference_images("mean", pixels, mean_colour, 4), mean_colour.expand_as(pixels))
+    assert torch.equal(reference_images("black", pixels, mean_colour, 4), torch.zeros_like(pixels))
+    other = reference_images("other_image", pixels, mean_colour, 4)
+    assert torch.equal(other[1:], pixels[:-1]) and torch.equal(other[0], pixels[-1])  # never the image itself
+    blur = reference_images("blur", pixels, mean_colour, 4)
+    assert blur.shape == pixels.shape and blur.var() < 0.1 * pixels.var()  # one patch's sigma wipes out the noise
+    assert torch.allclose(reference_images("blur", torch.full((1, 3, 12, 12), 0.3), mean_colour, 4),
+                          torch.full((1, 3, 12, 12), 0.3))  # a kernel cut to a small image still sums to 1
+    with pytest.raises(ValueError, match="unknown reference image 'grey'.*expected one of"):
+        reference_images("grey", pixels, mean_colour, 4)
+
+
+def test_faithfulness_differs_by_fill_and_ig_gains_nothing_from_its_own_baseline():
+    model = tiny_vit()
+    inputs = images(6)
+    with torch.no_grad():
+        predicted = model(inputs).argmax(-1)
+    black = torch.zeros(1, 1, 28, 28)
+    maps = {"random": torch.rand(6, 7, 7, generator=torch.Generator().manual_seed(1)),
+            "integrated_gradients": integrated_gradients(model, inputs, predicted, black, steps=4).patches}
+    fills = {"black": black, "other_image": inputs.roll(1, 0)}
+    by_fill = faithfulness_by_fill(model, inputs, predicted, predicted, maps, fills, torch.linspace(0, 1, 5),
+                                   batch_size=4, ig_steps=4, resamples=100)
+    for tables in by_fill.values():  # every fill scores the maps' methods and IG from that fill
+        assert set(tables["faithfulness"]["method"]) == {"random", "integrated_gradients", IG_FROM_FILL}
+    deletion = {name: t["per_image"].query("metric == 'deletion_auc' and method == 'random'")["value"].to_numpy()
+                for name, t in by_fill.items()}
+    assert not np.allclose(deletion["black"], deletion["other_image"])  # the fill changes the scores
+    headline = without_method(by_fill["black"], IG_FROM_FILL)
+    assert IG_FROM_FILL not in set(headline["per_image"]["method"]) and len(headline["curves"])
+    sensitivity = fill_sensitivity(by_fill, resamples=100)
+    assert set(sensitivity["fills"]["fill"]) == set(fills)
+    assert IG_FROM_FILL not in set(sensitivity["fills"]["method"])
+    gain = sensitivity["ig_baseline"].set_index(["fill", "metric"])
+    # IG integrated from black is the headline IG when black is the fill: nothing gained, exactly
+    assert gain.loc[("black", "deletion_auc"), "gain"] == 0 == gain.loc[("black", "insertion_auc"), "gain"]
+    assert gain.loc[("other_image", "deletion_auc"), "gain"] != 0
+
+
+def test_fill_sensitivity_orients_the_gain_and_brackets_it():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.6, 50)
+    per_image = pd.concat([pd.DataFrame({"method": method, "metric": "deletion_auc", "image": np.arange(50),
+                                         "value": values, "better": "lower"})
+                           for method, values in (("random", base + 0.2), ("integrated_gradients", base),
+                                                  (IG_FROM_FILL, base - 0.1 + rng.normal(0, 0.01, 50)))])
+    table = fill_sensitivity({"mean": {"per_image": per_image}}, resamples=500)["ig_baseline"].iloc[0]
+    # deletion: lower is better, so IG from the fill deleting 0.1 faster is a gain of +0.1
+    assert table["gain"] == pytest.approx(0.1, abs=0.01) and table["gain_low"] > 0.09 and table["gain_high"] < 0.11
+
+
+def test_the_randomisation_cascade_goes_top_down_and_redraws_every_learned_parameter():
+    model = tiny_vit()
+    steps = cascade(model)
+    assert [name for name, _ in steps] == ["head", "block 1", "block 0", "embedding"]
+    covered = {id(p) for _, parts in steps for part in parts
+               for p in ([part] if isinstance(part, nn.Parameter) else part.parameters())}
+    assert covered == {id(p) for p in model.parameters()}  # after the last step nothing learned is left
+    weight = model.blocks[0].attn.qkv.weight
+    before = weight.detach().clone()
+    redraw([model.blocks[0]], torch.Generator().manual_seed(0))
+    assert not torch.allclose(weight, before)
+    assert weight.std().item() == pytest.approx(before.std().item(), rel=0.05)  # the trained scale is kept
+    assert weight.mean().item() == pytest.approx(before.mean().item(), abs=0.01)
+
+
+def test_cascading_randomisation_fails_a_model_blind_method_and_passes_gradients():
+    model = tiny_vit()
+    inputs = images(8)
+    with torch.no_grad():
+        targets = model(inputs).argmax(-1)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    def maps_of(m, x, t):
+        x = x.clone().requires_grad_(True)
+        m(x).gather(1, t[:, None]).sum().backward()
+        return {"input_only": x.detach().abs().sum(1)[:, ::4, ::4],  # ignores the model: must fail
+                "gradient": x.grad.sum(1).reshape(len(x), 7, 4, 7, 4).sum((2, 4))}  # signed, summed per patch
+
+    table = cascading_randomisation(model, inputs, targets, maps_of, seed=0, resamples=200, max_correlation=0.5)
+    assert all(torch.equal(p, weights[name]) for name, p in model.named_parameters())  # the model itself is untouched
+    last = table[table["step"] == table["step"].max()].set_index("method")
+    assert last.loc["input_only", "fails"] and last.loc["input_only", "spearman"] == pytest.approx(1.0)
+    assert not last.loc["gradient", "fails"] and last.loc["gradient", "ci_high"] < 0.5
+    assert table["fails"].isna().sum() == 2 * (table["step"].max() - 1)  # the verdict is the last step's only

@@ -289,8 +289,13 @@ def test_findings_mark_every_verdict_the_float_check_overturned():
     lines = findings(seed_table(accuracy), marked, pd.DataFrame())
     assert lines[0].startswith("† marks a verdict that the float check overturned")
     daggers = [line for line in lines[1:] if "†" in line]
-    assert len(daggers) == 1 and "Heo et al.'s ordering" in daggers[0]
-    assert daggers[0].endswith("elsewhere no difference detected (rrc/zoom 2x †).")
+    # the ordering it decides and its own pair's line, which lists every condition (the ordering's included)
+    assert len(daggers) == 2 and "Heo et al.'s ordering" in daggers[0] and "rope_mixed - rope_axial" in daggers[1]
+    assert "elsewhere no difference detected (rrc/zoom 2x †). Its halves in the same conditions: " in daggers[0]
+    assert "(rrc/zoom 2x +8.4 [+4.7, +12.1] †)" in daggers[1]
+    # a half of the ordering is counted on its own: Mixed > Axial is shown at 2x, Axial - APE is not
+    assert daggers[0].endswith("RoPE-Mixed > RoPE-Axial in 1 of 1, RoPE-Mixed < RoPE-Axial in 0 of 1; "
+                               "RoPE-Axial > APE in 0 of 1, RoPE-Axial < APE in 0 of 1 (each pair's conditions: the lines below).")
     # a rerun that covers some comparisons only: the others are not marked either way
     partial = with_replication(paired, compare_verdicts(paired[~flip], other[~flip]))
     assert partial.loc[flip, "replicated"].isna().item() and partial["replicated"].sum() == (~flip).sum()

@@ -89,6 +89,39 @@ def _method_table(metrics: dict[str, str | float], n: int = 200) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def _fills() -> pd.DataFrame:
+    """The mean fill: _method_comparison's deletion and insertion; the blur fill, on rope_mixed only: the same."""
+    mean = _method_comparison()
+    mean = mean[mean["metric"].isin(["deletion_auc", "insertion_auc"])]
+    return pd.concat([mean.assign(fill="mean"), mean[mean["variant"] == "rope_mixed"].assign(fill="blur")],
+                     ignore_index=True)
+
+
+def _ig_baseline() -> pd.DataFrame:
+    """IG from the fill image: a deletion gain of +0.05 [+0.02, +0.08] on every variant under the mean fill, none
+    detected under blur (rope_mixed only)."""
+    rows = [{"fill": fill, "metric": "deletion_auc", "better": "lower", "ig_from_fill": 0.25, "ig": 0.3,
+             "gain": gain, "gain_low": low, "gain_high": high, "n": 100, "baseline": "black", "variant": variant}
+            for variant, _, _ in VARIANTS
+            for fill, gain, low, high in (("mean", 0.05, 0.02, 0.08), ("blur", 0.01, -0.01, 0.03))
+            if fill == "mean" or variant == "rope_mixed"]
+    return pd.DataFrame(rows)
+
+
+def _sanity() -> pd.DataFrame:
+    """Three cascade steps per variant: random maps never change (they fail); rollout's correlation 1.0, 0.9,
+    then 0.2 [0.1, 0.3] (passes)."""
+    rows = []
+    for variant, _, _ in VARIANTS:
+        for step, (name, rollout) in enumerate((("head", 1.0), ("block 0", 0.9), ("embedding", 0.2)), start=1):
+            for method, value in (("random", 1.0), ("rollout", rollout)):
+                rows.append({"step": step, "randomised": name, "method": method, "spearman": value,
+                             "ci_low": value - 0.1 * (value < 1), "ci_high": min(value + 0.1, 1.0), "n": 20,
+                             "max_correlation": 0.5, "fails": (method == "random") if step == 3 else None,
+                             "variant": variant})
+    return pd.DataFrame(rows)
+
+
 def _method_comparison() -> pd.DataFrame:
     """Per variant, 100 images: random 0.6, rollout 0.4, integrated gradients 0.3 deletion AUC (image difficulty
     shared); rope_mixed's rollout ties integrated gradients; insertion mirrors deletion."""
@@ -216,6 +249,9 @@ def results(tmp_path) -> Path:
     put("analysis_summary/localisation.csv", _method_table({"pointing_game": 0.1, "relevance_mass": 0.1}))
     put("analysis_summary/method_comparison.csv", _method_comparison())
     put("analysis_summary/accuracy.csv", _analysis_accuracy())
+    put("analysis_summary/fills.csv", _fills())
+    put("analysis_summary/ig_baseline.csv", _ig_baseline())
+    put("analysis_summary/sanity.csv", _sanity())
     for variant, offset in (("ape", 0.0), ("rope_mixed", 0.01)):
         put(f"safety/signs-{variant}/shift_metrics.csv", _shift(variant, offset))
         put(f"safety/signs-{variant}/risk_coverage.csv", _risk_coverage(variant))
@@ -442,3 +478,26 @@ def test_rq3_compares_no_method_when_every_model_is_at_chance():
     accuracy = _analysis_accuracy().assign(accuracy=0.25, ci_low=0.22, ci_high=0.28)
     lines = paper_text.rq3_lines(_layer_head(), _method_comparison(), accuracy)
     assert lines[-1] == "- no analysed model is above chance: no explanation method is compared."
+
+
+def test_rq3_reports_the_best_method_per_fill_and_what_ig_gains_from_the_fill_image():
+    lines = paper_text.fill_lines(_fills(), _ig_baseline(), [v for v, _, _ in VARIANTS])
+    n = len(VARIANTS)
+    # rope_mixed's rollout ties IG; the blur fill covers rope_mixed only, and says so ("of 1 variants")
+    assert lines[0] == ("  - deletion AUC, best method by what fills the removed patches: mean fill: integrated_gradients "
+                        f"alone in {n - 1} of {n} variants; tied at the top in 1 (integrated_gradients = rollout in 1); "
+                        "blur fill: no method alone of 1 variants; tied at the top in 1 (integrated_gradients = rollout "
+                        "in 1).")
+    assert lines[-1] == (f"  - Integrated Gradients integrated from the fill image instead of black, deletion AUC (paired "
+                         f"CI over the same images): mean fill: better in {n}, worse in 0 of {n} variants (largest gain "
+                         f"+0.050); blur fill: better in 0, worse in 0 of 1 variants (largest gain +0.010).")
+
+
+def test_rq3_sanity_lines_count_failures_and_the_steps_a_method_survives():
+    n = len(VARIANTS)
+    assert paper_text.sanity_lines(_sanity(), [v for v, _, _ in VARIANTS])[1:] == [
+        f"  - random: fails in {n} of {n} variants (correlation 1.00 to 1.00 with every layer re-drawn); stays above "
+        "0.5 for the first 3 of 3 steps (median).",
+        f"  - rollout: fails in 0 of {n} variants (correlation 0.20 to 0.20 with every layer re-drawn); stays above "
+        "0.5 for the first 2 of 3 steps (median)."]
+    assert paper_text.sanity_lines(_sanity(), []) == []

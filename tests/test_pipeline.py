@@ -203,8 +203,16 @@ def test_analysis_stages_write_tables_and_figures_per_run_and_summary(study):
         assert {"rollout", "random", "integrated_gradients"} <= set(faithfulness["method"])
         assert (folder / "explanations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert len(pd.read_csv(folder / "localisation.csv")) > 0  # shapes has object masks
+        # the smoke profile's control variant (rope_mixed) gets every fill and the sanity check; linear the first fill
+        controlled = run_name == "shapes-rope_mixed"
+        fills = ["mean", "blur", "other_image"] if controlled else ["mean"]
+        assert list(dict.fromkeys(pd.read_csv(folder / "fills.csv")["fill"])) == fills
+        assert list(pd.read_csv(folder / "ig_baseline.csv")["fill"].unique()) == fills
+        sanity = pd.read_csv(folder / "sanity.csv")
+        assert (len(sanity) > 0) == controlled and (folder / "sanity.png").exists() == controlled
     summary = study / "results" / "analysis_summary"
     assert set(pd.read_csv(summary / "layer_head.csv")["variant"]) == {"rope_mixed", "linear"}
+    assert set(pd.read_csv(summary / "sanity.csv")["variant"]) == {"rope_mixed"}
     assert list(summary.glob("*.pdf"))
 
 

@@ -21,13 +21,14 @@ from lib.stats import bootstrap_ci
 STATUS_BEST, STATUS_TIED, STATUS_WORSE = "best", "tied with best", "worse"
 
 
-def _oriented(table: pd.DataFrame) -> pd.DataFrame:
+def oriented_scores(table: pd.DataFrame) -> pd.DataFrame:
     """method x image scores of one metric, with the sign flipped where lower is better."""
     sign = 1.0 if table["better"].iloc[0] == "higher" else -1.0
     return sign * table.pivot(index="image", columns="method", values="value")
 
 
-def _paired(first: pd.Series, second: pd.Series, resamples: int, seed: int) -> tuple[float, float, float, int]:
+def paired_mean_difference(first: pd.Series, second: pd.Series, resamples: int,
+                           seed: int) -> tuple[float, float, float, int]:
     """Mean of first - second over the images both score, its bootstrap 95% interval, and the image count."""
     difference = (first - second).dropna().to_numpy()
     if len(difference) == 0:
@@ -47,18 +48,18 @@ def compare_methods(per_image: pd.DataFrame, resamples: int = 1000, seed: int = 
     """
     rows = []
     for metric, table in per_image.groupby("metric", sort=False):
-        scores = _oriented(table)
+        scores = oriented_scores(table)
         candidates = [method for method in scores.columns if method != reference]
         best = max(candidates, key=lambda method: scores[method].mean())
         for method in scores.columns:
-            vs_reference = (_paired(scores[method], scores[reference], resamples, seed)
+            vs_reference = (paired_mean_difference(scores[method], scores[reference], resamples, seed)
                             if reference in scores.columns and method != reference else (np.nan,) * 3 + (0,))
             if method == reference:
                 gap = (np.nan,) * 4
             elif method == best:  # no gap to itself: nothing to resample
                 gap = (0.0, 0.0, 0.0, int(scores[best].notna().sum()))
             else:
-                gap = _paired(scores[best], scores[method], resamples, seed)
+                gap = paired_mean_difference(scores[best], scores[method], resamples, seed)
             status = ("" if method == reference else STATUS_BEST if method == best
                       else STATUS_TIED if gap[1] <= 0 else STATUS_WORSE)
             rows.append({

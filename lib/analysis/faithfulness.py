@@ -1,8 +1,8 @@
 """Is an explanation faithful to the model, and does it point at the objects? Perturbation and localisation.
 
-Removing a patch replaces its pixels by those of a baseline image (here: the dataset's per-channel mean
-colour, a constant image; for MNIST that is near-black background, for shapes a grey close to the
-background). Patches are ranked by relevance (ties broken by one fixed, seeded random order of the patches,
+Removing a patch replaces its pixels by those of a baseline image, the *fill* (`lib.analysis.fills`: the
+split's per-channel mean colour, a constant image, in the headline tables; the image blurred; another
+image). Patches are ranked by relevance (ties broken by one fixed, seeded random order of the patches,
 the same for every image, so no method is favoured by raster order) and removed whole, in steps of
 `fractions` of the patch count P (round(f * P) patches at fraction f).
 

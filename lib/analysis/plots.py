@@ -238,3 +238,25 @@ def plot_offset_profiles_by_variant(offsets: pd.DataFrame, column: str = "pos_em
             _draw_profile(axes[row, col], _profile_image(part[part["layer"] == layer]), f"{name} L{layer + 1}")
     fig.tight_layout(pad=0.3)
     return fig
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def plot_sanity(sanity: pd.DataFrame) -> plt.Figure:
+    """Cascading randomisation (Adebayo et al. 2018): each method's rank correlation with the trained model's maps
+    as the layers are re-drawn from the top down (mean over images, 95% bootstrap band), the fail line dashed."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    methods = list(dict.fromkeys(sanity["method"]))
+    colours = palette_for(methods)
+    for index, (method, rows) in enumerate(sanity.groupby("method", sort=False)):
+        ax.plot(rows["step"], rows["spearman"], marker=MARKERS[index % len(MARKERS)], ms=4, color=colours[method],
+                ls="-" if method != "random" else ":", label=method.replace("_", " "))
+        ax.fill_between(rows["step"], rows["ci_low"], rows["ci_high"], color=colours[method], alpha=0.12)
+    ax.axhline(sanity["max_correlation"].iloc[0], color="0.3", ls="--", lw=1)
+    steps = sanity.drop_duplicates("step")
+    ax.set_xticks(steps["step"], steps["randomised"], rotation=45, ha="right")
+    ax.set(xlabel="re-drawn down to", ylabel="rank correlation with trained maps", ylim=(-0.3, 1.05))
+    ax.legend(frameon=False, fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig

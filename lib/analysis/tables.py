@@ -8,7 +8,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lib.analysis.explain import Explanations, explain
+from lib.analysis.compare import compare_methods, oriented_scores, paired_mean_difference
+from lib.analysis.explain import Explanations, explain, integrated_gradients
 from lib.analysis.extract import attention_maps
 from lib.analysis.faithfulness import (
     DIRECTIONS, curve_auc, localisation, patch_coverage, patch_ranking, perturbation_curves,
@@ -22,6 +23,11 @@ from lib.stats import bootstrap_ci, wilson_interval
 
 def batch_slices(total: int, batch_size: int) -> list[slice]:
     return [slice(start, min(start + batch_size, total)) for start in range(0, total, batch_size)]
+
+
+def _rows(reference: torch.Tensor, part: slice, total: int) -> torch.Tensor:
+    """A batch's share of a reference image: its rows where there is one per image, else the one shared image."""
+    return reference[part] if len(reference) == total else reference
 
 
 def _layer_head_frame(values: dict[str, torch.Tensor]) -> pd.DataFrame:
@@ -124,7 +130,8 @@ def explain_all(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, b
                 discard_ratio: float = 0.0) -> Explanations:
     """`explain` over all inputs in batches, concatenated."""
     generator = torch.Generator().manual_seed(seed)
-    parts = [explain(model, inputs[part], targets[part], baseline, generator, ig_steps, head_fusion, discard_ratio)
+    parts = [explain(model, inputs[part], targets[part], _rows(baseline, part, len(inputs)), generator, ig_steps,
+                     head_fusion, discard_ratio)
              for part in batch_slices(len(inputs), batch_size)]
     return Explanations(
         maps={name: torch.cat([p.maps[name] for p in parts]) for name in parts[0].maps},
@@ -150,7 +157,8 @@ def faithfulness_tables(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
     tie_break = torch.randperm(num_patches, generator=torch.Generator().manual_seed(seed))
     rankings = {name: patch_ranking(saliency, tie_break) for name, saliency in maps.items()}
     parts = [perturbation_curves(model, inputs[part], labels[part], targets[part],
-                                 {name: order[part] for name, order in rankings.items()}, baseline, fractions)
+                                 {name: order[part] for name, order in rankings.items()},
+                                 _rows(baseline, part, len(inputs)), fractions)
              for part in batch_slices(len(inputs), batch_size)]
     curve_rows, auc_rows, image_rows = [], [], []
     for key in parts[0]:
@@ -172,6 +180,56 @@ def faithfulness_tables(model: nn.Module, inputs: torch.Tensor, labels: torch.Te
                                             "value": per_image, "better": better}))
     return {"curves": pd.concat(curve_rows, ignore_index=True), "faithfulness": pd.DataFrame(auc_rows),
             "per_image": pd.concat(image_rows, ignore_index=True)}
+
+
+IG_FROM_FILL = "ig_from_fill"  # Integrated Gradients integrated from the fill image: the circular set-up, a control
+FILL_METRICS = ("deletion_auc", "insertion_auc")
+
+
+def faithfulness_by_fill(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
+                         maps: dict[str, torch.Tensor], fills: dict[str, torch.Tensor], fractions: torch.Tensor,
+                         batch_size: int = 250, ig_steps: int = 16, resamples: int = 1000,
+                         seed: int = 0) -> dict[str, dict[str, pd.DataFrame]]:
+    """`faithfulness_tables` under every fill ({name: reference images, one per input or one shared}), each
+    with one method more than `maps`: IG_FROM_FILL, Integrated Gradients integrated from that fill's image."""
+    by_fill = {}
+    for name, fill in fills.items():
+        from_fill = torch.cat([integrated_gradients(model, inputs[part], targets[part], _rows(fill, part, len(inputs)),
+                                                    ig_steps, internal_batch_size=part.stop - part.start).patches
+                               for part in batch_slices(len(inputs), batch_size)])
+        by_fill[name] = faithfulness_tables(model, inputs, labels, targets, {**maps, IG_FROM_FILL: from_fill}, fill,
+                                            fractions, batch_size, resamples, seed)
+    return by_fill
+
+
+def without_method(tables: dict[str, pd.DataFrame], method: str) -> dict[str, pd.DataFrame]:
+    return {name: table[table["method"] != method].reset_index(drop=True) for name, table in tables.items()}
+
+
+def fill_sensitivity(by_fill: dict[str, dict[str, pd.DataFrame]], ig_method: str = "integrated_gradients",
+                     resamples: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """How much the fill decides the faithfulness verdicts (from `faithfulness_by_fill`).
+
+    Returns tables
+      fills: `compare_methods` of deletion and insertion AUC under each fill (column `fill`), the methods of
+        `maps` only: which method is best or tied, and which beat the random order, fill by fill;
+      ig_baseline: per fill and metric, IG_FROM_FILL minus `ig_method` (IG from the study's own baseline),
+        per image, oriented so that positive means the fill-baseline IG looks more faithful; its mean and
+        bootstrap 95% interval over the same images: what integrating from the fill image buys IG.
+    """
+    compared, ig_rows = [], []
+    for name, tables in by_fill.items():
+        per_image = tables["per_image"][tables["per_image"]["metric"].isin(FILL_METRICS)]
+        methods = per_image[per_image["method"] != IG_FROM_FILL]
+        compared.append(compare_methods(methods, resamples, seed).assign(fill=name))
+        for metric, table in per_image.groupby("metric", sort=False):
+            scores = oriented_scores(table)
+            difference, low, high, n = paired_mean_difference(scores[IG_FROM_FILL], scores[ig_method], resamples, seed)
+            ig_rows.append({"fill": name, "metric": metric, "better": table["better"].iloc[0],
+                            "ig_from_fill": float(table.loc[table["method"] == IG_FROM_FILL, "value"].mean()),
+                            "ig": float(table.loc[table["method"] == ig_method, "value"].mean()),
+                            "gain": difference, "gain_low": low, "gain_high": high, "n": n})
+    return {"fills": pd.concat(compared, ignore_index=True), "ig_baseline": pd.DataFrame(ig_rows)}
 
 
 def localisation_per_image(maps: dict[str, torch.Tensor], masks: torch.Tensor, images: torch.Tensor,

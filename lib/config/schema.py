@@ -225,6 +225,31 @@ class AnalysisParams(Strict):
     bootstrap_resamples: PositiveInt = 1000
     example_images: PositiveInt = 6
     reference_pos_embed: str = "rope_mixed"  # the position encoding of the attention-variant comparison
+    fills: Annotated[list[str], Field(min_length=1)] = ["mean", "blur", "other_image"]  # deletion / insertion
+                                           # fills (lib/analysis/fills.py); the first is the headline tables'
+    control_variants: list[str] | None = None  # analysed runs of these variants get the explanation controls: every
+                                           # fill and the sanity check (null: all); the others the first fill only
+    ig_baseline: str = "black"             # Integrated Gradients integrates from this image (best none of the fills)
+    sanity_images: Annotated[int, Field(ge=0)] = 20  # cascading randomisation on the first N explained images (0: off)
+    sanity_max_correlation: Annotated[float, Field(gt=-1, lt=1)] = 0.5  # a method fails where, every layer
+                                           # re-drawn, its rank-correlation CI reaches this
+
+    @field_validator("fills")
+    @classmethod
+    def _known_fills(cls, value: list[str]) -> list[str]:
+        from lib.analysis.fills import FILLS  # imports torchvision: only when validating
+        for name in value:
+            _known(name, FILLS, "fill")
+        if len(set(value)) < len(value):
+            raise ValueError(f"every fill once, got {value}")
+        return value
+
+    @field_validator("ig_baseline")
+    @classmethod
+    def _known_ig_baseline(cls, value: str) -> str:
+        from lib.analysis.fills import IG_BASELINES
+        _known(value, IG_BASELINES, "Integrated Gradients baseline")
+        return value
 
 
 class SafetyParams(Strict):
@@ -507,6 +532,8 @@ class Params(Strict):
         if self.segmentation is not None:
             self._check_segmentation()
         _known(self.analysis.reference_pos_embed, POSITION_ENCODINGS, "position encoding", key="analysis.reference_pos_embed")
+        for name in self.analysis.control_variants or []:
+            _known(name, self.variants, "variant defined under 'variants'", key="analysis.control_variants")
         _known(self.safety.baseline_variant, self.variants, "variant defined under 'variants'", key="safety.baseline_variant")
         for name in self.datasets:
             self.train_for(name)  # validates the override keys and values

@@ -28,6 +28,7 @@ from torchvision.datasets import ImageFolder
 from lib.layers.rope import RopeMixed
 from lib.layers.rope_rescale import RopeRescaled
 from lib.models.convert import from_timm_rope_vit
+from lib.run.study import top1_correct
 from lib.stats import wilson_interval
 
 TRAINED = "trained"  # the method of the model as trained (no test-time rescaling), as in RQ1's tables
@@ -91,9 +92,7 @@ def validation_loader(folder: Path, resolution: int, data_config: dict, test_ima
 @torch.inference_mode()
 def correct_at(model: torch.nn.Module, loader: DataLoader, label_map: torch.Tensor) -> torch.Tensor:
     """Bool (N,): whether each image's top-1 prediction is its class; the model runs on the device it is on."""
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model(images.to(device)).argmax(-1).cpu() == label_map[labels] for images, labels in loader])
+    return top1_correct(model, ((images, label_map[labels]) for images, labels in loader))
 
 
 def methods_for(model: torch.nn.Module, rescalings: list[str]) -> list[str]:

@@ -23,7 +23,7 @@ from lib.config import Params
 from lib.data import ImageSet, dataset_info
 from lib.extrapolation.protocols import load_scaled_set, scaled_grid
 from lib.layers.rope_rescale import RopeRescaled, periods_over_grid, ramp_weights
-from lib.run.study import load_trained_model, normalize
+from lib.run.study import load_trained_model, normalize, top1_correct
 from lib.run.train import save_model, train
 from lib.stats import wilson_interval
 
@@ -70,9 +70,8 @@ def rescalings_for(params: Params, variant: str) -> list[str]:
 @torch.inference_mode()
 def correct_predictions(model: torch.nn.Module, data: ImageSet, batch_size: int) -> torch.Tensor:
     """Bool (N,): whether each image's top-1 prediction is right."""
-    model.eval()
-    return torch.cat([model(normalize(data.images[i:i + batch_size])).argmax(-1) == data.labels[i:i + batch_size]
-                      for i in range(0, len(data), batch_size)])
+    return top1_correct(model, ((normalize(data.images[i:i + batch_size]), data.labels[i:i + batch_size])
+                                for i in range(0, len(data), batch_size)))
 
 
 @torch.no_grad()

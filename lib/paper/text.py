@@ -113,10 +113,55 @@ def _top_groups(comparison: pd.DataFrame, metric: str, variants: list[str]) -> s
     return text
 
 
-def rq3_lines(layer_head: pd.DataFrame, comparison: pd.DataFrame, accuracy: pd.DataFrame) -> list[str]:
+def fill_lines(fills: pd.DataFrame, ig_baseline: pd.DataFrame, variants: list[str]) -> list[str]:
+    """Whether the fill decides the faithfulness verdicts: the best deletion / insertion method per fill, and
+    what Integrated Gradients gains by integrating from the fill image instead of its own baseline."""
+    fills, ig_baseline = fills[fills["variant"].isin(variants)], ig_baseline[ig_baseline["variant"].isin(variants)]
+    lines = []
+    for metric, name in (("deletion_auc", "deletion AUC"), ("insertion_auc", "insertion AUC")):
+        per_fill = "; ".join(f"{fill.replace('_', ' ')} fill: "
+                             f"{_top_groups(part, metric, [v for v in variants if v in set(part['variant'])])}"
+                             for fill, part in fills.groupby("fill", sort=False))
+        if per_fill:
+            lines.append(f"  - {name}, best method by what fills the removed patches: {per_fill}.")
+    for metric, part in ig_baseline.groupby("metric", sort=False):
+        per_fill = "; ".join(f"{fill.replace('_', ' ')} fill: better in {int((g['gain_low'] > 0).sum())}, worse in "
+                             f"{int((g['gain_high'] < 0).sum())} of {len(g)} variants (largest gain {g['gain'].max():+.3f})"
+                             for fill, g in part.groupby("fill", sort=False))
+        lines.append(f"  - Integrated Gradients integrated from the fill image instead of {part['baseline'].iloc[0]}, "
+                     f"{metric.replace('_auc', ' AUC').replace('_', ' ')} (paired CI over the same images): {per_fill}.")
+    return lines
+
+
+def sanity_lines(sanity: pd.DataFrame, variants: list[str]) -> list[str]:
+    """Cascading randomisation per method over the variants: how many fail (every layer re-drawn, the rank
+    correlation's CI reaches the threshold), the correlation's range there, and for how many of the first steps
+    (head, last block, ...) the maps stay above the threshold (median over variants)."""
+    sanity = sanity[sanity["variant"].isin(variants)]
+    if sanity.empty:
+        return []
+    threshold, steps = sanity["max_correlation"].iloc[0], int(sanity["step"].max())
+    lines = [f"- sanity check (cascading randomisation, Adebayo et al. 2018: the weights re-drawn from the head down, "
+             f"{int(sanity['n'].max())} images; a method fails where, every layer re-drawn, the 95% CI of its maps' rank "
+             f"correlation with the trained model's reaches {threshold:g}):"]
+    for method, part in sanity.groupby("method", sort=False):
+        last = part[part["step"] == steps]
+        held = part.groupby("variant", sort=False).apply(
+            lambda g: int((g.sort_values("step")["ci_low"] >= threshold).cummin().sum()), include_groups=False)
+        lines.append(f"  - {method}: fails in {int(last['fails'].astype(bool).sum())} of {len(last)} variants "
+                     f"(correlation {last['spearman'].min():.2f} to {last['spearman'].max():.2f} with every layer "
+                     f"re-drawn); stays above {threshold:g} for the first {held.median():g} of {steps} steps (median).")
+    return lines
+
+
+def rq3_lines(layer_head: pd.DataFrame, comparison: pd.DataFrame, accuracy: pd.DataFrame,
+              fills: pd.DataFrame | None = None, ig_baseline: pd.DataFrame | None = None,
+              sanity: pd.DataFrame | None = None) -> list[str]:
     """RQ3 across the analysed variants: the range of last-layer attention distances, then per metric which
     explanation method is best alone or tied (paired bootstrap over the same images), which methods beat or
-    lose to the random order, on the variants whose model is above chance."""
+    lose to the random order, on the variants whose model is above chance; then, where given, the same verdicts
+    under every fill and IG's gain from integrating from the fill image (`fill_lines`), and the sanity check
+    (`sanity_lines`)."""
     last = layer_head[layer_head["layer"] == layer_head["layer"].max()]
     distance = last.groupby("variant", sort=False)["mean_distance_pixels"].mean()
     lines = [f"- mean attention distance in the last layer (layer {int(last['layer'].iloc[0])}, mean over heads) "
@@ -153,9 +198,12 @@ def rq3_lines(layer_head: pd.DataFrame, comparison: pd.DataFrame, accuracy: pd.D
                      + ", ".join(f"{m} {int(better.get(m, 0))}" for m in methods) + f" of {len(variants)} variants"
                      + ("; worse in " + ", ".join(f"{m} {int(k)}" for m, k in worse.items()) if len(worse) else "")
                      + ".")
-    lines.append("- caveat: Integrated Gradients integrates from the same data-set-mean image that deletion and "
-                 "insertion fill removed patches with, which favours it in both AUCs; these are intervals over test "
-                 "images of one trained model per variant, not over training seeds.")
+    if fills is not None and ig_baseline is not None:
+        lines += fill_lines(fills, ig_baseline, variants)
+    if sanity is not None:
+        lines += sanity_lines(sanity, variants)
+    lines.append("- caveat: these are intervals over test images of one trained model per variant, not over training "
+                 "seeds.")
     return lines
 
 

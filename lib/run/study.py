@@ -78,6 +78,15 @@ def predict(model: torch.nn.Module, inputs: torch.Tensor, batch_size: int) -> to
     return torch.cat([model(inputs[start:start + batch_size]) for start in range(0, len(inputs), batch_size)])
 
 
+@torch.no_grad()
+def top1_correct(model: torch.nn.Module, batches) -> torch.Tensor:
+    """Bool (N,) on the CPU: whether the model's top-1 prediction is each image's label, over (model-ready images,
+    labels) batches; the images go to the device the model is on."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model(images.to(device)).argmax(-1).cpu() == labels.cpu() for images, labels in batches])
+
+
 def seed_everything(seed: int, device: torch.device = torch.device("cpu")) -> None:
     """Seed Python, NumPy and torch, and make torch pick deterministic kernels (on a GPU, where it has them:
     a CUDA op without a deterministic kernel warns instead of stopping the run)."""
