@@ -49,12 +49,12 @@ import pandas as pd
 import torch
 
 from lib.analysis.compare import compare_methods
+from lib.analysis.explain import explain
+from lib.analysis.fills import reference_images
 from lib.analysis.plots import (
     plot_explanation_grid, plot_faithfulness, plot_mean_distance, plot_offset_profiles, plot_perturbation_curves,
     plot_pruning, plot_sanity,
 )
-from lib.analysis.explain import explain
-from lib.analysis.fills import reference_images
 from lib.analysis.sanity import cascading_randomisation
 from lib.analysis.tables import (
     IG_FROM_FILL, accuracy_vs_chance, attention_tables, explain_all, faithfulness_by_fill, fill_sensitivity,
@@ -135,7 +135,8 @@ patch = model.patch_embed.patch_size[0]
 reference = lambda kind: normalize(reference_images(kind, data.images[subset], mean_colour, patch))
 start = time.perf_counter()
 predicted = predict(model, inputs[subset], batch_size).argmax(-1)
-explanations = explain_all(model, inputs[subset], predicted, reference(settings.ig_baseline), batch_size,
+ig_reference = reference(settings.ig_baseline)
+explanations = explain_all(model, inputs[subset], predicted, ig_reference, batch_size,
                            settings.ig_steps, seed, settings.head_fusion, settings.discard_ratio)
 timings["explanations"] = time.perf_counter() - start
 
@@ -181,8 +182,7 @@ publish(fig, out / "perturbation_curves")
 start = time.perf_counter()
 if settings.sanity_images and controls:
     checked = slice(0, min(settings.sanity_images, subset.stop))
-    ig_reference = reference(settings.ig_baseline)[checked]
-    maps_of = lambda m, x, t: explain(m, x, t, ig_reference, torch.Generator().manual_seed(seed), settings.ig_steps,
+    maps_of = lambda m, x, t: explain(m, x, t, ig_reference[checked], torch.Generator().manual_seed(seed), settings.ig_steps,
                                       settings.head_fusion, settings.discard_ratio).maps
     sanity = cascading_randomisation(model, inputs[subset][checked], predicted[checked], maps_of, seed,
                                      settings.bootstrap_resamples, settings.sanity_max_correlation)

@@ -9,6 +9,7 @@ import pytest
 
 matplotlib.use("Agg")
 
+from lib.analysis import seeds as analysis_seeds  # noqa: E402
 from lib.analysis.compare import compare_methods  # noqa: E402
 from lib.efficiency.benchmark import efficiency_targets, throughput_summary  # noqa: E402
 from lib.extrapolation import summary as rq1  # noqa: E402
@@ -275,6 +276,18 @@ def results(tmp_path) -> Path:
         [{"cell": f"shapes-rrc-{v}", "variant": v, "head": "linear probe", "grid_ratio": r, "miou": m, "ci_low": m - 0.05,
           "ci_high": m + 0.05, "seeds": 3} for v, shift in (("ape", 0.0), ("rope_mixed", 0.04))
          for r, m in ((0.5, 0.5 + shift), (1.0, 0.7 + shift), (2.0, 0.4 + shift))], columns=SUMMARY_COLUMNS))
+    seed_scores = pd.DataFrame([{"cell": f"shapes-rrc-{v}", "variant": v, "fill": fill, "method": method,
+                                 "metric": "deletion_auc", "better": "lower", "seed": seed, "value": value + 0.01 * seed}
+                                for v in ("ape", "rope_mixed") for fill in ("mean", "blur")
+                                for method, value in (("rollout", 0.3), ("integrated_gradients", 0.5), ("random", 0.7),
+                                                      ("ig_from_fill", 0.4))
+                                for seed in range(3)])
+    seed_comparison = analysis_seeds.compare_over_seeds(seed_scores)
+    put("analysis_seeds/comparison.csv", seed_comparison)
+    accuracy_rows = pd.DataFrame([{"cell": "c", "seed": s, "accuracy": 1.0, "images": 100} for s in range(3)])
+    (root / "analysis_seeds" / "findings.md").write_text("".join(
+        f"- {line}\n" for line in analysis_seeds.findings(seed_comparison, analysis_seeds.ig_gain_over_seeds(seed_scores),
+                                                          pd.DataFrame(), accuracy_rows)))
     (root / "safety_summary").mkdir()
     (root / "safety_summary" / "recommendation.md").write_text("**signs**: trust **rope_mixed** with threshold 0.9\n")
     return root
@@ -369,6 +382,10 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
             "variants.") in readme
     assert "last layer (layer 1, mean over heads) runs from 13.10 px (APE) to 15.10 px (linear) over 3" in readme
     rq3 = readme.split("## RQ3")[1].split("## RQ4")[0]
+    over_seeds = rq3.split("### Explanations over training seeds")[1]  # the analysis-seeds stage's lines, quoted
+    assert all(line in over_seeds for line in (results / "analysis_seeds" / "findings.md").read_text().splitlines())
+    assert "deletion_auc, mean fill: best alone over seeds in 2 of 2 cells" in over_seeds
+    assert (out / "figures" / "rq3_seeds.png").stat().st_size > 0 and "](figures/rq3_seeds.png)" in over_seeds
     rope_row = next(line for line in rq3.splitlines() if line.startswith("| RoPE-Mixed "))
     assert "integrated_gradients 0.310 [0.290, 0.340]" in rope_row and "| 0.410 [0.390, 0.440] " in rope_row
     assert "clean accuracy 70.5 [64.5, 75.5]% (n = 200)" in readme  # RQ4
@@ -408,6 +425,17 @@ def test_no_segmentation_cells_draw_no_dense_figure(results, tmp_path):
     readme = paper_build.build_all(results, tmp_path / "paper")["readme"].read_text()
     assert not (tmp_path / "paper" / "figures" / "segmentation_miou_vs_scale.png").exists()
     assert "No segmentation cells in this profile." in readme and "segmentation_miou_vs_scale" not in readme
+
+
+def test_no_seed_cells_write_no_seed_section(results, tmp_path):
+    """analysis.seed_cells empty: the analysis-seeds stage writes a header-only comparison and its no-cells sentence;
+    the build draws no figure and adds no section."""
+    pd.DataFrame(columns=analysis_seeds.COMPARISON_COLUMNS).to_csv(results / "analysis_seeds" / "comparison.csv",
+                                                                  index=False)
+    (results / "analysis_seeds" / "findings.md").write_text("- No cells in analysis.seed_cells.\n")
+    readme = paper_build.build_all(results, tmp_path / "paper")["readme"].read_text()
+    assert not (tmp_path / "paper" / "figures" / "rq3_seeds.png").exists()
+    assert "Explanations over training seeds" not in readme and "rq3_seeds" not in readme
 
 
 def test_missing_table_is_named(results):

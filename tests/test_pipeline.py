@@ -216,6 +216,22 @@ def test_analysis_stages_write_tables_and_figures_per_run_and_summary(study):
     assert list(summary.glob("*.pdf"))
 
 
+def test_analysis_seeds_stage_compares_methods_over_the_rq1_seeds(study):
+    out = study / "results" / "analysis_seeds"
+    scores = pd.read_csv(out / "scores.csv")  # explained in worker processes, one model per seed
+    assert set(zip(scores["cell"], scores["seed"])) == {(c, s) for c in ("shapes-rrc-ape", "shapes-rrc-rope_mixed")
+                                                        for s in (0, 1)}
+    assert set(scores["fill"]) == {"mean", "blur", "other_image", "none"}  # none: localisation (shapes has masks)
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert (comparison["seeds"] == 2).all() and (comparison["status"] == "best").sum() == comparison.groupby(
+        ["cell", "fill", "metric"]).ngroups  # one best method per cell, fill and metric
+    assert set(pd.read_csv(out / "sanity.csv")["cell"]) == {"shapes-rrc-ape", "shapes-rrc-rope_mixed"}
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    findings = (out / "findings.md").read_text().splitlines()
+    readme = (study / "results" / "README.md").read_text().split("## RQ3")[1].split("## RQ4")[0]
+    assert findings and all(line in readme for line in findings)  # the results README quotes every line
+
+
 def test_safety_stages_write_shift_metrics_and_a_recommendation(study):
     for variant in ("ape", "rope_mixed"):
         folder = study / "results" / "safety" / f"shapes-{variant}"
@@ -394,7 +410,8 @@ def shrink_paper_profile(root: Path) -> None:
     params["case_study"]["variants"] = ["ape"]
     params["seeds"].update(runs={"datasets": ["cifar100"], "variants": ["rope_mixed"]}, seeds=[])  # the smoke run has seeds
     params["analysis"].update(runs={"datasets": ["cifar100"], "variants": ["rope_mixed"]}, **{
-        k: v for k, v in smoke["analysis"].items() if k != "runs"})
+        k: v for k, v in smoke["analysis"].items() if k not in ("runs", "seed_cells")})
+    params["analysis"]["seed_cells"] = ["cifar100-rrc-rope_mixed"]  # the seed study on user data (no masks)
     params["safety"].update(runs={"datasets": ["cifar100"], "variants": ["ape", "rope_mixed"]}, num_val_images=10,
                             **{k: v for k, v in smoke["safety"].items() if k != "runs"})
     params["safety"]["corruptions"] = ["gaussian_noise", "fog"]
@@ -448,4 +465,7 @@ def test_paper_profile_runs_every_stage_on_user_data(paper_study):
     # no segmentation cells in the paper profile: a header-only summary, the no-cells sentence, no figure
     assert pd.read_csv(paper_study / "results" / "segmentation" / "summary.csv").empty
     assert "No segmentation cells in this profile" in readme and "segmentation_miou_vs_scale" not in readme
+    seed_scores = pd.read_csv(paper_study / "results" / "analysis_seeds" / "scores.csv")
+    assert set(seed_scores["seed"]) == {0, 1} and "none" not in set(seed_scores["fill"])  # CIFAR-100: no localisation
+    assert "Explanations over training seeds" in readme
     assert json.loads(dvc("status", "--json", cwd=paper_study).stdout) == {}

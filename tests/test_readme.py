@@ -191,3 +191,14 @@ def test_readme_dense_prediction_quotes_the_committed_segmentation_findings():
     assert [q for q in quoted if q not in findings] == []
     counts = re.findall(r"\b(\d+ of \d+)\b", paragraph)
     assert [c for c in counts if c not in findings] == []
+
+
+def test_readme_explanations_over_seeds_quote_the_committed_findings():
+    """Every count and gain the README's seed-study paragraph of RQ3 states is one the `analysis-seeds` stage wrote."""
+    paragraph = " ".join(README.read_text(encoding="utf-8").split("**Explanations over training seeds**")[1]
+                         .split("\n\n")[0].split())
+    findings = " ".join((ROOT / "results" / "analysis_seeds" / "findings.md").read_text(encoding="utf-8").split())
+    counts = re.findall(r"\b(\d+ of \d+ cells)\b", paragraph)
+    assert len(counts) >= 2 and [c for c in counts if c not in findings] == []
+    gains = re.findall(r"[+-]\d+\.\d{3}", paragraph.replace("−", "-"))
+    assert gains and [g for g in gains if g not in findings] == []

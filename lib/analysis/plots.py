@@ -260,3 +260,31 @@ def plot_sanity(sanity: pd.DataFrame) -> plt.Figure:
     ax.legend(frameon=False, fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+def plot_seed_comparison(comparison: pd.DataFrame, fill: str) -> plt.Figure:
+    """Explanations over training seeds (`lib.analysis.seeds.compare_over_seeds`): per metric, each method's paired
+    difference from the random order (oriented: above 0 is better than random; seed mean, 95% t-interval), one
+    colour and marker per cell; deletion / insertion under `fill`, localisation metrics (fill "none") beside them."""
+    rows = comparison[comparison["fill"].isin([fill, "none"]) & (comparison["method"] != comparison["reference"])]
+    metrics = list(dict.fromkeys(rows["metric"]))
+    cells = list(dict.fromkeys(rows["cell"]))
+    colours = palette_for(cells)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 3.4), squeeze=False, sharey=False)
+    for ax, metric in zip(axes[0], metrics):
+        part = rows[rows["metric"] == metric]
+        methods = list(dict.fromkeys(part["method"]))
+        for index, cell in enumerate(cells):
+            line = part[part["cell"] == cell].set_index("method").reindex(methods)
+            x = np.arange(len(methods)) + (index - (len(cells) - 1) / 2) * 0.18
+            ax.errorbar(x, line["vs_reference"], yerr=ci_error_lengths(line["vs_reference"], line["vs_reference_low"],
+                                                                       line["vs_reference_high"]),
+                        fmt=MARKERS[index % len(MARKERS)], ms=4, capsize=2, color=colours[cell], label=cell)
+        ax.axhline(0, color="0.3", ls="--", lw=1)
+        ax.set_xticks(np.arange(len(methods)), [m.replace("_", " ") for m in methods], rotation=45, ha="right")
+        ax.set_title(metric.replace("_", " "), fontsize=9)
+    axes[0][0].set_ylabel("better than random (oriented)")
+    axes[0][-1].legend(frameon=False, fontsize=7)
+    fig.suptitle(f"over training seeds, {fill} fill", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -233,6 +233,8 @@ class AnalysisParams(Strict):
     sanity_images: Annotated[int, Field(ge=0)] = 20  # cascading randomisation on the first N explained images (0: off)
     sanity_max_correlation: Annotated[float, Field(gt=-1, lt=1)] = 0.5  # a method fails where, every layer
                                            # re-drawn, its rank-correlation CI reaches this
+    seed_cells: list[str] = []             # rq1 cells whose seeds the `analysis-seeds` stage explains ([]: off)
+    seeds: SeedsForInterval = [0, 1, 2]    # those seeds, a subset of rq1.seeds
 
     @field_validator("fills")
     @classmethod
@@ -531,6 +533,8 @@ class Params(Strict):
             self._check_convex()
         if self.segmentation is not None:
             self._check_segmentation()
+        if self.analysis.seed_cells:
+            self._check_analysis_seeds()
         _known(self.analysis.reference_pos_embed, POSITION_ENCODINGS, "position encoding", key="analysis.reference_pos_embed")
         for name in self.analysis.control_variants or []:
             _known(name, self.variants, "variant defined under 'variants'", key="analysis.control_variants")
@@ -619,6 +623,14 @@ class Params(Strict):
             depth = self.model_for(variant, self.rq1.parse(setting.backbone).dataset).depth
             if self.convex.layer > depth:
                 raise ValueError(f"convex.layer: {self.convex.layer} exceeds the depth {depth} of backbone {setting.backbone}")
+
+    def _check_analysis_seeds(self) -> None:
+        """Every cell the analysis-seeds stage explains is an RQ1 cell trained for every one of its seeds."""
+        self._check_backbone_seeds("analysis", "seed_cells", self.analysis.seeds)
+        for cell in self.analysis.seed_cells:
+            _known(cell, self.rq1.cells, "rq1 cell (rq1.cells)", key="analysis.seed_cells")
+        if len(set(self.analysis.seed_cells)) < len(self.analysis.seed_cells):
+            raise ValueError(f"analysis.seed_cells: a cell is listed twice in {self.analysis.seed_cells}")
 
     def _check_segmentation(self) -> None:
         """Every backbone is an RQ1 cell on a data set with object masks, trained for every segmentation seed."""

@@ -1,9 +1,12 @@
 """Glue between `params.yaml` and the code: run names, model construction and loading, input scaling, seeding."""
 import random
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from lib.config import Params, StudyParams
 from lib.data import dataset_info
@@ -19,6 +22,37 @@ def run_name(dataset: str, variant: str, seed: int | None = None) -> str:
     """Folder name of one trained configuration, e.g. 'mnist-rope_mixed' (the DVC matrix key), or
     'mnist-rope_mixed-seed1' for an extra seed of it (the `train-seeds` matrix)."""
     return f"{dataset}-{variant}" if seed is None else f"{dataset}-{variant}-seed{seed}"
+
+
+def limit_threads(threads: int) -> None:
+    """torch's threads and the BLAS/OpenMP pools scikit-learn's solver uses, in a worker process: two workers of
+    unbounded BLAS threads each would oversubscribe the cores."""
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+
+
+def map_in_workers(function, jobs: list[tuple], workers: int, threads: int, log=None) -> list:
+    """[function(*job) for job in jobs] on `workers` spawned processes of `threads` threads each (in this process
+    where one worker would do), results in the jobs' order; log(job) as each job's result arrives, in that order.
+    A job's result must not depend on the process that computes it (each seeds its own randomness)."""
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        limit_threads(threads)
+        results = []
+        for job in jobs:
+            results.append(function(*job))
+            if log:
+                log(job)
+        return results
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=limit_threads,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(function, *job) for job in jobs]
+        results = []
+        for job, future in zip(jobs, futures):
+            results.append(future.result())
+            if log:
+                log(job)
+    return results
 
 
 def run_folders(root: Path, runs: StudyParams, table: str, stage: str) -> list[Path]:

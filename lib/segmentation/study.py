@@ -5,19 +5,16 @@ Each backbone is one seed of an RQ1 cell (its saved weights); the heads are trai
 images zoomed to every scale (the RQ1 `zoom` protocol: same picture, more pixels). Encodings are compared by paired
 differences over seeds (same seed index, same images), as in RQ1.
 """
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import pandas as pd
 import torch
-from threadpoolctl import threadpool_limits
 
 from lib.config import Params
 from lib.data import dataset_info
 from lib.extrapolation.protocols import load_scaled_set, scaled_grid
 from lib.extrapolation.study import cell_params
-from lib.run.study import load_trained_model
+from lib.run.study import load_trained_model, map_in_workers
 from lib.segmentation.probe import (LinearProbe, finetune_segmenter, first_objects, mean_iou, patch_features,
                                     patch_targets, pixel_labels, predict_pixels, raw_patches, relation_pixel_labels)
 from lib.stats import paired_difference, t_interval, verdict
@@ -100,13 +97,6 @@ def raw_patch_rows(params: Params, cell: str) -> list[dict]:
     return [{**row, "seed": seed} for seed in cfg.seeds for row in rows]
 
 
-def limit_threads(threads: int) -> None:
-    """torch's threads and the BLAS/OpenMP pools scikit-learn's solver uses: two workers of unbounded BLAS threads
-    each would oversubscribe the cores."""
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)
-
-
 def segment_cells(params: Params, weights_dir: Path, log=print) -> pd.DataFrame:
     """`segment_seed` for every cell and seed of `params.segmentation`, on rq1.workers processes of rq1.threads
     threads (as RQ1 trains them; a seed's numbers do not depend on the process that computes them)."""
@@ -117,18 +107,8 @@ def segment_cells(params: Params, weights_dir: Path, log=print) -> pd.DataFrame:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: segmentation.cells/seeds need rq1's weights of {cell} seed {seed} "
                                         f"(run the rq1 stage)")
-    workers = min(params.rq1.workers, len(jobs))
-    if workers == 1:
-        limit_threads(params.rq1.threads)
-        results = [segment_seed(params, cell, seed, weights_dir) for cell, seed in jobs]
-    else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=limit_threads,
-                                 initargs=(params.rq1.threads,)) as pool:
-            futures = [pool.submit(segment_seed, params, cell, seed, weights_dir) for cell, seed in jobs]
-            results = []
-            for (cell, seed), future in zip(jobs, futures):
-                results.append(future.result())
-                log(f"{cell} seed {seed}: done")
+    results = map_in_workers(segment_seed, [(params, cell, seed, weights_dir) for cell, seed in jobs],
+                             params.rq1.workers, params.rq1.threads, log=lambda job: log(f"{job[1]} seed {job[2]}: done"))
     # the raw-pixel control at the first cell's training grid (every cell of a data set shares it, but for -g cells)
     results.append(raw_patch_rows(params, params.segmentation.cells[0]))
     return pd.DataFrame([row for rows in results for row in rows])
