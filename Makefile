@@ -37,7 +37,9 @@ data: setup
 check-params: setup profile
 	$(BIN)/python -m lib.config params.yaml
 
+# Independent stages side by side (params.yaml `parallel_stages`, lib/run/lanes.py), then `dvc repro` for the rest
 repro: check-params data
+	$(BIN)/python -P lib/run/lanes.py
 	$(BIN)/dvc repro
 
 test: setup

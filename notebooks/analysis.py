@@ -63,13 +63,14 @@ from lib.analysis.tables import (
 from lib.config import load_params
 from lib.data import load_split
 from lib.plots import publish, set_style
-from lib.run.paths import chdir_repo_root
-from lib.run.study import load_trained_model, normalize, predict, run_name
+from lib.run.paths import chdir_repo_root, output_dir
+from lib.run.study import limit_threads, load_trained_model, normalize, predict, run_name
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
+limit_threads(params.threads)  # `make repro` runs such stages side by side (params.yaml `parallel_stages`)
 settings, batch_size, seed = params.analysis, params.evaluate.batch_size, params.seed
-out = Path(out_dir)
+out = output_dir(out_dir)
 spec = params.variants[variant]
 run = {"run": run_name(dataset, variant), "dataset": dataset, "variant": variant,
        "attention": spec.attention, "pos_embed": spec.pos_embed}

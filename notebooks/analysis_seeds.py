@@ -41,13 +41,12 @@ from lib.analysis.seeds import (
 )
 from lib.config import load_params
 from lib.plots import publish, set_style
-from lib.run.paths import chdir_repo_root
+from lib.run.paths import chdir_repo_root, output_dir
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 cfg = params.analysis
-out = Path(out_dir)
-out.mkdir(parents=True, exist_ok=True)
+out = output_dir(out_dir)
 
 # %%
 if not cfg.seed_cells:

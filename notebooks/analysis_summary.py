@@ -38,12 +38,12 @@ from lib.analysis.plots import (
 from lib.config import load_params
 from lib.plots import publish, set_style
 from lib.resolution.report import attention_variants, position_encodings
-from lib.run.paths import chdir_repo_root
+from lib.run.paths import chdir_repo_root, output_dir
 from lib.run.study import run_folders
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
-out = Path(out_dir)
+out = output_dir(out_dir)
 reference_pos_embed = params.analysis.reference_pos_embed  # the position encoding the attention variants share
 runs = run_folders(Path(analysis_dir), params.analysis.runs, "layer_head.csv", "analysis")
 print(f"{len(runs)} analysed runs: {', '.join(path.name for path in runs)}")

@@ -65,7 +65,7 @@ from lib.convex.report import (accuracy_table, adam_objectives, certificate_line
                                objective_lines, rank_lines)
 from lib.data import load_split, to_image_set
 from lib.plots import publish, set_style
-from lib.run.paths import chdir_repo_root
+from lib.run.paths import chdir_repo_root, output_dir
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 started = time.perf_counter()
@@ -74,7 +74,7 @@ started = time.perf_counter()
 torch.set_num_threads(1)
 params = load_params(params_file)
 config = params.convex
-out = Path(out_dir)
+out = output_dir(out_dir)
 order = config.heads or list(HEADS)
 pd.DataFrame([{"setting": setting.name, **setting._asdict()} for setting in config.pairings()])
 

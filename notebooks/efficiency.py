@@ -28,7 +28,6 @@ out_dir = "results/efficiency"
 # %%
 import json
 import platform
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -37,12 +36,12 @@ from lib.config import load_params
 from lib.efficiency.benchmark import (compare_with_timm, crossover_tokens, efficiency_targets, loglog_slope, matmul_peak_gflops,
                            measure_in_subprocess, throughput_summary)
 from lib.plots import plot_cost_vs_tokens, publish, set_style
-from lib.run.paths import chdir_repo_root
+from lib.run.paths import chdir_repo_root, output_dir
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 cfg = params.efficiency
-out = Path(out_dir)
+out = output_dir(out_dir)
 peak = matmul_peak_gflops()
 machine = {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "fp32_matmul_peak_gflops": round(peak, 1)}

@@ -39,12 +39,14 @@ from lib.config import load_params
 from lib.plots import plot_accuracy_vs_resolution, publish, set_style
 from lib.resolution.accuracy import evaluate_runs, evaluate_seeds, load_previous
 from lib.resolution.report import resolution_markdown, seed_summary
-from lib.run.paths import chdir_repo_root
+from lib.run.paths import chdir_repo_root, output_dir
+from lib.run.study import limit_threads
 from lib.safety.shift import seed_map_stability
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
-out = Path(out_dir)
+limit_threads(params.threads)  # `make repro` runs such stages side by side (params.yaml `parallel_stages`)
+out = output_dir(out_dir)
 table = evaluate_runs(params, Path(runs_dir), load_previous(previous_table))
 table.to_csv(out / "resolution.csv", index=False)
 markdown = resolution_markdown(table)

@@ -38,18 +38,18 @@ out_dir = "results/paper"
 results_readme = "results/README.md"
 
 # %%
-from pathlib import Path
 
 from IPython.display import Image, Markdown, display
 
 from lib.config import load_params
 from lib.paper import build_all
-from lib.run.paths import chdir_repo_root
+from lib.run.paths import chdir_repo_root, output_dir
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 load_params(params_file)  # validated, as in every stage (the paper reads only result tables)
-built = build_all(results_dir, out_dir, results_readme=results_readme)
-print(f"{len(built['written'])} files written under {out_dir}")
+out = output_dir(out_dir)
+built = build_all(results_dir, out, results_readme=results_readme)
+print(f"{len(built['written'])} files written under {out}")
 
 # %% [markdown]
 # ## Figures
@@ -57,7 +57,7 @@ print(f"{len(built['written'])} files written under {out_dir}")
 # %%
 for name, png in built["figures"].items():
     print(name)
-    display(Image(filename=str(Path(out_dir) / png)))
+    display(Image(filename=str(out / png)))
 
 # %% [markdown]
 # ## The results README

@@ -40,14 +40,13 @@ from lib.config import load_params
 from lib.extrapolation.pretrained import evaluate_resolutions, load_pretrained
 from lib.plots import publish, set_style
 from lib.run.distributed import local_device
-from lib.run.paths import chdir_repo_root
+from lib.run.paths import chdir_repo_root, output_dir
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 cfg = params.pretrained
 spec = cfg.models[model_name]
-out = Path(out_dir)
-out.mkdir(parents=True, exist_ok=True)
+out = output_dir(out_dir)
 
 # %%
 checkpoint = None if spec.checkpoint is None else Path(params.data_root) / spec.checkpoint

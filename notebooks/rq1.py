@@ -37,18 +37,20 @@ from pathlib import Path
 
 from lib.config import load_params
 from lib.extrapolation.study import run_cell
-from lib.run.paths import chdir_repo_root
+from lib.run.paths import chdir_repo_root, output_dir
+from lib.run.study import available_cpus
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 dataset, augmentation, variant, train_grid = params.rq1.parse(cell)
 print(f"{cell}: {params.variants[variant]}; augmentation {params.rq1.augmentations[augmentation]}; "
-      f"training grid {train_grid or 'of datasets.' + dataset}; seeds {params.rq1.seeds}, {params.rq1.workers} at a time")
+      f"training grid {train_grid or 'of datasets.' + dataset}; seeds {params.rq1.seeds}, "
+      f"{min(params.rq1.workers, available_cpus())} at a time")
 
 # %%
 started = time.perf_counter()
 tables = run_cell(params, cell, Path(weights_dir), Path(checkpoint_dir))
-out = Path(out_dir)
+out = output_dir(out_dir)
 for name, table in tables.items():
     if not table.empty:  # ramp.csv: RoPE-Mixed cells only
         table.to_csv(out / f"{name}.csv", index=False)

@@ -44,11 +44,11 @@ from lib.extrapolation.stability import float_check, with_replication
 from lib.extrapolation.summary import (accuracy_markdown, check_complete, difference_grid, entropy_summary, findings,
                                        heo_ordering, onset_line, paired_table, ramp_summary, read_cells, seed_table)
 from lib.plots import publish, set_style
-from lib.run.paths import chdir_repo_root
+from lib.run.paths import chdir_repo_root, output_dir
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
-out = Path(out_dir)
+out = output_dir(out_dir)
 cells = params.rq1.cells
 accuracy, entropy, ramp, history = (read_cells(runs_dir, cells, name) for name in ("accuracy", "entropy", "ramp", "history"))
 check_complete(accuracy, cells, params.rq1.seeds)

@@ -56,8 +56,8 @@ import torch
 from lib.config import load_params
 from lib.data import dataset_info, load_split
 from lib.plots import publish, set_style
-from lib.run.paths import chdir_repo_root
-from lib.run.study import load_trained_model
+from lib.run.paths import chdir_repo_root, output_dir
+from lib.run.study import limit_threads, load_trained_model
 from lib.safety.calibration import fit_temperature
 from lib.safety.maps import run_model
 from lib.safety.plots import (
@@ -75,10 +75,10 @@ from lib.safety.shift import confidence_and_correct, evaluate_shifts, prediction
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 started = time.perf_counter()
 params = load_params(params_file)
+limit_threads(params.threads)  # `make repro` runs such stages side by side (params.yaml `parallel_stages`)
 settings, batch_size, seed = params.safety, params.evaluate.batch_size, params.seed
 torch.manual_seed(seed)
-out = Path(out_dir)
-out.mkdir(parents=True, exist_ok=True)
+out = output_dir(out_dir)
 root = Path(params.data_root)
 train_resolution = params.datasets[dataset].train_resolution
 resolutions = [r for r in params.datasets[dataset].eval_resolutions if r != train_resolution]

@@ -39,15 +39,14 @@ from IPython.display import Markdown, display
 
 from lib.config import load_params
 from lib.plots import publish, set_style
-from lib.run.paths import chdir_repo_root
+from lib.run.paths import chdir_repo_root, output_dir
 from lib.segmentation.figures import plot_miou_vs_scale
 from lib.segmentation.study import SUMMARY_COLUMNS, findings, paired_summary, seed_summary, segment_cells
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
 cfg = params.segmentation
-out = Path(out_dir)
-out.mkdir(parents=True, exist_ok=True)
+out = output_dir(out_dir)
 
 # %%
 if cfg is None or not cfg.cells:

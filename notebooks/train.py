@@ -40,15 +40,16 @@ import pandas as pd
 
 from lib.config import load_params
 from lib.plots import plot_training_curves, publish
-from lib.run.paths import chdir_repo_root
-from lib.run.study import run_name
+from lib.run.paths import chdir_repo_root, output_dir
+from lib.run.study import limit_threads, run_name
 from lib.run.train import save_run, train
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
+limit_threads(params.threads)  # `make repro` runs such stages side by side (params.yaml `parallel_stages`)
 if seed is not None:
     params = params.model_copy(update={"seed": seed})
-out = Path(out_dir)
+out = output_dir(out_dir)
 run = run_name(dataset, variant, seed)
 print(f"{run}: {params.variants[variant]}")
 print(params.model_for(variant, dataset))

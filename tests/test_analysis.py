@@ -290,6 +290,17 @@ def test_mean_distance_of_uniform_and_identity_maps(grid):
     assert in_float64.dtype == torch.float64 and in_float64.item() == pytest.approx(pairwise, rel=1e-12)
 
 
+def test_entropy_equals_its_definition_on_renormalised_rows():
+    """H = -sum q log q with q the patch-to-patch rows renormalised (prefix dropped, |w|, zero rows stay 0)."""
+    maps = torch.randn(3, 2, 2, 10, 10, generator=torch.Generator().manual_seed(0)).softmax(-1)
+    maps[0, 0, 0, 4] = 0  # a patch row without mass: entropy 0
+    maps[1, 1] = -maps[1, 1]  # signed weights count by magnitude
+    rows = patch_distribution(maps)
+    reference = -torch.special.xlogy(rows, rows).sum(-1).mean(-1)
+    assert torch.allclose(attention_entropy(maps), reference, atol=1e-6)
+    assert torch.allclose(attention_entropy(maps.double()), reference.double(), atol=1e-6)
+
+
 def test_entropy_and_concentration_closed_forms():
     uniform, identity = uniform_and_identity((4, 5))
     assert attention_entropy(uniform).item() == pytest.approx(math.log(20), rel=1e-6)

@@ -88,6 +88,18 @@ def test_every_study_notebook_moves_to_the_repo_root_before_using_a_path():
         assert statements[0].startswith("chdir_repo_root()"), f"{source}: the first statement must be chdir_repo_root()"
 
 
+def test_every_study_notebook_creates_its_out_dir():
+    """In JupyterLab (or papermill) nothing creates a new `out_dir` for the notebook: it must, through
+    lib.run.paths.output_dir, and use the folder only through what that returns."""
+    import jupytext
+
+    for source in sorted((REPO / "notebooks").glob("*.py")):
+        code = "\n".join(c.source for c in jupytext.read(source).cells[1:] if c.cell_type == "code"
+                         and "parameters" not in c.metadata.get("tags", []))
+        uses = code.replace("output_dir(out_dir)", "")
+        assert "out_dir" not in uses, f"{source}: use out_dir only as output_dir(out_dir)"
+
+
 def test_kernel_starts_in_the_notebooks_folder(workspace):
     """As in JupyterLab; the staging folder reaches the kernel as a path that holds there (absolute here)."""
     (workspace / "notebooks").mkdir()
@@ -178,3 +190,14 @@ def test_explore_notebook_opened_as_jupyterlab_opens_it(lab_study, tmp_path, mon
     printed, images, widgets = shown(executed)
     assert "trained runs: shapes-rope_mixed" in printed
     assert images >= 2 and widgets
+
+
+def test_train_notebook_in_jupyterlab_writes_into_a_new_out_dir(lab_study, tmp_path):
+    """The reported bug: run from JupyterLab with an out_dir that does not exist yet, the notebook creates it."""
+    out = tmp_path / "new" / "run"
+    executed = tmp_path / "train.ipynb"
+    papermill.execute_notebook(str(lab_study / "notebooks" / "train.ipynb"), str(executed), cwd=str(lab_study / "notebooks"),
+                               kernel_name=KERNEL_NAME, progress_bar=False,
+                               parameters={"dataset": "shapes", "variant": "ape", "progress": False, "out_dir": str(out),
+                                           "checkpoint_dir": str(tmp_path / "checkpoints")})
+    assert (out / "model.pt").is_file() and (out / "curves.png").is_file() and (out / "timing.json").is_file()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.run.paths import RepoRootNotFound, chdir_repo_root, repo_root
+from lib.run.paths import RepoRootNotFound, chdir_repo_root, output_dir, repo_root
 import lib.run.paths
 from tests.conftest import REPO
 
@@ -63,3 +63,10 @@ def test_outside_any_repo_without_fallback_says_what_it_looked_for(tmp_path, mon
     assert "params.yaml and dvc.yaml" in message and f"at or above {elsewhere.resolve()}" in message
     assert str(tmp_path / "site-packages") in message  # the fallback it tried
     assert Path.cwd() == elsewhere.resolve() == Path(os.getcwd())  # not moved
+
+
+def test_output_dir_creates_missing_parents_and_keeps_what_is_there(tmp_path):
+    folder = output_dir(tmp_path / "results" / "new" / "run")
+    assert folder == tmp_path / "results" / "new" / "run" and folder.is_dir()
+    (folder / "kept.csv").write_text("a\n")
+    assert output_dir(str(folder)) == folder and (folder / "kept.csv").read_text() == "a\n"

@@ -46,7 +46,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def make_study(root: Path, profile: str, edit=None) -> Path:
     """A git + DVC copy of the repo at `root` with params.yaml switched to `profile` (as `make profile` does),
-    then `edit(root)` (params ablations, user data), data materialized and `dvc repro` run once."""
+    then `edit(root)` (params ablations, user data), data materialized and the study reproduced once as `make repro`
+    does: the per-run stages side by side (lib/run/lanes.py), then `dvc repro`."""
     if KERNEL_NAME not in KernelSpecManager().find_kernel_specs():
         pytest.fail(f"Jupyter kernel {KERNEL_NAME!r} is not installed; run `make setup`")
     for name in COPIED:
@@ -70,6 +71,8 @@ def make_study(root: Path, profile: str, edit=None) -> Path:
     data = run([sys.executable, "-m", "lib.data.pin", "--dvc-file", "data.dvc", "--params", "params.yaml"], root)
     assert "materializing" in data.stdout and "matches data.dvc" in data.stdout
     dvc("commit", "--force", "--quiet", "data.dvc", cwd=root)
+    lanes = run([sys.executable, "-P", "lib/run/lanes.py"], root)  # then `dvc repro`: what `make repro` runs
+    assert "2 at a time" in lanes.stdout or yaml.safe_load((root / "params.yaml").read_text())["parallel_stages"] == 1
     dvc("repro", cwd=root)
     return root
 
@@ -335,14 +338,22 @@ def test_rerun_gives_identical_metrics(study):
     weights = study / "results" / "runs" / "shapes-rope_mixed" / "model.pt"
     evaluation = study / "results" / "resolution" / "resolution.csv"
     segmentation = study / "results" / "segmentation" / "per_seed.csv"  # probes and fine-tunes in worker processes
-    before = metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes(), segmentation.read_bytes()
+    # RQ1 trained its seeds in the cell's own process, in a lane of one CPU (lib/run/lanes.py); alone, in workers
+    cell = study / "results" / "rq1" / "runs" / "shapes-rrc-ape" / "accuracy.csv"
+    if len(os.sched_getaffinity(0)) <= 2:  # two lanes of one CPU each: no worker pool logged its seeds
+        assert "seed 1: trained" not in (cell.parent / "rq1.ipynb").read_text()
+    before = metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes(), segmentation.read_bytes(), cell.read_bytes()
     assert not list((study / "checkpoints").glob("*.pt"))  # finished runs keep no checkpoint to resume
     retrained = dvc("repro", "--force", "--single-item", "train@shapes-rope_mixed", cwd=study)
     assert "resuming" not in retrained.stdout + retrained.stderr  # --force trains from scratch
     rerun = dvc("repro", "--force", "--single-item", "evaluate", cwd=study)
     dvc("repro", "--force", "--single-item", "segmentation", cwd=study)
+    dvc("repro", "--force", "--single-item", "rq1@shapes-rrc-ape", cwd=study)
+    assert "seed 1: trained" in (cell.parent / "rq1.ipynb").read_text()  # logged by the pool as each seed arrives
+    dvc("repro", "--single-item", "rq1-summary", cwd=study)  # it reads the cell's folder: the executed notebook differs
     dvc("repro", "--single-item", "paper-figures", cwd=study)  # it charts every run's curve: the rerun rewrote them
-    assert (metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes(), segmentation.read_bytes()) == before
+    assert (metrics.read_bytes(), weights.read_bytes(), evaluation.read_bytes(), segmentation.read_bytes(),
+            cell.read_bytes()) == before
     # unchanged weights: the evaluation reuses every run's rows instead of evaluating again
     evaluated = len(RUNS) + 2  # and the test_time run shapes-rope_adaptive_res, the extra seed shapes-rope_mixed-seed1
     assert (rerun.stdout + rerun.stderr).count("unchanged, reusing its evaluation") == evaluated  # logged live

@@ -284,7 +284,8 @@ def plot_seed_comparison(comparison: pd.DataFrame, fill: str) -> plt.Figure:
         ax.set_xticks(np.arange(len(methods)), [m.replace("_", " ") for m in methods], rotation=45, ha="right")
         ax.set_title(metric.replace("_", " "), fontsize=9)
     axes[0][0].set_ylabel("better than random (oriented)")
-    axes[0][-1].legend(frameon=False, fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()  # one legend for all panels, beside none of the points
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize=8)
     fig.suptitle(f"over training seeds, {fill} fill", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig

@@ -479,6 +479,11 @@ class Params(Strict):
     data_root: str = "data"
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # where training and evaluation run (auto: CUDA if present)
     data_workers: Annotated[int, Field(ge=0)] = 0   # DataLoader processes that decode image folders (0: in-process)
+    # torch threads of a one-process stage: train*, analysis@, safety@, evaluate (floats depend on it; null: torch's
+    # default, every core)
+    threads: Annotated[int, Field(ge=1)] | None = None
+    # `make repro` runs that many independent stages at once (lib/run/lanes.py); results do not depend on it
+    parallel_stages: Annotated[int, Field(ge=1)] = 1
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()

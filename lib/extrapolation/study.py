@@ -23,7 +23,7 @@ from lib.config import Params
 from lib.data import ImageSet, dataset_info
 from lib.extrapolation.protocols import load_scaled_set, scaled_grid
 from lib.layers.rope_rescale import RopeRescaled, periods_over_grid, ramp_weights
-from lib.run.study import load_trained_model, normalize, top1_correct
+from lib.run.study import available_cpus, load_trained_model, normalize, top1_correct
 from lib.run.train import save_model, train
 from lib.stats import wilson_interval
 
@@ -79,13 +79,12 @@ def mean_attention_entropy(model: torch.nn.Module, images: torch.Tensor) -> tupl
     """Patch-to-patch attention entropy normalised by log(patches) (1 = uniform), mean over images, heads and
     (first value) all layers or (second) the last layer."""
     model.eval()
-    _, maps = model.forward_with_attention(normalize(images))
-    maps = torch.stack(maps, dim=1)  # (B, L, heads, N, N)
-    patches = maps.shape[-1] - model.num_prefix_tokens
+    _, maps = model.forward_with_attention(normalize(images))  # per layer (B, heads, N, N): no stacked copy
+    patches = maps[0].shape[-1] - model.num_prefix_tokens
     if patches < 2:  # one patch: nothing to spread attention over
         return 0.0, 0.0
-    entropy = attention_entropy(maps, model.num_prefix_tokens) / math.log(patches)
-    return float(entropy.mean()), float(entropy[:, -1].mean())
+    per_layer = [float(attention_entropy(layer, model.num_prefix_tokens).mean()) / math.log(patches) for layer in maps]
+    return sum(per_layer) / len(per_layer), per_layer[-1]
 
 
 @functools.lru_cache(maxsize=16)
@@ -176,7 +175,7 @@ def run_cell(params: Params, cell: str, weights_dir: Path, checkpoint_dir: Path,
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     dataset_info(params.rq1.parse(cell).dataset, Path(params.data_root))  # a missing data set fails here, not in a worker
     seeds = list(params.rq1.seeds)
-    workers = min(params.rq1.workers, len(seeds))
+    workers = min(params.rq1.workers, len(seeds), available_cpus())  # in a lane of `make repro`: its share
     if workers == 1:
         _set_threads(params.rq1.threads)
         histories = [train_seed(params, cell, seed, weights_dir, checkpoint_dir) for seed in seeds]

@@ -7,5 +7,6 @@
     distributed  process-group helpers for DistributedDataParallel
     compiling    torch.compile where asked, eager where a model cannot compile
     notebook     the papermill runner that every DVC stage calls (`python -P lib/run/notebook.py ...`)
-    paths        the repository root, so a notebook runs from any working directory
+    lanes        independent DVC stages side by side, what `make repro` runs first (`python -P lib/run/lanes.py`)
+    paths        the repository root and a notebook's output folder, so a notebook runs from any working directory
 """

@@ -42,6 +42,14 @@ def repo_root(start: Path | str | None = None) -> Path:
     )
 
 
+def output_dir(path: Path | str) -> Path:
+    """The folder a notebook writes its results into, created with its parents if missing: run by papermill or
+    in JupyterLab with a new `out_dir`, nothing else creates it (lib/run/notebook.py creates its staging folder)."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def chdir_repo_root(start: Path | str | None = None) -> Path:
     """Change the working directory to `repo_root(start)` and return it (relative paths then mean the repo's)."""
     root = repo_root(start)

@@ -1,4 +1,5 @@
 """Glue between `params.yaml` and the code: run names, model construction and loading, input scaling, seeding."""
+import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -24,18 +25,28 @@ def run_name(dataset: str, variant: str, seed: int | None = None) -> str:
     return f"{dataset}-{variant}" if seed is None else f"{dataset}-{variant}-seed{seed}"
 
 
-def limit_threads(threads: int) -> None:
-    """torch's threads and the BLAS/OpenMP pools scikit-learn's solver uses, in a worker process: two workers of
-    unbounded BLAS threads each would oversubscribe the cores."""
+def limit_threads(threads: int | None) -> None:
+    """torch's threads and the BLAS/OpenMP pools scikit-learn's solver uses, in a worker process or a stage that runs
+    beside another (params.yaml `threads`): two processes of unbounded threads each would oversubscribe the cores.
+    None leaves the defaults (every core)."""
+    if threads is None:
+        return
     torch.set_num_threads(threads)
     threadpool_limits(threads)
 
 
+def available_cpus() -> int:
+    """How many CPUs this process may run on: a stage that `make repro` runs beside another (lib/run/lanes.py) gets
+    its share, and a pool of worker processes inside it is no larger (every CPU where the OS cannot say)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def map_in_workers(function, jobs: list[tuple], workers: int, threads: int, log=None) -> list:
-    """[function(*job) for job in jobs] on `workers` spawned processes of `threads` threads each (in this process
-    where one worker would do), results in the jobs' order; log(job) as each job's result arrives, in that order.
-    A job's result must not depend on the process that computes it (each seeds its own randomness)."""
-    workers = min(workers, len(jobs))
+    """[function(*job) for job in jobs] on `workers` spawned processes of `threads` threads each, at most one per
+    available CPU (in this process where one worker would do), results in the jobs' order; log(job) as each job's
+    result arrives, in that order. A job's result must not depend on the process that computes it (each seeds its
+    own randomness)."""
+    workers = min(workers, len(jobs), available_cpus())
     if workers <= 1:
         limit_threads(threads)
         results = []
