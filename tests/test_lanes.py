@@ -36,7 +36,7 @@ def test_phases_train_first_then_read_longest_first_and_leave_out_what_runs_alon
 THREADS_SET_BY = {"train": "limit_threads(params.threads)", "analysis": "limit_threads(params.threads)",
                   "safety": "limit_threads(params.threads)", "evaluate": "limit_threads(params.threads)",
                   "convex": "torch.set_num_threads(1)", "rq1": "run_cell(", "segmentation": "segment_cells(",
-                  "analysis-seeds": "explain_cells("}
+                  "analysis-seeds": "explain_cells(", "safety-seeds": "limit_threads(params.threads)"}
 
 
 def test_every_phase_stage_limits_its_threads():

@@ -10,6 +10,7 @@ import pytest
 matplotlib.use("Agg")
 
 from lib.analysis import seeds as analysis_seeds  # noqa: E402
+from lib.safety import seeds as safety_seeds  # noqa: E402
 from lib.analysis.compare import compare_methods  # noqa: E402
 from lib.efficiency.benchmark import efficiency_targets, throughput_summary  # noqa: E402
 from lib.extrapolation import summary as rq1  # noqa: E402
@@ -290,6 +291,20 @@ def results(tmp_path) -> Path:
                                                           pd.DataFrame(), accuracy_rows)))
     (root / "safety_summary").mkdir()
     (root / "safety_summary" / "recommendation.md").write_text("**signs**: trust **rope_mixed** with threshold 0.9\n")
+    conditions = pd.DataFrame([{"dataset": "signs", "variant": v, "seed": seed, "shift": shift, "family": shift,
+                                "severity": severity, "resolution": 24, "n": 1000, "accuracy": accuracy,
+                                "error": 1 - accuracy, "ece": 0.05, "ece_ts": 0.02, "augrc": 0.01}
+                               for v, gain in (("ape", 0.0), ("rope_mixed", 0.02)) for seed in range(3)
+                               for shift, severity, accuracy in (("clean", 0, 0.9), ("fog", 1, 0.8), ("fog", 5, 0.6))
+                               for accuracy in [accuracy + gain + 0.01 * seed * (v == "ape")]])
+    put("safety_seeds/summary/conditions.csv", conditions)
+    metrics = safety_seeds.per_seed_metrics(conditions, "ape", 3)
+    correct = pd.DataFrame(columns=["dataset", "variant", "seed", "image", "correct"])
+    comparison = safety_seeds.compare_to_baseline(metrics, correct, "ape")
+    put("safety_seeds/summary/comparison.csv", comparison)
+    (root / "safety_seeds" / "summary" / "findings.md").write_text("".join(
+        f"- {line}\n" for line in safety_seeds.findings(safety_seeds.seed_intervals(metrics), comparison,
+                                                        safety_seeds.severity_effects(conditions))))
     return root
 
 
@@ -388,6 +403,11 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
     assert (out / "figures" / "rq3_seeds.png").stat().st_size > 0 and "](figures/rq3_seeds.png)" in over_seeds
     rope_row = next(line for line in rq3.splitlines() if line.startswith("| RoPE-Mixed "))
     assert "integrated_gradients 0.310 [0.290, 0.340]" in rope_row and "| 0.410 [0.390, 0.440] " in rope_row
+    rq4 = readme.split("## RQ4")[1].split("## RQ5")[0]  # the safety-seeds stage's lines first, quoted
+    seed_lines = (results / "safety_seeds" / "summary" / "findings.md").read_text().splitlines()
+    assert all(line in rq4 for line in seed_lines) and rq4.index(seed_lines[0]) < rq4.index("One trained model")
+    assert "signs, rope_mixed − ape, paired over seeds: clean accuracy +0.010 [" in rq4
+    assert (out / "figures" / "rq4_seeds.png").stat().st_size > 0 and "](figures/rq4_seeds.png)" in rq4
     assert "clean accuracy 70.5 [64.5, 75.5]% (n = 200)" in readme  # RQ4
     assert ("attention maps across training seeds, RoPE-Mixed (shapes, seed 0 vs [1, 2], 200 test images): "
             "cls_attention: top-k IoU 0.53, Spearman 0.63, JS divergence 0.130; rollout: top-k IoU 0.53") in readme

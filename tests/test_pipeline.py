@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from jupyter_client.kernelspec import KernelSpecManager
 
+from lib.run.checkpoint import load_checkpoint
 from lib.run.notebook import KERNEL_NAME
 from tests.conftest import REPO, tiny_params_dict, write_cifar100, write_image_folder
 
@@ -246,6 +248,30 @@ def test_safety_stages_write_shift_metrics_and_a_recommendation(study):
         assert (folder / "reliability.pdf").read_bytes()[:5] == b"%PDF-"
     summary = study / "results" / "safety_summary"
     assert list(summary.glob("*.csv")) and list(summary.glob("*.png"))
+
+
+def test_safety_seeds_stage_compares_encodings_paired_over_seeds(study):
+    out = study / "results" / "safety_seeds" / "summary"
+    conditions = pd.read_csv(out / "conditions.csv")
+    assert set(zip(conditions["variant"], conditions["seed"])) == {(v, s) for v in ("ape", "rope_mixed") for s in (0, 1)}
+    assert (conditions.groupby(["variant", "seed"]).size() == 2 + 16 * 2).all()  # clean at 1x and 1.5x, 16 x 2
+    assert set(conditions.loc[conditions["shift"] == "clean", "resolution"]) == {32, 48}
+    assert (conditions["n"] == 40).all()
+    per_seed = pd.read_csv(out / "per_seed.csv").set_index(["variant", "seed"])
+    assert (per_seed.loc["ape", "mce"] == 1).all()  # the baseline's own errors
+    comparison = pd.read_csv(out / "comparison.csv")
+    differences = comparison[comparison["metric"] != "McNemar, clean images"].set_index("metric")
+    assert set(differences["variant"]) == {"rope_mixed"} and (differences["seeds"] == 2).all()
+    per_seed_difference = per_seed.loc["rope_mixed", "clean_accuracy"] - per_seed.loc["ape", "clean_accuracy"]
+    assert differences.loc["clean accuracy", "difference"] == pytest.approx(per_seed_difference.mean())
+    # seed 0 of a safety run is the model the train stage trained: same recipe, seed and thread count
+    seed0 = load_checkpoint(study / "results" / "safety_seeds" / "weights" / "shapes-ape-seed0.pt")["model"]
+    trained = load_checkpoint(study / "results" / "runs" / "shapes-ape" / "model.pt")["model"]
+    assert seed0.keys() == trained.keys() and all(torch.equal(seed0[k], trained[k]) for k in trained)
+    findings = (out / "findings.md").read_text().splitlines()
+    readme = (study / "results" / "README.md").read_text().split("## RQ4")[1].split("## RQ5")[0]
+    assert findings and all(line in readme for line in findings)  # the results README quotes every line
+    assert "rq4_seeds.png" in readme
 
 
 def test_convex_stage_compares_every_head_paired_in_domain_and_in_transfer(study):
@@ -479,4 +505,6 @@ def test_paper_profile_runs_every_stage_on_user_data(paper_study):
     seed_scores = pd.read_csv(paper_study / "results" / "analysis_seeds" / "scores.csv")
     assert set(seed_scores["seed"]) == {0, 1} and "none" not in set(seed_scores["fill"])  # CIFAR-100: no localisation
     assert "Explanations over training seeds" in readme
+    safety_seeds = pd.read_csv(paper_study / "results" / "safety_seeds" / "summary" / "conditions.csv")
+    assert set(safety_seeds["dataset"]) == {"cifar100"} and set(safety_seeds["seed"]) == {0, 1}
     assert json.loads(dvc("status", "--json", cwd=paper_study).stdout) == {}

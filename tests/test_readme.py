@@ -202,3 +202,19 @@ def test_readme_explanations_over_seeds_quote_the_committed_findings():
     assert len(counts) >= 2 and [c for c in counts if c not in findings] == []
     gains = re.findall(r"[+-]\d+\.\d{3}", paragraph.replace("−", "-"))
     assert gains and [g for g in gains if g not in findings] == []
+
+
+def test_readme_rq4_quotes_the_committed_safety_numbers():
+    """Every interval the README's RQ4 paragraph states is one the `safety-seeds` stage wrote, and every other number
+    in it is in the generated RQ4 section of results/README.md."""
+    paragraph = " ".join(README.read_text(encoding="utf-8").split("**RQ4")[1].split("\n\n")[0].split()).replace("−", "-")
+    findings = " ".join((ROOT / "results" / "safety_seeds" / "summary" / "findings.md").read_text(encoding="utf-8")
+                        .split()).replace("−", "-")
+    results = (ROOT / "results" / "README.md").read_text(encoding="utf-8").split("## RQ4")[1].split("## RQ5")[0]
+    interval = re.compile(r"[+-]?\d+\.\d+%? \[[+-]?\d+\.\d+%?, [+-]?\d+\.\d+%?\]")
+    quoted = interval.findall(paragraph)
+    assert len(quoted) >= 3 and [q for q in quoted if q not in findings] == []
+    counts = re.findall(r"\b(\d+ of \d+)\b", paragraph)
+    assert [c for c in counts if c not in findings] == []
+    numbers = re.findall(r"\d+\.\d+", interval.sub("", paragraph))
+    assert [n for n in numbers if n not in results.replace("−", "-")] == []

@@ -270,6 +270,10 @@ class SafetyParams(Strict):
     num_examples: PositiveInt = 4
     baseline_variant: str = "ape"          # the CE / mCE reference, per dataset
     moderate_severity: Annotated[int, Field(ge=1, le=5)] = 3
+    # DVC stage `safety-seeds`: every run trained with each of these seeds and compared over them
+    seeds: SeedsForInterval = [0, 1, 2]
+    seed_test_images: PositiveInt | None = None  # the first N test images there (null: the whole split)
+    seed_scales: list[Annotated[float, Field(gt=0)]] = [1.5]  # other test resolutions, x the training resolution
 
     @field_validator("corruptions", "example_corruptions")
     @classmethod
@@ -544,6 +548,8 @@ class Params(Strict):
         for name in self.analysis.control_variants or []:
             _known(name, self.variants, "variant defined under 'variants'", key="analysis.control_variants")
         _known(self.safety.baseline_variant, self.variants, "variant defined under 'variants'", key="safety.baseline_variant")
+        _known(self.safety.baseline_variant, self.safety.runs.variants,
+               "variant of safety.runs.variants (safety-seeds compares the others with it)", key="safety.baseline_variant")
         for name in self.datasets:
             self.train_for(name)  # validates the override keys and values
         for name, variant in self.variants.items():

@@ -10,7 +10,6 @@ rescalings of one model) are compared on the same images, seed index by seed ind
 """
 import functools
 import math
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -23,8 +22,8 @@ from lib.config import Params
 from lib.data import ImageSet, dataset_info
 from lib.extrapolation.protocols import load_scaled_set, scaled_grid
 from lib.layers.rope_rescale import RopeRescaled, periods_over_grid, ramp_weights
-from lib.run.study import available_cpus, load_trained_model, normalize, top1_correct
-from lib.run.train import save_model, train
+from lib.run.study import available_cpus, limit_threads, load_trained_model, normalize, top1_correct
+from lib.run.train import train_to_file
 from lib.stats import wilson_interval
 
 TRAINED = "trained"  # the method column of a model tested as trained (no test-time rescaling)
@@ -144,11 +143,9 @@ def ramp_rows(params: Params, cell: str, seed: int, model: torch.nn.Module) -> l
 def train_seed(params: Params, cell: str, seed: int, weights_dir: Path, checkpoint_dir: Path) -> list[dict]:
     """Train (or resume) one seed of `cell` and save its weights; return its per-epoch history rows."""
     dataset, _, variant, _ = params.rq1.parse(cell)
-    with tempfile.TemporaryDirectory() as live_dir:  # per-epoch records are kept in history.csv instead
-        result = train(cell_params(params, cell, seed), dataset, variant, live_dir=Path(live_dir),
-                       checkpoint_path=checkpoint_dir / f"{cell}-seed{seed}.pt", progress=False)
-    save_model(result, weights_dir / f"seed{seed}.pt")  # and delete the finished run's checkpoint
-    return [{"cell": cell, "seed": seed, **record} for record in result.history]
+    history = train_to_file(cell_params(params, cell, seed), dataset, variant, weights_dir / f"seed{seed}.pt",
+                            checkpoint_dir / f"{cell}-seed{seed}.pt")  # per-epoch records go to history.csv
+    return [{"cell": cell, "seed": seed, **record} for record in history]
 
 
 def evaluate_trained_seed(params: Params, cell: str, seed: int, weights_dir: Path) -> dict:
@@ -158,10 +155,6 @@ def evaluate_trained_seed(params: Params, cell: str, seed: int, weights_dir: Pat
     model = load_trained_model(seeded, dataset, variant, weights_dir / f"seed{seed}.pt")
     accuracy, entropy = evaluate_seed(seeded, cell, seed, model)
     return {"accuracy": accuracy, "entropy": entropy, "ramp": ramp_rows(seeded, cell, seed, model)}
-
-
-def _set_threads(threads: int) -> None:
-    torch.set_num_threads(threads)
 
 
 def run_cell(params: Params, cell: str, weights_dir: Path, checkpoint_dir: Path, log=print) -> dict[str, pd.DataFrame]:
@@ -177,11 +170,11 @@ def run_cell(params: Params, cell: str, weights_dir: Path, checkpoint_dir: Path,
     seeds = list(params.rq1.seeds)
     workers = min(params.rq1.workers, len(seeds), available_cpus())  # in a lane of `make repro`: its share
     if workers == 1:
-        _set_threads(params.rq1.threads)
+        limit_threads(params.rq1.threads)
         histories = [train_seed(params, cell, seed, weights_dir, checkpoint_dir) for seed in seeds]
         tests = [evaluate_trained_seed(params, cell, seed, weights_dir) for seed in seeds]
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_set_threads,
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=limit_threads,
                                  initargs=(params.rq1.threads,)) as pool:
             trainings = [pool.submit(train_seed, params, cell, seed, weights_dir, checkpoint_dir) for seed in seeds]
             histories, testing = [], []

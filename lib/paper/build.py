@@ -18,11 +18,13 @@ from lib.paper.tables import (FAITHFULNESS_METRICS, LOCALISATION_METRICS, analys
 from lib.paper.text import QUESTIONS, rq1_lines, rq2_lines, rq3_lines, rq4_lines, rq5_lines, zoo_resolution_lines
 from lib.plots import save_figure, set_style
 from lib.resolution.report import attention_variants, position_encodings
+from lib.safety.plots import plot_seed_robustness
 from lib.segmentation.figures import plot_miou_vs_scale
 
 def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFrame], figures: dict[str, str],
                  link_prefix: str = "", recommendation: str = "", findings: str = "", convex_findings: str = "",
-                 predictors: str = "", segmentation_findings: str = "", explanation_seed_findings: str = "") -> str:
+                 predictors: str = "", segmentation_findings: str = "", explanation_seed_findings: str = "",
+                 safety_seed_findings: str = "") -> str:
     """The results README: per research question, the answer's numbers (from the tables), the main table
     in Markdown, and links to the figure and the table files. `figures` maps a name to its PNG's path relative
     to the paper folder; `link_prefix` is the paper folder seen from where the README is written ("" inside it)."""
@@ -55,8 +57,9 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
           fig("localisation", "localisation with 95% CIs, position encodings"),
           fig("localisation_attention", "localisation with 95% CIs, attention variants"),
           tab("analysis"), tab("distance"), tab("faithfulness"), tab("localisation")]),
-        ("RQ4", rq4_lines(t["shift"], recommendation, t["seed_maps"], predictors), "safety",
-         [fig("safety", "accuracy vs severity and risk-coverage"), tab("safety")]),
+        ("RQ4", rq4_lines(t["shift"], recommendation, t["seed_maps"], predictors, safety_seed_findings), "safety",
+         [fig("rq4_seeds", "accuracy vs severity and paired differences over training seeds"),
+          fig("safety", "accuracy vs severity and risk-coverage, one model per encoding"), tab("safety")]),
         ("RQ5", rq5_lines(convex_findings, t["convex"]), "convex",
          [fig("convex_heads", "convex heads accuracy per setting"), tab("convex")]),
     ]
@@ -168,6 +171,12 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
     if not seed_comparison.empty:  # empty where analysis.seed_cells is
         headline_fill = next(fill for fill in seed_comparison["fill"] if fill != "none")
         figures["rq3_seeds"] = plot_seed_comparison(seed_comparison, headline_fill)
+    safety_seeds = Path(results_dir) / "safety_seeds" / "summary"
+    for name in ("conditions.csv", "comparison.csv"):
+        if not (safety_seeds / name).is_file():
+            raise missing_table(safety_seeds / name, "safety-seeds")
+    figures["rq4_seeds"] = plot_seed_robustness(pd.read_csv(safety_seeds / "conditions.csv"),
+                                                pd.read_csv(safety_seeds / "comparison.csv"))
     for dataset in dict.fromkeys(tables["rq1_accuracy"]["dataset"]):
         figures[f"rq1_accuracy_vs_scale_{dataset}"] = plot_accuracy_vs_scale(tables["rq1_accuracy"], dataset)
         figures[f"rq1_entropy_vs_scale_{dataset}"] = plot_entropy_vs_scale(tables["rq1_entropy"], dataset)
@@ -203,7 +212,10 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
     seed_findings_path = Path(results_dir) / "analysis_seeds" / "findings.md"
     if not seed_findings_path.is_file():
         raise missing_table(seed_findings_path, "analysis-seeds")
-    texts = {"recommendation": recommendation, "findings": findings, "convex_findings": convex_path.read_text(),
+    safety_seeds_path = Path(results_dir) / "safety_seeds" / "summary" / "findings.md"
+    if not safety_seeds_path.is_file():
+        raise missing_table(safety_seeds_path, "safety-seeds")
+    texts = {"safety_seed_findings": safety_seeds_path.read_text(), "recommendation": recommendation, "findings": findings, "convex_findings": convex_path.read_text(),
              "predictors": predictors, "segmentation_findings": segmentation_path.read_text(),
              "explanation_seed_findings": seed_findings_path.read_text() if not seed_comparison.empty else ""}
     readme.write_text(build_readme(tables, products, links, **texts))

@@ -208,12 +208,21 @@ def rq3_lines(layer_head: pd.DataFrame, comparison: pd.DataFrame, accuracy: pd.D
 
 
 def rq4_lines(shift: pd.DataFrame, recommendation: str = "", seed_maps: pd.DataFrame | None = None,
-              predictors: str = "") -> list[str]:
-    """Per variant: clean accuracy, calibration and corrupted accuracy; attention maps across training seeds
+              predictors: str = "", seed_findings: str = "") -> list[str]:
+    """First the comparison of the encodings over training seeds (`seed_findings`, the safety-seeds stage's
+    findings.md) when given, the only lines here that compare encodings; then per variant of the one-model safety
+    stage: clean accuracy, calibration and corrupted accuracy; attention maps across training seeds
     (`seed_map_lines`) when given; then the safety-summary stage's trust decision (`recommendation`, its
     recommendation.md) and its attention-as-predictor lines (`predictors`, attention_predictors.md) when given."""
     curve = severity_curve(shift)
     lines = []
+    if seed_findings.strip():
+        lines += ["Over training seeds (safety-seeds stage, results/safety_seeds/): every case-study encoding trained "
+                  "with each seed of `safety.seeds` and tested on the same images, compared by paired differences over "
+                  "seeds; accuracies, ECE and AUGRC as fractions, mCE relative to the baseline model of the same seed:",
+                  "", seed_findings.rstrip(), "",
+                  "One trained model per encoding (seed `seed`, safety stage; intervals over test images or corruptions, "
+                  "so no claim about the encodings):", ""]
     for (dataset, variant), part in curve.groupby(["dataset", "variant"], sort=False):
         clean_rows = shift[(shift["dataset"] == dataset) & (shift["variant"] == variant) & (shift["family"] == "clean")]
         worst = part[part["severity"] == part["severity"].max()].iloc[0]

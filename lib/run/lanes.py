@@ -29,7 +29,7 @@ import yaml
 # only what those trained; within a phase longest first (RQ1 cells train 5 seeds each), so short ones fill the lanes
 # at the end. Left to the `dvc repro` after them: the summaries, the paper, and `efficiency`, which times code.
 PHASES: tuple[tuple[str, ...], ...] = (
-    ("rq1@*", "train@*", "train-*@*"),
+    ("rq1@*", "safety-seeds", "train@*", "train-*@*"),
     ("convex", "analysis-seeds", "segmentation", "evaluate", "analysis@*", "safety@*"),
 )
 
@@ -62,8 +62,9 @@ def stage_names() -> list[str]:
     return listed.stdout.split()
 
 
-def cpus() -> list[int]:
-    """The CPUs this process may run on (every CPU where the OS cannot say, e.g. macOS)."""
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (every CPU where the OS cannot say, e.g. macOS): the lanes' to share, or, in
+    a stage that a lane runs, that lane's share (lib.run.study.available_cpus)."""
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
 
 
@@ -85,7 +86,7 @@ def run_lanes(stages: list[str], lanes: int) -> list[str]:
     """Every stage of `stages`, `lanes` at a time, each lane on its share of this process's CPUs; the stages that
     failed."""
     queue, failed, lock = list(stages), [], threading.Lock()
-    shares = cpu_shares(cpus(), lanes)
+    shares = cpu_shares(usable_cpus(), lanes)
 
     def lane(number: int) -> None:
         while True:

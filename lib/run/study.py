@@ -1,5 +1,4 @@
 """Glue between `params.yaml` and the code: run names, model construction and loading, input scaling, seeding."""
-import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -13,6 +12,7 @@ from lib.config import Params, StudyParams
 from lib.data import dataset_info
 from lib.models import VisionTransformer
 from lib.run.checkpoint import load_checkpoint
+from lib.run.lanes import usable_cpus
 
 # Images arrive in [0, 1]; the models see them centred to [-1, 1] (same for every dataset, so a
 # perturbation or baseline image means the same thing everywhere).
@@ -38,7 +38,7 @@ def limit_threads(threads: int | None) -> None:
 def available_cpus() -> int:
     """How many CPUs this process may run on: a stage that `make repro` runs beside another (lib/run/lanes.py) gets
     its share, and a pool of worker processes inside it is no larger (every CPU where the OS cannot say)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return len(usable_cpus())
 
 
 def map_in_workers(function, jobs: list[tuple], workers: int, threads: int, log=None) -> list:

@@ -19,6 +19,7 @@ are computed over each share.
 """
 import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,6 +251,15 @@ def save_model(result: TrainResult, path: Path) -> None:
     save_atomic({"model": weights, "config": result.config}, path)
     if result.checkpoint_path is not None:
         Path(result.checkpoint_path).unlink(missing_ok=True)
+
+
+def train_to_file(params: Params, dataset: str, variant: str, weights_path: Path, checkpoint_path: Path) -> list[dict]:
+    """Train (or resume) one configuration and save its weights to `weights_path` (`save_model`), without dvclive
+    logs: what a stage that trains several seeds in one process needs. Returns the per-epoch history."""
+    with tempfile.TemporaryDirectory() as live_dir:
+        result = train(params, dataset, variant, live_dir=Path(live_dir), checkpoint_path=checkpoint_path, progress=False)
+    save_model(result, weights_path)  # and delete the finished run's checkpoint
+    return result.history
 
 
 def save_run(result: TrainResult, out_dir: Path, processes: int = 1) -> None:

@@ -8,6 +8,7 @@ selective prediction, and the stability of attention maps under shift.
     reliability  explanation-map similarity (top-k IoU, Spearman, JS), resolution stability, localisation
     maps         logits and explanation maps (CLS attention, rollout from lib.analysis) in batches
     shift        the per-condition rows of notebooks/safety.py (clean, corruptions, other resolutions)
+    seeds        the encodings compared over training seeds (notebooks/safety_seeds.py): paired CIs, McNemar, mCE
     plots        the figures
     (the SYNTHETIC traffic-sign-like case-study data set lives in lib.data.signs)
 """

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lib.plots import palette_for
+from lib.plots import ci_error_lengths, palette_for
 from lib.safety.corruptions import FAMILIES
+from lib.stats import t_interval
 
 
 def _families(table: pd.DataFrame) -> list[str]:
@@ -145,5 +146,47 @@ def plot_variant_comparison(summary: pd.DataFrame, columns: dict[str, str]) -> p
         ax.bar(np.arange(len(summary)), summary[column], color=[colours[v] for v in summary["variant"]])
         ax.set_xticks(np.arange(len(summary)), summary["variant"], rotation=60, ha="right", fontsize=7)
         ax.set_title(label, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+SEED_MARKERS, SEED_LINESTYLES = ("o", "s", "^", "D"), ("-", "--", ":", "-.")
+
+
+def plot_seed_robustness(conditions: pd.DataFrame, comparison: pd.DataFrame) -> plt.Figure:
+    """The case study over training seeds (lib/safety/seeds.py), per dataset: (left) accuracy against severity (0 =
+    clean), mean over corruptions, seed mean with its 95% t-interval, one line per variant (colour, marker and line
+    style); (right) each variant minus the baseline, paired over seeds, per compared number, with its interval."""
+    datasets = list(dict.fromkeys(conditions["dataset"]))
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(10, 3.4 * len(datasets)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.3]})
+    for (left, right), dataset in zip(axes, datasets):
+        table = conditions[conditions["dataset"] == dataset]
+        table = table[(table["shift"] != "clean") | (table["resolution"] == table["resolution"].iloc[0])]  # 1x only
+        variants = list(dict.fromkeys(table["variant"]))
+        colours = palette_for(variants)
+        for index, variant in enumerate(variants):
+            per_seed = table[table["variant"] == variant].groupby(["severity", "seed"])["accuracy"].mean().reset_index()
+            rows = [(severity, *t_interval(100 * group["accuracy"])) for severity, group in per_seed.groupby("severity")]
+            severity, mean, low, high = (np.array(column) for column in zip(*rows))
+            left.errorbar(severity + 0.06 * (index - (len(variants) - 1) / 2), mean, yerr=ci_error_lengths(mean, low, high),
+                          marker=SEED_MARKERS[index % 4], ls=SEED_LINESTYLES[index % 4], ms=4, capsize=2,
+                          color=colours[variant], label=variant)
+        left.set(title=f"{dataset}: mean over corruptions", xlabel="severity (0 = clean)", ylabel="test accuracy (%)",
+                 xticks=range(6))
+        left.legend(frameon=False, fontsize=8)
+        differences = comparison[(comparison["dataset"] == dataset) & comparison["difference"].notna()]
+        labels = list(dict.fromkeys(differences["metric"]))
+        pairs = []
+        for index, (variant, rows) in enumerate(differences.groupby("variant", sort=False)):
+            y = np.array([labels.index(m) for m in rows["metric"]]) + 0.15 * index
+            right.errorbar(rows["difference"], y, xerr=ci_error_lengths(rows["difference"], rows["ci_low"], rows["ci_high"]),
+                           fmt=SEED_MARKERS[(variants.index(variant) if variant in variants else index) % 4], ms=4,
+                           capsize=2, color=colours.get(variant, "0.3"))
+            pairs.append(f"{variant} − {rows['baseline'].iloc[0]}")
+        right.axvline(0, color="0.4", lw=1, ls="--")
+        right.set(yticks=range(len(labels)), yticklabels=labels, title=f"{', '.join(pairs)}, paired over seeds",
+                  xlabel="difference, 95% t-CI over seeds (accuracy, ECE, AUGRC as fractions; mCE as a ratio)")
+        right.invert_yaxis()
     fig.tight_layout()
     return fig
