@@ -172,7 +172,7 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
         headline_fill = next(fill for fill in seed_comparison["fill"] if fill != "none")
         figures["rq3_seeds"] = plot_seed_comparison(seed_comparison, headline_fill)
     safety_seeds = Path(results_dir) / "safety_seeds" / "summary"
-    for name in ("conditions.csv", "comparison.csv"):
+    for name in ("conditions.csv", "comparison.csv", "findings.md"):
         if not (safety_seeds / name).is_file():
             raise missing_table(safety_seeds / name, "safety-seeds")
     figures["rq4_seeds"] = plot_seed_robustness(pd.read_csv(safety_seeds / "conditions.csv"),
@@ -212,11 +212,8 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
     seed_findings_path = Path(results_dir) / "analysis_seeds" / "findings.md"
     if not seed_findings_path.is_file():
         raise missing_table(seed_findings_path, "analysis-seeds")
-    safety_seeds_path = Path(results_dir) / "safety_seeds" / "summary" / "findings.md"
-    if not safety_seeds_path.is_file():
-        raise missing_table(safety_seeds_path, "safety-seeds")
-    texts = {"safety_seed_findings": safety_seeds_path.read_text(), "recommendation": recommendation, "findings": findings, "convex_findings": convex_path.read_text(),
-             "predictors": predictors, "segmentation_findings": segmentation_path.read_text(),
+    texts = {"recommendation": recommendation, "findings": findings, "convex_findings": convex_path.read_text(),
+             "safety_seed_findings": (safety_seeds / "findings.md").read_text(), "predictors": predictors, "segmentation_findings": segmentation_path.read_text(),
              "explanation_seed_findings": seed_findings_path.read_text() if not seed_comparison.empty else ""}
     readme.write_text(build_readme(tables, products, links, **texts))
     written.append(readme)
