@@ -67,7 +67,7 @@ from lib.safety.plots import (
     plot_reliability,
     plot_risk_coverage,
 )
-from lib.safety.predictors import detection_table, fit_combined, image_signals, orientations, predictor_comparisons
+from lib.safety.predictors import detection_table, fit_combined, labelled_signals, orientations, predictor_comparisons
 from lib.safety.robustness import corruption_errors, mean_corruption_error
 from lib.safety.selective import threshold_for_risk
 from lib.safety.shift import confidence_and_correct, evaluate_shifts, prediction_row
@@ -150,8 +150,7 @@ print(shifts[columns].round(3).to_string(index=False))
 # %%
 signals = results.signals
 signals.round(6).to_csv(out / "signals.csv", index=False)
-val_signals = image_signals(val_logits, val_outputs.maps, temperature, settings.top_fraction)
-val_signals["correct"] = val_correct.numpy()
+val_signals = labelled_signals(val_outputs, val.labels, temperature, settings.top_fraction)
 orient = orientations(val_signals)
 combined = fit_combined(val_signals)
 clean_signals = signals[signals["shift"] == "clean"]

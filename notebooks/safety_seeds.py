@@ -22,7 +22,13 @@
 # severity. Encodings are compared with `safety.baseline_variant` by paired differences over seeds with 95%
 # t-intervals, mCE relative to the baseline model of the same seed, and an exact McNemar test per seed
 # (`lib/safety/seeds.py`). Tables: `conditions.csv` (per model and condition), `per_seed.csv`, `intervals.csv`,
-# `comparison.csv`, `severity_effects.csv`, `history.csv`; the sentences results/README.md quotes: `findings.md`.
+# `comparison.csv`, `severity_effects.csv`, `family_effects.csv`, `history.csv`; the sentences results/README.md quotes:
+# `findings.md`.
+#
+# Attention reliability as a predictor, over the same models: every model's per-image signals (`lib/safety/predictors.py`)
+# scored as detectors of its errors on the clean test images and on the moderate shifts pooled, each signal's direction
+# and the MSP + attention combination fixed on the model's clean validation split; each score minus MSP paired over
+# seeds. Tables: `predictors.csv` (per model), `predictor_intervals.csv`, `predictor_differences.csv`.
 
 # %% tags=["parameters"]
 params_file = "params.yaml"
@@ -39,9 +45,10 @@ from lib.config import load_params
 from lib.plots import publish, set_style
 from lib.run.paths import chdir_repo_root, output_dir
 from lib.run.study import limit_threads
-from lib.safety.plots import plot_seed_robustness
+from lib.safety.plots import plot_predictors_over_seeds, plot_seed_robustness
 from lib.safety.seeds import (
-    compare_to_baseline, evaluate_seeds, findings, per_seed_metrics, seed_intervals, severity_effects, train_seeds,
+    compare_to_baseline, evaluate_seeds, family_effects, findings, per_seed_metrics, predictor_differences,
+    predictor_findings, predictor_intervals, seed_intervals, severity_effects, train_seeds,
 )
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
@@ -55,8 +62,9 @@ print(f"runs {cfg.runs.pairs()}, seeds {cfg.seeds}, test images {cfg.seed_test_i
 # %%
 history = train_seeds(params, Path(weights_dir), Path(checkpoint_dir))
 history.to_csv(out / "history.csv", index=False)
-conditions, clean_correct = evaluate_seeds(params, Path(weights_dir))
+conditions, clean_correct, predictors = evaluate_seeds(params, Path(weights_dir))
 conditions.to_csv(out / "conditions.csv", index=False)
+predictors.to_csv(out / "predictors.csv", index=False)
 
 # %%
 metrics = per_seed_metrics(conditions, cfg.baseline_variant, cfg.moderate_severity)
@@ -67,10 +75,17 @@ comparison = compare_to_baseline(metrics, clean_correct, cfg.baseline_variant)
 comparison.to_csv(out / "comparison.csv", index=False)
 effects = severity_effects(conditions)
 effects.to_csv(out / "severity_effects.csv", index=False)
-lines = findings(intervals, comparison, effects)
+families = family_effects(conditions)
+families.to_csv(out / "family_effects.csv", index=False)
+reliability = predictor_intervals(predictors)
+reliability.to_csv(out / "predictor_intervals.csv", index=False)
+reliability_differences = predictor_differences(predictors)
+reliability_differences.to_csv(out / "predictor_differences.csv", index=False)
+lines = findings(intervals, comparison, effects, families) + predictor_findings(reliability, reliability_differences)
 (out / "findings.md").write_text("".join(f"- {line}\n" for line in lines))
 display(Markdown("\n".join(f"- {line}" for line in lines)))
 
 # %%
 set_style()
 publish(plot_seed_robustness(conditions, comparison), out / "robustness_over_seeds")
+publish(plot_predictors_over_seeds(reliability), out / "predictors_over_seeds")

@@ -302,9 +302,18 @@ def results(tmp_path) -> Path:
     correct = pd.DataFrame(columns=["dataset", "variant", "seed", "image", "correct"])
     comparison = safety_seeds.compare_to_baseline(metrics, correct, "ape")
     put("safety_seeds/summary/comparison.csv", comparison)
+    predictors = pd.DataFrame([{"dataset": "signs", "variant": v, "seed": seed, "split": split, "score": score,
+                                "images": 1000, "accuracy": 0.9, "error_auroc": 0.9 - 0.3 * (score != "msp") + 0.01 * seed,
+                                "augrc": 0.01 + 0.01 * (score != "msp"), "shift_auroc": 0.7 if split != "clean" else None}
+                               for v in ("ape", "rope_mixed") for seed in range(3) for split in ("clean", "moderate shift")
+                               for score in ("msp", "rollout_entropy", "cls_entropy", "rollout_top_mass", "combined")])
+    reliability = safety_seeds.predictor_intervals(predictors)
+    put("safety_seeds/summary/predictor_intervals.csv", reliability)
     (root / "safety_seeds" / "summary" / "findings.md").write_text("".join(
         f"- {line}\n" for line in safety_seeds.findings(safety_seeds.seed_intervals(metrics), comparison,
-                                                        safety_seeds.severity_effects(conditions))))
+                                                        safety_seeds.severity_effects(conditions),
+                                                        safety_seeds.family_effects(conditions))
+        + safety_seeds.predictor_findings(reliability, safety_seeds.predictor_differences(predictors))))
     return root
 
 
@@ -408,6 +417,9 @@ def test_build_all_writes_figures_tables_and_a_readme_with_the_tables_numbers(re
     assert all(line in rq4 for line in seed_lines) and rq4.index(seed_lines[0]) < rq4.index("One trained model")
     assert "signs, rope_mixed − ape, paired over seeds: clean accuracy +0.010 [" in rq4
     assert (out / "figures" / "rq4_seeds.png").stat().st_size > 0 and "](figures/rq4_seeds.png)" in rq4
+    assert (out / "figures" / "rq4_predictors.png").stat().st_size > 0 and "](figures/rq4_predictors.png)" in rq4
+    assert ("MSP + attention abstains better than MSP alone (AUGRC interval over seeds below 0) in 0 and worse "
+            "(above 0) in 4 of 4 (model, split) pairs") in rq4
     assert "clean accuracy 70.5 [64.5, 75.5]% (n = 200)" in readme  # RQ4
     assert ("attention maps across training seeds, RoPE-Mixed (shapes, seed 0 vs [1, 2], 200 test images): "
             "cls_attention: top-k IoU 0.53, Spearman 0.63, JS divergence 0.130; rollout: top-k IoU 0.53") in readme

@@ -268,10 +268,20 @@ def test_safety_seeds_stage_compares_encodings_paired_over_seeds(study):
     seed0 = load_checkpoint(study / "results" / "safety_seeds" / "weights" / "shapes-ape-seed0.pt")["model"]
     trained = load_checkpoint(study / "results" / "runs" / "shapes-ape" / "model.pt")["model"]
     assert seed0.keys() == trained.keys() and all(torch.equal(seed0[k], trained[k]) for k in trained)
+    # attention signals against MSP per model: clean 40 images, moderate shift = 16 corruptions at severity 1 (<= 3)
+    predictors = pd.read_csv(out / "predictors.csv")
+    assert set(zip(predictors["variant"], predictors["seed"], predictors["split"])) == {
+        (v, s, split) for v in ("ape", "rope_mixed") for s in (0, 1) for split in ("clean", "moderate shift")}
+    assert set(predictors.groupby("split")["images"].unique().map(tuple)) == {(40,), (640,)}
+    assert {"msp", "rollout_entropy", "cls_entropy", "rollout_top_mass"} <= set(predictors["score"])
+    differences = pd.read_csv(out / "predictor_differences.csv")
+    assert (differences["reference"] == "msp").all() and (differences["seeds"] == 2).all()
+    assert set(pd.read_csv(out / "family_effects.csv")["family"]) == {"noise", "blur", "weather", "digital", "occlusion"}
     findings = (out / "findings.md").read_text().splitlines()
+    assert any(", moderate shift (2 seeds, 640 images): error-detection AUROC" in line for line in findings)
     readme = (study / "results" / "README.md").read_text().split("## RQ4")[1].split("## RQ5")[0]
     assert findings and all(line in readme for line in findings)  # the results README quotes every line
-    assert "rq4_seeds.png" in readme
+    assert "rq4_seeds.png" in readme and "rq4_predictors.png" in readme
 
 
 def test_convex_stage_compares_every_head_paired_in_domain_and_in_transfer(study):

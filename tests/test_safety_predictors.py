@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
+from lib.safety.maps import Outputs
 from lib.safety.predictors import (SIGNALS, detection_table, error_auroc, fit_combined,
-                                   image_signals, orientations, paired_augrc_difference, predictor_comparisons,
+                                   image_signals, labelled_signals, orientations, paired_augrc_difference, predictor_comparisons,
                                    predictor_lines, scores)
 
 
@@ -25,6 +26,15 @@ def test_image_signals_match_their_definitions():
     assert signals["cls_entropy"].tolist() == pytest.approx([0.0, 0.0], abs=1e-9)  # all mass on one patch
     assert signals["rollout_top_mass"].tolist() == pytest.approx([2 / 9] * 2)  # top ceil(0.2 * 9) = 2 patches
     assert list(signals.columns) == list(SIGNALS)
+
+
+def test_labelled_signals_add_the_image_index_and_top1_correctness():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
+    maps = {"rollout": torch.rand(3, 2, 2), "cls_attention": torch.rand(3, 2, 2)}
+    signals = labelled_signals(Outputs(logits, maps), torch.tensor([0, 2, 2]), temperature=1.5)
+    assert signals["image"].tolist() == [0, 1, 2] and signals["correct"].tolist() == [True, False, True]
+    expected = image_signals(logits, maps, 1.5)
+    assert signals[list(SIGNALS)].equals(expected)
 
 
 def _frame(values: dict, correct) -> pd.DataFrame:

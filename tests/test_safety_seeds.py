@@ -1,5 +1,6 @@
 """RQ4 over training seeds (lib/safety/seeds.py): McNemar's test, mCE against the same seed's baseline, paired
-differences over seeds and the severity check, on hand-computed cases."""
+differences over seeds, the severity checks per corruption and per family, and attention signals against MSP as
+error detectors over seeds, on hand-computed cases."""
 import math
 
 import numpy as np
@@ -7,8 +8,8 @@ import pandas as pd
 import pytest
 
 from lib.safety.seeds import (
-    CLEAN, COMPARED, compare_to_baseline, findings, mcnemar, mean_corruption_errors, per_seed_metrics, scaled_resolution,
-    seed_intervals, severity_effects,
+    CLEAN, COMPARED, compare_to_baseline, family_effects, findings, mcnemar, mean_corruption_errors, per_seed_metrics,
+    predictor_differences, predictor_findings, predictor_intervals, scaled_resolution, seed_intervals, severity_effects,
 )
 
 
@@ -109,3 +110,59 @@ def test_severity_check_flags_a_corruption_that_does_not_hurt():
     lines = findings(seed_intervals(per_seed_metrics(table, "ape", 3)), pd.DataFrame(columns=["dataset", "variant"]),
                      effects.reset_index())
     assert lines[-1].startswith("Severity 5 measurably lowers accuracy") and "not for blur (d-ape" in lines[-1]
+
+
+def test_scaled_ece_is_the_larger_resolutions():
+    table = three_seeds(rope_gain=0.1)
+    table.loc[(table["shift"] == CLEAN) & (table["resolution"] == 36), "ece_ts"] = 0.3
+    metrics = per_seed_metrics(table, "ape", 3)
+    assert (metrics["scaled_ece_ts"] == 0.3).all() and (metrics["clean_ece_ts"] == 0.05).all()
+
+
+def test_family_effect_is_the_mean_over_the_familys_corruptions():
+    table = three_seeds(rope_gain=0.1)
+    # a second noise corruption that does not hurt: the family's drop is the mean of 0.5 and 0 at every seed
+    harmless = table[table["shift"] == "noise"].assign(shift="shot")
+    clean = table[(table["shift"] == CLEAN) & (table["resolution"] == 24)].set_index(["variant", "seed"])["accuracy"]
+    harmless["accuracy"] = [clean[(v, s)] for v, s in zip(harmless["variant"], harmless["seed"])]
+    families = family_effects(pd.concat([table, harmless])).set_index(["variant", "family"])
+    noise = families.loc[("ape", "noise")]
+    assert noise["accuracy_drop"] == pytest.approx(0.25) and noise["corruptions"] == 2 and noise["hurts"]
+    lines = findings(seed_intervals(per_seed_metrics(table, "ape", 3)), pd.DataFrame(columns=["dataset", "variant"]),
+                     severity_effects(table), families.reset_index())
+    assert "measurable in 2 of 2 (family, model) pairs" in lines[-1] and "d-ape: noise +25.0% [+25.0%, +25.0%]" in lines[-1]
+
+
+def detection_rows(auroc: dict, augrc: dict, seeds=range(3)) -> pd.DataFrame:
+    """detection_table rows of one model per seed: auroc/augrc {score: value at seed 0}, + 0.01 per seed for MSP."""
+    return pd.DataFrame([{"dataset": "d", "variant": "ape", "seed": seed, "split": "clean", "score": score, "images": 100,
+                          "accuracy": 0.9, "error_auroc": value + 0.01 * seed * (score == "msp"),
+                          "augrc": augrc[score] + (0.001, -0.001, 0.0)[seed] * (score == "combined")}
+                         for seed in seeds for score, value in auroc.items()])
+
+
+def test_predictor_differences_pair_each_score_with_msp_over_seeds():
+    rows = detection_rows({"msp": 0.9, "rollout_entropy": 0.6, "cls_entropy": 0.5, "rollout_top_mass": 0.6, "combined": 0.9},
+                          {"msp": 0.02, "rollout_entropy": 0.05, "cls_entropy": 0.05, "rollout_top_mass": 0.05,
+                           "combined": 0.02})
+    differences = predictor_differences(rows).set_index(["score", "metric"])
+    rollout = differences.loc[("rollout_entropy", "error-detection AUROC")]
+    # 0.6 - (0.90, 0.91, 0.92): mean -0.31, sd 0.01
+    assert rollout["difference"] == pytest.approx(-0.31) and rollout["seeds"] == 3
+    assert rollout["ci_high"] - rollout["ci_low"] == pytest.approx(2 * 4.302653 * 0.01 / math.sqrt(3), rel=1e-5)
+    assert rollout["verdict"] == "rollout_entropy < msp"
+    assert differences.loc[("rollout_entropy", "AUGRC"), "verdict"] == "rollout_entropy abstains worse than msp"
+    assert differences.loc[("combined", "AUGRC"), "verdict"] == "no difference detected"  # +-0.001 around 0
+    assert ("combined", "clean-vs-shifted AUROC") not in differences.index  # no shift AUROC on the clean split
+    lines = predictor_findings(predictor_intervals(rows), predictor_differences(rows))
+    assert lines[0].startswith("d-ape, clean (3 seeds, 100 images): error-detection AUROC (0.5 is chance) msp 0.910 [")
+    assert "AUGRC combined − msp +0.000 [" in lines[1] and "rollout_entropy − msp -0.310" in lines[1]
+    assert lines[-1].startswith("MSP + attention abstains better than MSP alone (AUGRC interval over seeds below 0) "
+                                "in 0 and worse (above 0) in 0 of 1 (model, split) pairs")
+
+
+def test_predictor_differences_skip_a_combined_score_that_was_not_fitted():
+    rows = detection_rows({"msp": 0.9, "rollout_entropy": 0.6}, {"msp": 0.02, "rollout_entropy": 0.05})
+    differences = predictor_differences(rows)
+    assert set(differences["score"]) == {"rollout_entropy"}
+    assert not any(line.startswith("MSP + attention") for line in predictor_findings(predictor_intervals(rows), differences))

@@ -18,7 +18,7 @@ from lib.paper.tables import (FAITHFULNESS_METRICS, LOCALISATION_METRICS, analys
 from lib.paper.text import QUESTIONS, rq1_lines, rq2_lines, rq3_lines, rq4_lines, rq5_lines, zoo_resolution_lines
 from lib.plots import save_figure, set_style
 from lib.resolution.report import attention_variants, position_encodings
-from lib.safety.plots import plot_seed_robustness
+from lib.safety.plots import plot_predictors_over_seeds, plot_seed_robustness
 from lib.segmentation.figures import plot_miou_vs_scale
 
 def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFrame], figures: dict[str, str],
@@ -59,6 +59,7 @@ def build_readme(tables: dict[str, pd.DataFrame], products: dict[str, pd.DataFra
           tab("analysis"), tab("distance"), tab("faithfulness"), tab("localisation")]),
         ("RQ4", rq4_lines(t["shift"], recommendation, t["seed_maps"], predictors, safety_seed_findings), "safety",
          [fig("rq4_seeds", "accuracy vs severity and paired differences over training seeds"),
+          fig("rq4_predictors", "attention signals vs MSP as error detectors over training seeds"),
           fig("safety", "accuracy vs severity and risk-coverage, one model per encoding"), tab("safety")]),
         ("RQ5", rq5_lines(convex_findings, t["convex"]), "convex",
          [fig("convex_heads", "convex heads accuracy per setting"), tab("convex")]),
@@ -172,11 +173,12 @@ def build_all(results_dir: Path | str, out_dir: Path | str, show: bool = False,
         headline_fill = next(fill for fill in seed_comparison["fill"] if fill != "none")
         figures["rq3_seeds"] = plot_seed_comparison(seed_comparison, headline_fill)
     safety_seeds = Path(results_dir) / "safety_seeds" / "summary"
-    for name in ("conditions.csv", "comparison.csv", "findings.md"):
+    for name in ("conditions.csv", "comparison.csv", "predictor_intervals.csv", "findings.md"):
         if not (safety_seeds / name).is_file():
             raise missing_table(safety_seeds / name, "safety-seeds")
     figures["rq4_seeds"] = plot_seed_robustness(pd.read_csv(safety_seeds / "conditions.csv"),
                                                 pd.read_csv(safety_seeds / "comparison.csv"))
+    figures["rq4_predictors"] = plot_predictors_over_seeds(pd.read_csv(safety_seeds / "predictor_intervals.csv"))
     for dataset in dict.fromkeys(tables["rq1_accuracy"]["dataset"]):
         figures[f"rq1_accuracy_vs_scale_{dataset}"] = plot_accuracy_vs_scale(tables["rq1_accuracy"], dataset)
         figures[f"rq1_entropy_vs_scale_{dataset}"] = plot_entropy_vs_scale(tables["rq1_entropy"], dataset)

@@ -221,8 +221,8 @@ def rq4_lines(shift: pd.DataFrame, recommendation: str = "", seed_maps: pd.DataF
                   "with each seed of `safety.seeds` and tested on the same images, compared by paired differences over "
                   "seeds; accuracies, ECE and AUGRC as fractions, mCE relative to the baseline model of the same seed:",
                   "", seed_findings.rstrip(), "",
-                  "One trained model per encoding (seed `seed`, safety stage; intervals over test images or corruptions, "
-                  "so no claim about the encodings):", ""]
+                  "One trained model per encoding (the `train-case-study` model of params.yaml's `seed`, safety stage; "
+                  "intervals over test images or corruptions, so no claim about the encodings):", ""]
     for (dataset, variant), part in curve.groupby(["dataset", "variant"], sort=False):
         clean_rows = shift[(shift["dataset"] == dataset) & (shift["variant"] == variant) & (shift["family"] == "clean")]
         worst = part[part["severity"] == part["severity"].max()].iloc[0]

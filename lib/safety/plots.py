@@ -190,3 +190,32 @@ def plot_seed_robustness(conditions: pd.DataFrame, comparison: pd.DataFrame) -> 
         right.invert_yaxis()
     fig.tight_layout()
     return fig
+
+
+def plot_predictors_over_seeds(intervals: pd.DataFrame, metric: str = "error-detection AUROC") -> plt.Figure:
+    """Attention reliability as a predictor over training seeds (lib.safety.seeds.predictor_intervals): per split
+    (clean, moderate shift) a panel of every score's `metric`, seed mean with its 95% t-interval, one marker and
+    colour per model; the chance line at 0.5 and MSP's mean as a dotted reference per model."""
+    table = intervals[intervals["metric"] == metric]
+    splits = list(dict.fromkeys(table["split"]))
+    models = list(dict.fromkeys(zip(table["dataset"], table["variant"])))
+    names = [f"{d}-{v}" for d, v in models]
+    colours = palette_for(names)
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 3.4), squeeze=False, sharex=True)
+    for ax, split in zip(axes[0], splits):
+        part = table[table["split"] == split]
+        scores = list(dict.fromkeys(part["score"]))
+        for index, ((dataset, variant), name) in enumerate(zip(models, names)):
+            rows = part[(part["dataset"] == dataset) & (part["variant"] == variant)].set_index("score").reindex(scores)
+            y = np.arange(len(scores)) + 0.18 * (index - (len(models) - 1) / 2)
+            ax.errorbar(rows["mean"], y, xerr=ci_error_lengths(rows["mean"], rows["ci_low"], rows["ci_high"]),
+                        fmt=SEED_MARKERS[index % 4], ms=4, capsize=2, color=colours[name], label=name)
+            if "msp" in rows.index:
+                ax.axvline(rows.loc["msp", "mean"], color=colours[name], lw=0.8, ls=SEED_LINESTYLES[(index + 2) % 4])
+        ax.axvline(0.5, color="0.4", lw=1, ls="--")
+        ax.set(yticks=range(len(scores)), yticklabels=[s.replace("_", " ") for s in scores], title=split,
+               xlabel=f"{metric}, 95% t-CI over seeds (0.5: chance)")
+        ax.invert_yaxis()
+    axes[0][0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig

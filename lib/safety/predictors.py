@@ -71,6 +71,15 @@ def image_signals(logits: torch.Tensor, maps: dict[str, torch.Tensor], temperatu
     })
 
 
+def labelled_signals(outputs, labels: torch.Tensor, temperature: float, fraction: float = 0.2) -> pd.DataFrame:
+    """`image_signals` of one pass (lib.safety.maps.Outputs: logits and maps) with each image's index `image` and
+    whether its top-1 prediction is `correct`."""
+    signals = image_signals(outputs.logits, outputs.maps, temperature, fraction)
+    signals.insert(0, "correct", (outputs.logits.argmax(dim=-1) == labels).numpy())
+    signals.insert(0, "image", range(len(labels)))
+    return signals
+
+
 def error_auroc(score: np.ndarray, correct: np.ndarray) -> float:
     """P(score of a correct image > score of a wrong one); NaN when all are correct or all wrong."""
     correct = np.asarray(correct, dtype=bool)

@@ -15,8 +15,16 @@ model's own clean validation predictions) and AUGRC. Between encodings (`compare
 from `safety.baseline_variant` over seeds (same seed index, same images) with 95% t-intervals; mCE the ImageNet-C
 way, each corruption's summed errors over severities divided by the baseline model's of the same seed; and an exact
 McNemar test per seed on the clean images (`mcnemar`), a per-seed statement about test images, not about training.
+
+Attention reliability as a predictor, over seeds (`predictor_differences`): every model's per-image signals
+(lib.safety.predictors: MSP, predictive entropy, energy, rollout and CLS-attention entropy, rollout top mass, and
+MSP + attention combined by a logistic regression) on the clean test images and on the moderate shifts pooled
+(every corruption at severity <= `safety.moderate_severity`); each signal's direction and the combined score are fixed
+on the model's own clean validation split. Error-detection AUROC, clean-vs-shifted AUROC and AUGRC per seed, and
+each score minus MSP paired over seeds: does attention tell more about errors than confidence does?
 """
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -30,6 +38,7 @@ from lib.run.train import train_to_file
 from lib.safety.calibration import fit_temperature
 from lib.safety.corruptions import FAMILY_OF, corrupt
 from lib.safety.maps import run_model
+from lib.safety.predictors import ATTENTION_SIGNALS, detection_table, fit_combined, labelled_signals, orientations
 from lib.safety.shift import prediction_row
 from lib.stats import paired_difference, t_interval, verdict
 
@@ -42,6 +51,7 @@ COMPARED = {
     "accuracy at severity 5": ("severity5_accuracy", True),
     "clean ECE": ("clean_ece", False),
     "clean ECE after temperature scaling": ("clean_ece_ts", False),
+    "ECE at the larger resolution, after temperature scaling": ("scaled_ece_ts", False),
     "ECE under moderate shift, after temperature scaling": ("moderate_ece_ts", False),
     "clean AUGRC": ("clean_augrc", False),
     "mCE (baseline = 1)": ("mce", False),
@@ -67,32 +77,51 @@ def train_seeds(params: Params, weights_dir: Path, checkpoint_dir: Path, log=pri
     return pd.DataFrame(rows)
 
 
-def evaluate_seeds(params: Params, weights_dir: Path, log=print) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every trained seed of every run on every condition (module docstring): `conditions`, one prediction_row
-    per (run, seed, condition), and `clean_correct`, per-image correctness on the clean images at the training
-    resolution (what McNemar's test pairs)."""
+class SeedResults(NamedTuple):
+    """`conditions`: one prediction_row per (run, seed, condition); `clean_correct`: per-image correctness on the
+    clean images at the training resolution (what McNemar's test pairs); `predictors`: lib.safety.predictors'
+    detection_table per (run, seed), on the clean images and the moderate shifts pooled."""
+
+    conditions: pd.DataFrame
+    clean_correct: pd.DataFrame
+    predictors: pd.DataFrame
+
+
+def evaluate_seeds(params: Params, weights_dir: Path, log=print) -> SeedResults:
+    """Every trained seed of every run on every condition (module docstring)."""
     cfg, batch_size, root = params.safety, params.evaluate.batch_size, Path(params.data_root)
-    rows, correct = [], []
+    rows, correct, predictors = [], [], []
     for dataset in dict.fromkeys(dataset for dataset, _ in cfg.runs.pairs()):
         spec = params.datasets[dataset]
         runs = [(variant, seed) for d, variant in cfg.runs.pairs() if d == dataset for seed in cfg.seeds]
         models = {key: load_trained_model(params.model_copy(update={"seed": key[1]}), dataset, key[0],
                                           Path(weights_dir) / f"{run_name(dataset, *key)}.pt") for key in runs}
         val = load_split(root, dataset, "val", spec.train_resolution, workers=params.data_workers)
-        temperatures = {key: fit_temperature(run_model(model, val.images, batch_size, with_maps=False).logits,
-                                             val.labels) for key, model in models.items()}
+        temperatures, val_signals = {}, {}
+        for key, model in models.items():
+            outputs = run_model(model, val.images, batch_size)
+            temperatures[key] = fit_temperature(outputs.logits, val.labels)
+            val_signals[key] = labelled_signals(outputs, val.labels, temperatures[key], cfg.top_fraction)
+        signals = {key: {CLEAN: [], "moderate shift": []} for key in models}  # the splits detection_table scores
         test = load_split(root, dataset, "test", spec.train_resolution, limit=cfg.seed_test_images,
                           workers=params.data_workers)
 
         def record(condition: dict, images: torch.Tensor, labels: torch.Tensor) -> None:
+            at_train = condition["resolution"] == spec.train_resolution
+            split = (CLEAN if condition["shift"] == CLEAN and at_train
+                     else "moderate shift" if condition["shift"] != CLEAN and condition["severity"] <= cfg.moderate_severity
+                     else None)
             for (variant, seed), model in models.items():
-                logits = run_model(model, images, batch_size, with_maps=False).logits
+                outputs = run_model(model, images, batch_size, with_maps=split is not None)
                 rows.append({"dataset": dataset, "variant": variant, "seed": seed, **condition,
-                             **prediction_row(logits, labels, temperatures[(variant, seed)], {})})
-                if condition["shift"] == CLEAN and condition["resolution"] == spec.train_resolution:
+                             **prediction_row(outputs.logits, labels, temperatures[(variant, seed)], {})})
+                if split is not None:
+                    signals[(variant, seed)][split].append(
+                        labelled_signals(outputs, labels, temperatures[(variant, seed)], cfg.top_fraction))
+                if split == CLEAN:
                     correct.append(pd.DataFrame({"dataset": dataset, "variant": variant, "seed": seed,
                                                  "image": range(len(labels)),
-                                                 "correct": (logits.argmax(-1) == labels).numpy()}))
+                                                 "correct": (outputs.logits.argmax(-1) == labels).numpy()}))
 
         record({"shift": CLEAN, "family": CLEAN, "severity": 0, "resolution": spec.train_resolution}, test.images,
                test.labels)
@@ -108,7 +137,13 @@ def evaluate_seeds(params: Params, weights_dir: Path, log=print) -> tuple[pd.Dat
                 record({"shift": corruption, "family": FAMILY_OF[corruption], "severity": severity,
                         "resolution": spec.train_resolution}, images, test.labels)
             log(f"{dataset} {corruption}: {len(models)} models tested at severities {list(cfg.severities)}")
-    return pd.DataFrame(rows), pd.concat(correct, ignore_index=True)
+        for (variant, seed), frames in signals.items():
+            val_frame = val_signals[(variant, seed)]
+            clean, shifted = (pd.concat(frames[split], ignore_index=True) for split in (CLEAN, "moderate shift"))
+            table = detection_table(clean, shifted, orientations(val_frame), fit_combined(val_frame))
+            predictors.append(table.assign(dataset=dataset, variant=variant, seed=seed))
+    return SeedResults(pd.DataFrame(rows), pd.concat(correct, ignore_index=True),
+                       pd.concat(predictors, ignore_index=True))
 
 
 def mean_corruption_errors(conditions: pd.DataFrame, baseline_variant: str) -> pd.DataFrame:
@@ -137,6 +172,7 @@ def per_seed_metrics(conditions: pd.DataFrame, baseline_variant: str, moderate_s
             "corrupted_accuracy": corrupted["accuracy"].mean(),
             "severity5_accuracy": corrupted.loc[corrupted["severity"] == 5, "accuracy"].mean(),
             "clean_ece": at_train["ece"], "clean_ece_ts": at_train["ece_ts"],
+            "scaled_ece_ts": scaled["ece_ts"].iloc[-1] if len(scaled) else np.nan,
             "moderate_ece_ts": corrupted.loc[corrupted["severity"] <= moderate_severity, "ece_ts"].mean(),
             "clean_augrc": at_train["augrc"],
         })
@@ -214,7 +250,93 @@ def severity_effects(conditions: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def findings(intervals: pd.DataFrame, comparison: pd.DataFrame, effects: pd.DataFrame) -> list[str]:
+def family_effects(conditions: pd.DataFrame) -> pd.DataFrame:
+    """`severity_effects` per corruption family: the family's mean accuracy drop from clean to its corruptions'
+    strongest severity, mean over seeds with its 95% t-interval, per (dataset, variant, family)."""
+    rows = []
+    for (dataset, variant), table in conditions.groupby(["dataset", "variant"], sort=False):
+        clean = table[(table["shift"] == CLEAN)].groupby("seed")["accuracy"].first()  # training resolution first
+        corrupted = table[table["shift"] != CLEAN]
+        worst = corrupted[corrupted["severity"] == corrupted.groupby("shift")["severity"].transform("max")]
+        for family, part in worst.groupby("family", sort=False):
+            drop, low, high = t_interval((clean - part.groupby("seed")["accuracy"].mean()).dropna())
+            rows.append({"dataset": dataset, "variant": variant, "family": family, "corruptions": part["shift"].nunique(),
+                         "severity": int(part["severity"].max()), "accuracy_drop": drop, "ci_low": low,
+                         "ci_high": high, "hurts": bool(low > 0)})
+    return pd.DataFrame(rows)
+
+
+# the predictor scores compared with MSP: the attention signals alone and MSP + attention (logistic regression)
+PREDICTOR_SCORES = (*ATTENTION_SIGNALS, "combined")
+# detection_table's columns compared over seeds: column -> (name, higher is better)
+PREDICTOR_METRICS = {"error_auroc": ("error-detection AUROC", True), "augrc": ("AUGRC", False),
+                     "shift_auroc": ("clean-vs-shifted AUROC", True)}
+
+
+def predictor_intervals(predictors: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% t-interval over seeds of every score's PREDICTOR_METRICS, per (dataset, variant, split, score)."""
+    rows = []
+    for (dataset, variant, split, score), table in predictors.groupby(["dataset", "variant", "split", "score"], sort=False):
+        for column, (name, _) in PREDICTOR_METRICS.items():
+            if column in table and table[column].notna().any():
+                mean, low, high = t_interval(table[column])
+                rows.append({"dataset": dataset, "variant": variant, "split": split, "score": score, "metric": name,
+                             "mean": mean, "ci_low": low, "ci_high": high, "seeds": int(table[column].notna().sum()),
+                             "images": int(table["images"].iloc[0])})
+    return pd.DataFrame(rows)
+
+
+def predictor_differences(predictors: pd.DataFrame, reference: str = "msp") -> pd.DataFrame:
+    """Each of PREDICTOR_SCORES minus `reference` (MSP), per (dataset, variant, split) and metric, paired over
+    seeds (the same model's scores on the same images) with its 95% t-interval and verdict."""
+    rows = []
+    for (dataset, variant, split), table in predictors.groupby(["dataset", "variant", "split"], sort=False):
+        base = table[table["score"] == reference].set_index("seed")
+        for score in PREDICTOR_SCORES:
+            other = table[table["score"] == score].set_index("seed")
+            for column, (name, higher_is_better) in PREDICTOR_METRICS.items():
+                if len(other) == 0 or column not in other or other[column].isna().all():
+                    continue  # no combined score where validation was all correct; shift AUROC on shifted splits only
+                difference = paired_difference(other[column].to_dict(), base[column].to_dict())
+                stated = verdict(difference, score, reference)
+                if column == "augrc" and stated != "no difference detected":  # lower AUGRC: better abstention
+                    stated = f"{score} abstains {'worse' if difference['ci_low'] > 0 else 'better'} than {reference}"
+                rows.append({"dataset": dataset, "variant": variant, "split": split, "score": score,
+                             "reference": reference, "metric": name, **difference, "higher_is_better": higher_is_better,
+                             "verdict": stated})
+    return pd.DataFrame(rows)
+
+
+def predictor_findings(intervals: pd.DataFrame, differences: pd.DataFrame) -> list[str]:
+    """Per model and split: each score's error-detection AUROC over seeds, then each attention signal's AUROC minus
+    MSP's and every metric of MSP + attention minus MSP's, with verdicts; last, in how many (model, split) pairs
+    MSP + attention abstains better or worse than MSP (AUGRC). Every difference is in predictor_differences.csv."""
+    lines = []
+    for (dataset, variant, split), table in intervals.groupby(["dataset", "variant", "split"], sort=False):
+        auroc = table[table["metric"] == "error-detection AUROC"]
+        first = auroc.iloc[0]
+        stated = ", ".join(f"{r['score']} {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" for _, r in auroc.iterrows())
+        lines.append(f"{dataset}-{variant}, {split} ({int(first['seeds'])} seeds, {int(first['images'])} images): "
+                     f"error-detection AUROC (0.5 is chance) {stated}.")
+        paired = differences[(differences["dataset"] == dataset) & (differences["variant"] == variant)
+                             & (differences["split"] == split)
+                             & ((differences["score"] == "combined") | (differences["metric"] == "error-detection AUROC"))]
+        stated = [f"{r['metric']} {r['score']} − {r['reference']} {r['difference']:+.3f} [{r['ci_low']:+.3f}, "
+                  f"{r['ci_high']:+.3f}]: **{r['verdict']}**" for _, r in paired.iterrows()]
+        if stated:
+            lines.append(f"{dataset}-{variant}, {split}, paired over seeds: " + "; ".join(stated) + ".")
+    augrc = differences[(differences["score"] == "combined") & (differences["metric"] == "AUGRC")]
+    if len(augrc):
+        better = int((augrc["ci_high"] < 0).sum())
+        worse = int((augrc["ci_low"] > 0).sum())
+        lines.append(f"MSP + attention abstains better than MSP alone (AUGRC interval over seeds below 0) in {better} "
+                     f"and worse (above 0) in {worse} of {len(augrc)} (model, split) pairs; no difference detected in "
+                     f"the other {len(augrc) - better - worse}.")
+    return lines
+
+
+def findings(intervals: pd.DataFrame, comparison: pd.DataFrame, effects: pd.DataFrame,
+             families: pd.DataFrame | None = None) -> list[str]:
     """The sentences results/README.md quotes: each variant's numbers over seeds, each difference from the
     baseline with its verdict, McNemar's per-seed tests, and the corruptions whose strongest severity does not
     measurably hurt."""
@@ -246,4 +368,13 @@ def findings(intervals: pd.DataFrame, comparison: pd.DataFrame, effects: pd.Data
         lines.append(f"Severity {severity} measurably lowers accuracy (t-interval over seeds above 0) for "
                      f"{int(effects['hurts'].sum())} of {len(effects)} (corruption, model) pairs"
                      + (f"; not for {named}." if len(mild) else "."))
+    if families is not None and len(families):
+        per_model = [f"{dataset}-{variant}: " + ", ".join(
+                         f"{r['family']} {r['accuracy_drop']:+.1%} [{r['ci_low']:+.1%}, {r['ci_high']:+.1%}]"
+                         for _, r in table.iterrows())
+                     for (dataset, variant), table in families.groupby(["dataset", "variant"], sort=False)]
+        lines.append(f"Per corruption family (mean over its corruptions), the accuracy drop from clean to severity "
+                     f"{int(families['severity'].max())} is measurable in {int(families['hurts'].sum())} of "
+                     f"{len(families)} (family, model) pairs; drop with its 95% t-interval over seeds, "
+                     + "; ".join(per_model) + ".")
     return lines

@@ -22,7 +22,7 @@ from lib.run.study import load_trained_model, run_name
 from lib.safety.calibration import calibration_metrics, probabilities, reliability_bins
 from lib.safety.corruptions import FAMILY_OF, corrupt
 from lib.safety.maps import run_model
-from lib.safety.predictors import image_signals
+from lib.safety.predictors import labelled_signals
 from lib.safety.reliability import localisation, resolution_stability
 from lib.safety.selective import augrc, aurc, excess_aurc, risk_coverage_curve, selective_metrics
 from lib.stats import wilson_interval
@@ -127,9 +127,7 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
     def record(condition: dict, outputs, labels, reference, masks) -> None:
         shift_rows.append({**condition, **prediction_row(outputs.logits, labels, temperature, thresholds)})
         map_table.extend({**condition, **row} for row in map_rows(outputs.maps, reference, masks, top_fraction))
-        signals = image_signals(outputs.logits, outputs.maps, temperature, top_fraction)
-        signals.insert(0, "correct", (outputs.logits.argmax(dim=-1) == labels).numpy())
-        signals.insert(0, "image", range(len(labels)))
+        signals = labelled_signals(outputs, labels, temperature, top_fraction)
         signal_frames.append(signals.assign(**{k: condition[k] for k in ("shift", "family", "severity", "resolution")}))
 
     def keep_examples(name: str, images: torch.Tensor, outputs) -> None:
