@@ -59,7 +59,7 @@ from lib.plots import publish, set_style
 from lib.run.paths import chdir_repo_root, output_dir
 from lib.run.study import limit_threads, load_trained_model
 from lib.safety.calibration import fit_temperature
-from lib.safety.maps import run_model
+from lib.safety.maps import STABILITY_NOISE, run_model
 from lib.safety.plots import (
     plot_accuracy_vs_severity,
     plot_example_maps,
@@ -98,7 +98,8 @@ print(f"{dataset}-{variant}: {len(val)} validation, {len(test)} test images at {
 # target risk; `target_bound` the lowest whose 95% Clopper-Pearson upper bound is.
 
 # %%
-val_outputs = run_model(model, val.images, batch_size)  # maps too: the attention signals' validation values
+# maps too: the attention signals' validation values
+val_outputs = run_model(model, val.images, batch_size, stability_noise=STABILITY_NOISE, seed=seed)
 val_logits = val_outputs.logits
 temperature = fit_temperature(val_logits, val.labels)
 val_confidence, val_correct = confidence_and_correct(val_logits, val.labels, temperature)

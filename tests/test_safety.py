@@ -10,7 +10,9 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from lib.data import shapes
 from lib.data import signs
+from lib.analysis.extract import attention_maps
 from lib.models import VisionTransformer
+from lib.run.study import normalize
 from lib.safety.calibration import (
     brier_score,
     expected_calibration_error,
@@ -355,6 +357,25 @@ def test_maps_and_rows_from_a_model():
     rows = pd.DataFrame(map_rows(outputs.maps, outputs.maps, masks, 0.2))
     spearman_rows = rows[rows["metric"] == "spearman"]
     assert len(spearman_rows) == 2 and np.allclose(spearman_rows["mean"], 1.0)
+
+
+def test_sink_mass_and_rollout_stability_of_a_model():
+    model = VisionTransformer(img_size=24, patch_size=4, in_chans=3, num_classes=4, embed_dim=32, depth=2,
+                              num_heads=2, pos_embed="rope_mixed").eval()
+    images = scenes_batch(8, 24, 24)
+    plain = run_model(model, images, batch_size=5)
+    assert plain.stability is None  # not asked for: no second pass
+    with torch.no_grad():
+        maps = attention_maps(model, normalize(images)).maps
+    assert torch.allclose(plain.sink, maps[:, -1, :, 0, 0].mean(dim=1))  # CLS to itself, the one prefix token
+    assert ((plain.sink > 0) & (plain.sink < 1)).all()
+    tiny = run_model(model, images, batch_size=5, stability_noise=1e-6, seed=3)
+    strong = run_model(model, images, batch_size=5, stability_noise=0.5, seed=3)
+    assert (tiny.stability > 0.99).all() and strong.stability.mean() < tiny.stability.mean() - 0.05
+    assert torch.equal(strong.logits, plain.logits) and torch.equal(strong.sink, plain.sink)  # the clean pass unchanged
+    # one noise draw per call, from the seed: the same signal whatever the batch size; another seed, another draw
+    assert torch.allclose(run_model(model, images, batch_size=8, stability_noise=0.5, seed=3).stability, strong.stability)
+    assert not torch.equal(run_model(model, images, batch_size=5, stability_noise=0.5, seed=4).stability, strong.stability)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -25,16 +25,20 @@ def test_image_signals_match_their_definitions():
     assert signals["rollout_entropy"].tolist() == pytest.approx([math.log(9)] * 2)  # uniform over 9 patches
     assert signals["cls_entropy"].tolist() == pytest.approx([0.0, 0.0], abs=1e-9)  # all mass on one patch
     assert signals["rollout_top_mass"].tolist() == pytest.approx([2 / 9] * 2)  # top ceil(0.2 * 9) = 2 patches
-    assert list(signals.columns) == list(SIGNALS)
+    assert list(signals.columns) == [s for s in SIGNALS if s not in ("sink_mass", "rollout_stability")]  # not given
+    full = image_signals(logits, {"rollout": uniform, "cls_attention": peaked}, 2.0, 0.2,
+                         sink=torch.tensor([0.1, 0.4]), stability=torch.tensor([1.0, -0.5]))
+    assert list(full.columns) == list(SIGNALS)
+    assert full["sink_mass"].tolist() == pytest.approx([0.1, 0.4]) and full["rollout_stability"].tolist() == [1.0, -0.5]
 
 
 def test_labelled_signals_add_the_image_index_and_top1_correctness():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
     maps = {"rollout": torch.rand(3, 2, 2), "cls_attention": torch.rand(3, 2, 2)}
-    signals = labelled_signals(Outputs(logits, maps), torch.tensor([0, 2, 2]), temperature=1.5)
+    sink, stability = torch.tensor([0.2, 0.3, 0.5]), torch.tensor([0.9, 0.1, 1.0])
+    signals = labelled_signals(Outputs(logits, maps, sink, stability), torch.tensor([0, 2, 2]), temperature=1.5)
     assert signals["image"].tolist() == [0, 1, 2] and signals["correct"].tolist() == [True, False, True]
-    expected = image_signals(logits, maps, 1.5)
-    assert signals[list(SIGNALS)].equals(expected)
+    assert signals[list(SIGNALS)].equals(image_signals(logits, maps, 1.5, sink=sink, stability=stability))
 
 
 def _frame(values: dict, correct) -> pd.DataFrame:

@@ -8,7 +8,10 @@ model never has), so each is a candidate confidence score:
                            energy: T logsumexp(z / T) (Liu et al. 2020: higher is more in-distribution)
     attention signals      rollout_entropy, cls_entropy: Shannon entropy (nats) of the rollout map / the last
                            block's CLS attention map, normalized to sum 1 over patches;
-                           rollout_top_mass: share of the rollout map on its top `fraction` of patches
+                           rollout_top_mass: share of the rollout map on its top `fraction` of patches;
+                           sink_mass: the last block's CLS attention to the prefix tokens (lib.safety.maps);
+                           rollout_stability: rank correlation of the rollout map with that of the image under
+                           small pixel noise (lib.safety.maps; the one signal that needs a second forward pass)
 
 Which direction means "more likely correct" is not assumed: `orientations` fixes each signal's sign on the
 clean validation split (the sign whose AUROC there is >= 0.5), and the test splits only evaluate it.
@@ -41,7 +44,7 @@ from lib.analysis.metrics import top_mass
 from lib.safety.selective import augrc
 
 CONFIDENCE_SIGNALS = ("msp", "neg_entropy", "energy")
-ATTENTION_SIGNALS = ("rollout_entropy", "cls_entropy", "rollout_top_mass")
+ATTENTION_SIGNALS = ("rollout_entropy", "cls_entropy", "rollout_top_mass", "sink_mass", "rollout_stability")
 SIGNALS = CONFIDENCE_SIGNALS + ATTENTION_SIGNALS
 
 
@@ -56,11 +59,15 @@ def _entropy(distribution: torch.Tensor) -> torch.Tensor:
 
 
 def image_signals(logits: torch.Tensor, maps: dict[str, torch.Tensor], temperature: float,
-                  fraction: float = 0.2) -> pd.DataFrame:
+                  fraction: float = 0.2, sink: torch.Tensor | None = None,
+                  stability: torch.Tensor | None = None) -> pd.DataFrame:
     """One row per image: every signal of SIGNALS, from logits (N, K) and maps {'rollout', 'cls_attention'}
-    (N, H, W) of the same forward pass."""
+    (N, H, W) of the same forward pass, and the per-image sink mass and stability (N,) where given (else those two
+    columns are left out, and every function below scores the signals a frame has)."""
     scaled = logits.double() / temperature
     probs = scaled.softmax(dim=-1)
+    extra = {name: values.double().numpy() for name, values in (("sink_mass", sink), ("rollout_stability", stability))
+             if values is not None}
     return pd.DataFrame({
         "msp": probs.max(dim=-1).values.numpy(),
         "neg_entropy": (-_entropy(probs)).numpy(),
@@ -68,13 +75,14 @@ def image_signals(logits: torch.Tensor, maps: dict[str, torch.Tensor], temperatu
         "rollout_entropy": _entropy(_as_distribution(maps["rollout"])).numpy(),
         "cls_entropy": _entropy(_as_distribution(maps["cls_attention"])).numpy(),
         "rollout_top_mass": top_mass(_as_distribution(maps["rollout"]), fraction).numpy(),
+        **extra,
     })
 
 
 def labelled_signals(outputs, labels: torch.Tensor, temperature: float, fraction: float = 0.2) -> pd.DataFrame:
     """`image_signals` of one pass (lib.safety.maps.Outputs: logits and maps) with each image's index `image` and
     whether its top-1 prediction is `correct`."""
-    signals = image_signals(outputs.logits, outputs.maps, temperature, fraction)
+    signals = image_signals(outputs.logits, outputs.maps, temperature, fraction, outputs.sink, outputs.stability)
     signals.insert(0, "correct", (outputs.logits.argmax(dim=-1) == labels).numpy())
     signals.insert(0, "image", range(len(labels)))
     return signals
@@ -92,7 +100,7 @@ def orientations(val: pd.DataFrame, signals=SIGNALS) -> dict[str, int]:
     """+1 or -1 per signal: the sign under which higher means "more likely correct" on `val` (has `correct`);
     +1 where `val` cannot tell (every image correct, or every one wrong)."""
     signs = {}
-    for signal in signals:
+    for signal in (s for s in signals if s in val):
         auroc = error_auroc(val[signal].to_numpy(), val["correct"].to_numpy())
         signs[signal] = -1 if auroc < 0.5 else 1
     return signs
@@ -105,7 +113,7 @@ def fit_combined(val: pd.DataFrame, confidence: str = "msp",
     holds only correct or only wrong images (nothing to fit)."""
     if val["correct"].nunique() < 2:
         return None
-    columns = [confidence, *attention]
+    columns = [confidence, *(signal for signal in attention if signal in val)]
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     model.fit(val[columns].to_numpy(), val["correct"].to_numpy())
     return lambda frame: model.predict_proba(frame[columns].to_numpy())[:, 1]
@@ -206,7 +214,8 @@ def predictor_lines(detection: pd.DataFrame, paired: pd.DataFrame, name: str) ->
     def shift(score: str) -> str:
         return f"{table.loc[(score, 'moderate shift'), 'shift_auroc']:.3f}"
 
-    attention = ", ".join(f"{s} {both(s)}" for s in ATTENTION_SIGNALS)
+    present = [s for s in ATTENTION_SIGNALS if (s, "clean") in table.index]
+    attention = ", ".join(f"{s} {both(s)}" for s in present)
     combined = (f"MSP + attention (logistic, fitted on validation) {both('combined')}"
                 if ("combined", "clean") in table.index
                 else "MSP + attention not fitted (the validation images were all correct or all wrong)")
@@ -215,7 +224,7 @@ def predictor_lines(detection: pd.DataFrame, paired: pd.DataFrame, name: str) ->
              f"moves against the direction that flagged errors on clean validation): MSP {both('msp')}; "
              f"attention signals {attention}; {combined}. "
              f"Clean-vs-shifted AUROC: MSP {shift('msp')}; "
-             + ", ".join(f"{s} {shift(s)}" for s in ATTENTION_SIGNALS) + "."]
+             + ", ".join(f"{s} {shift(s)}" for s in present) + "."]
     for _, row in paired.iterrows():
         lines.append(f"- {name}, {row['split']}: AUGRC of MSP + attention − MSP alone = {row['difference']:+.4f} "
                      f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] (95% bootstrap over test images, one training "

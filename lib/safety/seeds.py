@@ -17,8 +17,8 @@ way, each corruption's summed errors over severities divided by the baseline mod
 McNemar test per seed on the clean images (`mcnemar`), a per-seed statement about test images, not about training.
 
 Attention reliability as a predictor, over seeds (`predictor_differences`): every model's per-image signals
-(lib.safety.predictors: MSP, predictive entropy, energy, rollout and CLS-attention entropy, rollout top mass, and
-MSP + attention combined by a logistic regression) on the clean test images and on the moderate shifts pooled
+(lib.safety.predictors: MSP, predictive entropy, energy, rollout and CLS-attention entropy, rollout top mass, sink
+mass, the rollout's stability under small pixel noise, and MSP + attention combined by a logistic regression) on the clean test images and on the moderate shifts pooled
 (every corruption at severity <= `safety.moderate_severity`); each signal's direction and the combined score are fixed
 on the model's own clean validation split. Error-detection AUROC, clean-vs-shifted AUROC and AUGRC per seed, and
 each score minus MSP paired over seeds: does attention tell more about errors than confidence does?
@@ -37,7 +37,7 @@ from lib.run.study import load_trained_model, run_name
 from lib.run.train import train_to_file
 from lib.safety.calibration import fit_temperature
 from lib.safety.corruptions import FAMILY_OF, corrupt
-from lib.safety.maps import run_model
+from lib.safety.maps import STABILITY_NOISE, run_model
 from lib.safety.predictors import ATTENTION_SIGNALS, detection_table, fit_combined, labelled_signals, orientations
 from lib.safety.shift import prediction_row
 from lib.stats import paired_difference, t_interval, verdict
@@ -99,7 +99,7 @@ def evaluate_seeds(params: Params, weights_dir: Path, log=print) -> SeedResults:
         val = load_split(root, dataset, "val", spec.train_resolution, workers=params.data_workers)
         temperatures, val_signals = {}, {}
         for key, model in models.items():
-            outputs = run_model(model, val.images, batch_size)
+            outputs = run_model(model, val.images, batch_size, stability_noise=STABILITY_NOISE, seed=params.seed)
             temperatures[key] = fit_temperature(outputs.logits, val.labels)
             val_signals[key] = labelled_signals(outputs, val.labels, temperatures[key], cfg.top_fraction)
         signals = {key: {CLEAN: [], "moderate shift": []} for key in models}  # the splits detection_table scores
@@ -112,7 +112,8 @@ def evaluate_seeds(params: Params, weights_dir: Path, log=print) -> SeedResults:
                      else "moderate shift" if condition["shift"] != CLEAN and condition["severity"] <= cfg.moderate_severity
                      else None)
             for (variant, seed), model in models.items():
-                outputs = run_model(model, images, batch_size, with_maps=split is not None)
+                outputs = run_model(model, images, batch_size, with_maps=split is not None,
+                                    stability_noise=STABILITY_NOISE, seed=params.seed)
                 rows.append({"dataset": dataset, "variant": variant, "seed": seed, **condition,
                              **prediction_row(outputs.logits, labels, temperatures[(variant, seed)], {})})
                 if split is not None:

@@ -21,7 +21,7 @@ from lib.data import ImageSet, load_split
 from lib.run.study import load_trained_model, run_name
 from lib.safety.calibration import calibration_metrics, probabilities, reliability_bins
 from lib.safety.corruptions import FAMILY_OF, corrupt
-from lib.safety.maps import run_model
+from lib.safety.maps import STABILITY_NOISE, run_model
 from lib.safety.predictors import labelled_signals
 from lib.safety.reliability import localisation, resolution_stability
 from lib.safety.selective import augrc, aurc, excess_aurc, risk_coverage_curve, selective_metrics
@@ -133,7 +133,7 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
     def keep_examples(name: str, images: torch.Tensor, outputs) -> None:
         example_images[name], example_maps[name] = images[:num_examples], outputs.maps["rollout"][:num_examples]
 
-    clean = run_model(model, test.images, batch_size)
+    clean = run_model(model, test.images, batch_size, stability_noise=STABILITY_NOISE, seed=seed)
     record({**base, "shift": "clean", "family": "clean", "severity": 0}, clean, test.labels, None, test.masks)
     pooled[0] = [clean.logits]
     keep_examples("clean", test.images, clean)
@@ -141,7 +141,7 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
     for corruption in corruptions:
         for severity in severities:
             images = corrupt(test.images, corruption, severity, seed)
-            outputs = run_model(model, images, batch_size)
+            outputs = run_model(model, images, batch_size, stability_noise=STABILITY_NOISE, seed=seed)
             condition = {**base, "shift": corruption, "family": FAMILY_OF[corruption], "severity": severity}
             record(condition, outputs, test.labels, clean.maps, test.masks)
             pooled.setdefault(severity, []).append(outputs.logits)
@@ -150,7 +150,7 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
         log(f"{corruption}: accuracy by severity {[round(r['accuracy'], 3) for r in shift_rows if r['shift'] == corruption]}")
 
     for resolution, shifted in (resolution_sets or {}).items():
-        outputs = run_model(model, shifted.images, batch_size)
+        outputs = run_model(model, shifted.images, batch_size, stability_noise=STABILITY_NOISE, seed=seed)
         condition = {**base, "shift": "resolution", "family": "resolution", "severity": float("nan"),
                      "resolution": resolution}
         record(condition, outputs, shifted.labels, clean.maps, shifted.masks)
