@@ -8,8 +8,8 @@ Both are (B, H, W) on the patch grid. Per image, two numbers about the attention
   of attention that looks at no patch;
 - stability (when asked for, `stability_noise` > 0): the Spearman rank correlation between the rollout map of the
   image and that of the image with Gaussian pixel noise of std `stability_noise` added (one seeded draw per call;
-  0 where a map is constant): how much a small perturbation moves the map. The inputs are the [0, 1] images; the model's input scaling
-(lib.run.study.normalize) is applied here.
+  0 where a map is constant): how much a small perturbation moves the map.
+The inputs are the [0, 1] images; the model's input scaling (lib.run.study.normalize) is applied here.
 """
 
 from typing import NamedTuple

@@ -18,9 +18,9 @@ McNemar test per seed on the clean images (`mcnemar`), a per-seed statement abou
 
 Attention reliability as a predictor, over seeds (`predictor_differences`): every model's per-image signals
 (lib.safety.predictors: MSP, predictive entropy, energy, rollout and CLS-attention entropy, rollout top mass, sink
-mass, the rollout's stability under small pixel noise, and MSP + attention combined by a logistic regression) on the clean test images and on the moderate shifts pooled
-(every corruption at severity <= `safety.moderate_severity`); each signal's direction and the combined score are fixed
-on the model's own clean validation split. Error-detection AUROC, clean-vs-shifted AUROC and AUGRC per seed, and
+mass, the rollout's stability under small pixel noise, and MSP + attention combined by a logistic regression) on the
+clean test images and on the moderate shifts pooled (every corruption at severity <= `safety.moderate_severity`);
+each signal's direction and the combined score are fixed on the model's own clean validation split. Error-detection AUROC, clean-vs-shifted AUROC and AUGRC per seed, and
 each score minus MSP paired over seeds: does attention tell more about errors than confidence does?
 """
 from pathlib import Path
