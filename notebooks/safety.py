@@ -67,7 +67,8 @@ from lib.safety.plots import (
     plot_reliability,
     plot_risk_coverage,
 )
-from lib.safety.predictors import detection_table, fit_combined, labelled_signals, orientations, predictor_comparisons
+from lib.safety.predictors import (SPLITS, detection_table, fit_combined, labelled_signals, orientations,
+                                   predictor_comparisons, predictor_split)
 from lib.safety.robustness import corruption_errors, mean_corruption_error
 from lib.safety.selective import threshold_for_risk
 from lib.safety.shift import confidence_and_correct, evaluate_shifts, prediction_row
@@ -124,7 +125,7 @@ resolution_sets = {resolution: load_split(root, dataset, "test", resolution, lim
                    for resolution in resolutions}
 results = evaluate_shifts(
     model, test, {"dataset": dataset, "variant": variant, "resolution": train_resolution}, temperature, thresholds,
-    settings.corruptions, settings.severities, seed, settings.top_fraction, resolution_sets,
+    settings.corruptions, settings.severities, seed, settings.top_fraction, settings.moderate_severity, resolution_sets,
     settings.example_corruptions, settings.example_severity, settings.num_examples, batch_size)
 shifts, maps_long = results.shifts, results.maps
 bins = results.bins.assign(dataset=dataset, variant=variant)
@@ -154,9 +155,9 @@ signals.round(6).to_csv(out / "signals.csv", index=False)
 val_signals = labelled_signals(val_outputs, val.labels, temperature, settings.top_fraction)
 orient = orientations(val_signals)
 combined = fit_combined(val_signals)
-clean_signals = signals[signals["shift"] == "clean"]
-moderate_signals = signals[~signals["family"].isin(["clean", "resolution"])
-                           & (signals["severity"] <= settings.moderate_severity)]
+split = [predictor_split(shift, severity, resolution == train_resolution, settings.moderate_severity)
+         for shift, severity, resolution in zip(signals["shift"], signals["severity"], signals["resolution"])]
+clean_signals, moderate_signals = (signals[[s == name for s in split]] for name in SPLITS)
 detection = detection_table(clean_signals, moderate_signals, orient, combined).assign(dataset=dataset, variant=variant)
 detection.to_csv(out / "attention_predictors.csv", index=False)
 paired = predictor_comparisons(clean_signals, moderate_signals, orient, combined, seed=seed)

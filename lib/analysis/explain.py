@@ -17,6 +17,8 @@ Methods (all explain a given target class per image, usually the predicted one):
 - Integrated Gradients (Sundararajan et al. 2017) via captum: (x - x') ⊙ ∫ ∂y/∂x(x' + a (x - x')) da, with x'
   the perturbation baseline image; summed over channels (pixel map) and over each patch's pixels (patch map).
   Signed; sums to y(x) - y(x') up to the quadrature error.
+- AttnLRP (Achtibat et al. 2024), for models whose every block is softmax attention: layer-wise relevance of the
+  target logit at the input pixels, summed per patch; see lib/analysis/lrp.py. Signed.
 - Random: i.i.d. uniform [0, 1) per patch from a seeded generator, the chance reference.
 
 Linear attention: its map is the implied, possibly signed operator (see lib/analysis/extract.py). Rollout
@@ -28,7 +30,7 @@ before the output projection).
 
 References: Abnar & Zuidema 2020 (arXiv 2005.00928); Chefer, Gur & Wolf 2021 (arXiv 2103.15679);
 Selvaraju et al. 2017 (arXiv 1610.02391), pytorch-grad-cam (jacobgil); Sundararajan et al. 2017
-(arXiv 1703.01365), captum.
+(arXiv 1703.01365), captum; Achtibat et al. 2024 (arXiv 2402.05602).
 """
 from typing import NamedTuple
 
@@ -41,6 +43,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from lib.analysis.extract import patch_grid
+from lib.analysis.lrp import attnlrp, attnlrp_applies
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -218,7 +221,8 @@ def explain(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, basel
             discard_ratio: float = 0.0, num_prefix_tokens: int | None = None) -> Explanations:
     """Every method's map for `targets` (one class index per image); one forward-backward serves the
     three attention methods. Method order: random, cls_attention, rollout, grad_rollout, grad_cam,
-    integrated_gradients. `num_prefix_tokens` defaults to the model's (CLS and any registers)."""
+    integrated_gradients, then attnlrp where the model's attention has AttnLRP rules (softmax attention).
+    `num_prefix_tokens` defaults to the model's (CLS and any registers)."""
     num_prefix_tokens = model.num_prefix_tokens if num_prefix_tokens is None else num_prefix_tokens
     grid_hw = patch_grid(model, inputs)
     attention = attention_gradients(model, inputs, targets)
@@ -232,4 +236,6 @@ def explain(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, basel
         "grad_cam": grad_cam(model, inputs, targets, num_prefix_tokens=num_prefix_tokens),
         "integrated_gradients": ig.patches,
     }
+    if attnlrp_applies(model):
+        maps["attnlrp"] = attnlrp(model, inputs, targets)
     return Explanations(maps, ig.pixels, cls_layers, attention.logits)

@@ -118,7 +118,10 @@ def fill_lines(fills: pd.DataFrame, ig_baseline: pd.DataFrame, variants: list[st
     what Integrated Gradients gains by integrating from the fill image instead of its own baseline."""
     fills, ig_baseline = fills[fills["variant"].isin(variants)], ig_baseline[ig_baseline["variant"].isin(variants)]
     lines = []
-    for metric, name in (("deletion_auc", "deletion AUC"), ("insertion_auc", "insertion AUC")):
+    metrics = (("deletion_auc", "deletion AUC"), ("insertion_auc", "insertion AUC"))
+    if fills["fill"].nunique() < 2:  # the one fill is the headline fill, whose verdicts rq3_lines already gives
+        metrics = ()
+    for metric, name in metrics:
         per_fill = "; ".join(f"{fill.replace('_', ' ')} fill: "
                              f"{_top_groups(part, metric, [v for v in variants if v in set(part['variant'])])}"
                              for fill, part in fills.groupby("fill", sort=False))
@@ -192,10 +195,11 @@ def rq3_lines(layer_head: pd.DataFrame, comparison: pd.DataFrame, accuracy: pd.D
         part = compared[(compared["metric"] == metric) & (compared["method"] != reference)]
         better = part[part["vs_reference_low"] > 0].groupby("method", sort=False)["variant"].count()
         worse = part[part["vs_reference_high"] < 0].groupby("method", sort=False)["variant"].count()
-        methods = list(dict.fromkeys(part["method"]))
+        present = part.groupby("method", sort=False)["variant"].nunique()  # a method may exist for some variants only
         lines.append(f"  - {metric.replace('_auc', ' AUC').replace('_', ' ')} against the {reference} patch order "
                      f"(paired CI): better in "
-                     + ", ".join(f"{m} {int(better.get(m, 0))}" for m in methods) + f" of {len(variants)} variants"
+                     + ", ".join(f"{m} {int(better.get(m, 0))}" + (f" (of {k})" if k != len(variants) else "")
+                                 for m, k in present.items()) + f" of {len(variants)} variants"
                      + ("; worse in " + ", ".join(f"{m} {int(k)}" for m, k in worse.items()) if len(worse) else "")
                      + ".")
     if fills is not None and ig_baseline is not None:

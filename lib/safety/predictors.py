@@ -79,6 +79,20 @@ def image_signals(logits: torch.Tensor, maps: dict[str, torch.Tensor], temperatu
     })
 
 
+SPLITS = ("clean", "moderate shift")
+
+
+def predictor_split(shift: str, severity: float, at_train_resolution: bool, moderate_severity: int) -> str | None:
+    """Which split a test condition's images are scored in: 'clean' (no corruption, the training resolution),
+    'moderate shift' (a corruption at severity <= `moderate_severity`, the training resolution) or None (a severer
+    corruption, another resolution: not scored as predictors)."""
+    if not at_train_resolution:
+        return None
+    if shift == "clean":
+        return "clean"
+    return "moderate shift" if severity <= moderate_severity else None
+
+
 def labelled_signals(outputs, labels: torch.Tensor, temperature: float, fraction: float = 0.2) -> pd.DataFrame:
     """`image_signals` of one pass (lib.safety.maps.Outputs: logits and maps) with each image's index `image` and
     whether its top-1 prediction is `correct`."""

@@ -38,7 +38,8 @@ from lib.run.train import train_to_file
 from lib.safety.calibration import fit_temperature
 from lib.safety.corruptions import FAMILY_OF, corrupt
 from lib.safety.maps import STABILITY_NOISE, run_model
-from lib.safety.predictors import ATTENTION_SIGNALS, detection_table, fit_combined, labelled_signals, orientations
+from lib.safety.predictors import (ATTENTION_SIGNALS, SPLITS, detection_table, fit_combined, labelled_signals,
+                                   orientations, predictor_split)
 from lib.safety.shift import prediction_row
 from lib.stats import paired_difference, t_interval, verdict
 
@@ -102,15 +103,13 @@ def evaluate_seeds(params: Params, weights_dir: Path, log=print) -> SeedResults:
             outputs = run_model(model, val.images, batch_size, stability_noise=STABILITY_NOISE, seed=params.seed)
             temperatures[key] = fit_temperature(outputs.logits, val.labels)
             val_signals[key] = labelled_signals(outputs, val.labels, temperatures[key], cfg.top_fraction)
-        signals = {key: {CLEAN: [], "moderate shift": []} for key in models}  # the splits detection_table scores
+        signals = {key: {split: [] for split in SPLITS} for key in models}  # the splits detection_table scores
         test = load_split(root, dataset, "test", spec.train_resolution, limit=cfg.seed_test_images,
                           workers=params.data_workers)
 
         def record(condition: dict, images: torch.Tensor, labels: torch.Tensor) -> None:
-            at_train = condition["resolution"] == spec.train_resolution
-            split = (CLEAN if condition["shift"] == CLEAN and at_train
-                     else "moderate shift" if condition["shift"] != CLEAN and condition["severity"] <= cfg.moderate_severity
-                     else None)
+            split = predictor_split(condition["shift"], condition["severity"],
+                                    condition["resolution"] == spec.train_resolution, cfg.moderate_severity)
             for (variant, seed), model in models.items():
                 outputs = run_model(model, images, batch_size, with_maps=split is not None,
                                     stability_noise=STABILITY_NOISE, seed=params.seed)
@@ -140,7 +139,7 @@ def evaluate_seeds(params: Params, weights_dir: Path, log=print) -> SeedResults:
             log(f"{dataset} {corruption}: {len(models)} models tested at severities {list(cfg.severities)}")
         for (variant, seed), frames in signals.items():
             val_frame = val_signals[(variant, seed)]
-            clean, shifted = (pd.concat(frames[split], ignore_index=True) for split in (CLEAN, "moderate shift"))
+            clean, shifted = (pd.concat(frames[split], ignore_index=True) for split in SPLITS)
             table = detection_table(clean, shifted, orientations(val_frame), fit_combined(val_frame))
             predictors.append(table.assign(dataset=dataset, variant=variant, seed=seed))
     return SeedResults(pd.DataFrame(rows), pd.concat(correct, ignore_index=True),
@@ -235,36 +234,44 @@ def compare_to_baseline(metrics: pd.DataFrame, clean_correct: pd.DataFrame, base
     return pd.DataFrame(rows)
 
 
+def worst_severity_drops(conditions: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, variant, seed, corruption): clean accuracy at the training resolution minus the accuracy at the
+    corruption's highest severity tested (column `accuracy_drop`), with the corruption's family and that severity."""
+    drops = []
+    for _, table in conditions.groupby(["dataset", "variant"], sort=False):
+        clean = table[(table["shift"] == CLEAN)].groupby("seed")["accuracy"].first()  # training resolution first
+        corrupted = table[table["shift"] != CLEAN]
+        worst = corrupted[corrupted["severity"] == corrupted.groupby("shift")["severity"].transform("max")]
+        drops.append(worst.assign(accuracy_drop=worst["seed"].map(clean) - worst["accuracy"])[
+            ["dataset", "variant", "seed", "shift", "family", "severity", "accuracy_drop"]])
+    return pd.concat(drops, ignore_index=True)
+
+
+def _drop_intervals(drops: pd.DataFrame, by: str) -> list[dict]:
+    """Per (dataset, variant, `by`): the per-seed mean drop's mean over seeds with its 95% t-interval."""
+    rows = []
+    for (dataset, variant, key), part in drops.groupby(["dataset", "variant", by], sort=False):
+        drop, low, high = t_interval(part.groupby("seed")["accuracy_drop"].mean().dropna())
+        rows.append({"dataset": dataset, "variant": variant, by: key, "corruptions": part["shift"].nunique(),
+                     "severity": int(part["severity"].max()), "accuracy_drop": drop, "ci_low": low, "ci_high": high,
+                     "hurts": bool(low > 0)})
+    return rows
+
+
 def severity_effects(conditions: pd.DataFrame) -> pd.DataFrame:
     """Whether each corruption's strongest severity measurably hurts: per (dataset, variant, corruption), clean
     accuracy minus accuracy at the highest severity tested, mean over seeds with its 95% t-interval."""
-    rows = []
-    for (dataset, variant), table in conditions.groupby(["dataset", "variant"], sort=False):
-        clean = table[(table["shift"] == CLEAN)].groupby("seed")["accuracy"].first()  # training resolution first
-        corrupted = table[table["shift"] != CLEAN]
-        for corruption, rows_c in corrupted.groupby("shift", sort=False):
-            worst = rows_c[rows_c["severity"] == rows_c["severity"].max()].set_index("seed")["accuracy"]
-            drop, low, high = t_interval((clean - worst).dropna())
-            rows.append({"dataset": dataset, "variant": variant, "corruption": corruption,
-                         "family": rows_c["family"].iloc[0], "severity": int(rows_c["severity"].max()),
-                         "accuracy_drop": drop, "ci_low": low, "ci_high": high, "hurts": bool(low > 0)})
-    return pd.DataFrame(rows)
+    drops = worst_severity_drops(conditions)
+    table = pd.DataFrame(_drop_intervals(drops, "shift")).rename(columns={"shift": "corruption"})
+    family = drops.drop_duplicates("shift").set_index("shift")["family"]
+    table.insert(3, "family", table["corruption"].map(family))
+    return table.drop(columns="corruptions")
 
 
 def family_effects(conditions: pd.DataFrame) -> pd.DataFrame:
     """`severity_effects` per corruption family: the family's mean accuracy drop from clean to its corruptions'
     strongest severity, mean over seeds with its 95% t-interval, per (dataset, variant, family)."""
-    rows = []
-    for (dataset, variant), table in conditions.groupby(["dataset", "variant"], sort=False):
-        clean = table[(table["shift"] == CLEAN)].groupby("seed")["accuracy"].first()  # training resolution first
-        corrupted = table[table["shift"] != CLEAN]
-        worst = corrupted[corrupted["severity"] == corrupted.groupby("shift")["severity"].transform("max")]
-        for family, part in worst.groupby("family", sort=False):
-            drop, low, high = t_interval((clean - part.groupby("seed")["accuracy"].mean()).dropna())
-            rows.append({"dataset": dataset, "variant": variant, "family": family, "corruptions": part["shift"].nunique(),
-                         "severity": int(part["severity"].max()), "accuracy_drop": drop, "ci_low": low,
-                         "ci_high": high, "hurts": bool(low > 0)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(_drop_intervals(worst_severity_drops(conditions), "family"))
 
 
 # the predictor scores compared with MSP: the attention signals alone and MSP + attention (logistic regression)

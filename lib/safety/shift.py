@@ -22,7 +22,7 @@ from lib.run.study import load_trained_model, run_name
 from lib.safety.calibration import calibration_metrics, probabilities, reliability_bins
 from lib.safety.corruptions import FAMILY_OF, corrupt
 from lib.safety.maps import STABILITY_NOISE, run_model
-from lib.safety.predictors import labelled_signals
+from lib.safety.predictors import labelled_signals, predictor_split
 from lib.safety.reliability import localisation, resolution_stability
 from lib.safety.selective import augrc, aurc, excess_aurc, risk_coverage_curve, selective_metrics
 from lib.stats import wilson_interval
@@ -115,12 +115,14 @@ class ShiftResults(NamedTuple):
 
 def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: float, thresholds: dict[str, float],
                     corruptions: list[str], severities: list[int], seed: int, top_fraction: float,
-                    resolution_sets: dict[int, ImageSet] | None = None,
+                    moderate_severity: int, resolution_sets: dict[int, ImageSet] | None = None,
                     example_corruptions: tuple[str, ...] = (), example_severity: int = 3, num_examples: int = 4,
                     batch_size: int = 500, log=print) -> ShiftResults:
     """The model on clean `test`, on each corruption at each severity (seeded), on each re-rendered test set
     of `resolution_sets` (resolution -> the same images at another size). Maps of a shifted condition are
-    compared with the clean maps of the same images; `base` (dataset, variant, resolution) is added to every row."""
+    compared with the clean maps of the same images; `base` (dataset, variant, resolution) is added to every row.
+    The rollout stability signal (a second forward pass) is computed only where the predictors are scored
+    (`predictor_split`: clean, and corruptions up to `moderate_severity`); elsewhere it is NaN."""
     shift_rows, map_table, signal_frames, pooled = [], [], [], {}
     example_images, example_maps = {}, {}
 
@@ -141,7 +143,8 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
     for corruption in corruptions:
         for severity in severities:
             images = corrupt(test.images, corruption, severity, seed)
-            outputs = run_model(model, images, batch_size, stability_noise=STABILITY_NOISE, seed=seed)
+            scored = predictor_split(corruption, severity, True, moderate_severity) is not None
+            outputs = run_model(model, images, batch_size, stability_noise=STABILITY_NOISE if scored else 0.0, seed=seed)
             condition = {**base, "shift": corruption, "family": FAMILY_OF[corruption], "severity": severity}
             record(condition, outputs, test.labels, clean.maps, test.masks)
             pooled.setdefault(severity, []).append(outputs.logits)
@@ -150,7 +153,7 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
         log(f"{corruption}: accuracy by severity {[round(r['accuracy'], 3) for r in shift_rows if r['shift'] == corruption]}")
 
     for resolution, shifted in (resolution_sets or {}).items():
-        outputs = run_model(model, shifted.images, batch_size, stability_noise=STABILITY_NOISE, seed=seed)
+        outputs = run_model(model, shifted.images, batch_size, seed=seed)  # another resolution: not scored
         condition = {**base, "shift": "resolution", "family": "resolution", "severity": float("nan"),
                      "resolution": resolution}
         record(condition, outputs, shifted.labels, clean.maps, shifted.masks)
