@@ -35,6 +35,7 @@ params_file = "params.yaml"
 weights_dir = "results/safety_seeds/weights"
 checkpoint_dir = "checkpoints"
 out_dir = "results/safety_seeds"
+float_check_dir = "results/safety_seeds/float_check"  # the seeds rerun with other floats (lib/safety/stability.py)
 
 # %%
 from pathlib import Path
@@ -46,6 +47,7 @@ from lib.plots import publish, set_style
 from lib.run.paths import chdir_repo_root, output_dir
 from lib.run.study import limit_threads
 from lib.safety.plots import plot_predictors_over_seeds, plot_seed_robustness
+from lib.safety.stability import float_check
 from lib.safety.seeds import (
     compare_to_baseline, evaluate_seeds, family_effects, findings, per_seed_metrics, predictor_differences,
     predictor_findings, predictor_intervals, seed_intervals, severity_effects, train_seeds,
@@ -81,7 +83,13 @@ reliability = predictor_intervals(predictors)
 reliability.to_csv(out / "predictor_intervals.csv", index=False)
 reliability_differences = predictor_differences(predictors)
 reliability_differences.to_csv(out / "predictor_differences.csv", index=False)
-lines = findings(intervals, comparison, effects, families) + predictor_findings(reliability, reliability_differences)
+# every verdict again from the seeds retrained with other floats (threads), where that check is current
+compared, float_lines = float_check(params, {"comparison": comparison, "predictor_differences": reliability_differences},
+                                    Path(float_check_dir))
+if compared is not None:
+    compared.to_csv(out / "verdict_stability.csv", index=False)
+lines = (findings(intervals, comparison, effects, families) + predictor_findings(reliability, reliability_differences)
+         + float_lines)
 (out / "findings.md").write_text("".join(f"- {line}\n" for line in lines))
 display(Markdown("\n".join(f"- {line}" for line in lines)))
 

@@ -25,7 +25,7 @@ from tests.conftest import REPO, tiny_params_dict, write_cifar100, write_image_f
 pytestmark = pytest.mark.slow
 
 COPIED = ["lib", "notebooks", "profiles", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore", "jupytext.toml", "pyproject.toml",
-          "results/rq1/float_check"]  # the default study's float check: a dependency of rq1-summary
+          "results/rq1/float_check", "results/safety_seeds/float_check"]  # the default study's float checks: dependencies
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
