@@ -151,7 +151,7 @@ print(shifts[columns].round(3).to_string(index=False))
 
 # %%
 signals = results.signals
-signals.round(6).to_csv(out / "signals.csv", index=False)
+signals.round(6).to_csv(out / "signals.csv.gz", index=False)  # per image and condition: ~9 MB as plain text
 val_signals = labelled_signals(val_outputs, val.labels, temperature, settings.top_fraction)
 orient = orientations(val_signals)
 combined = fit_combined(val_signals)
