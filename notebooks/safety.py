@@ -67,8 +67,8 @@ from lib.safety.plots import (
     plot_reliability,
     plot_risk_coverage,
 )
-from lib.safety.predictors import (SPLITS, detection_table, fit_combined, labelled_signals, orientations,
-                                   predictor_comparisons, predictor_split)
+from lib.safety.predictors import (detection_table, fit_combined, labelled_signals, orientations,
+                                   predictor_comparisons, scored_splits)
 from lib.safety.robustness import corruption_errors, mean_corruption_error
 from lib.safety.selective import threshold_for_risk
 from lib.safety.shift import confidence_and_correct, evaluate_shifts, prediction_row
@@ -155,9 +155,7 @@ signals.round(6).to_csv(out / "signals.csv.gz", index=False)  # per image and co
 val_signals = labelled_signals(val_outputs, val.labels, temperature, settings.top_fraction)
 orient = orientations(val_signals)
 combined = fit_combined(val_signals)
-split = [predictor_split(shift, severity, resolution == train_resolution, settings.moderate_severity)
-         for shift, severity, resolution in zip(signals["shift"], signals["severity"], signals["resolution"])]
-clean_signals, moderate_signals = (signals[[s == name for s in split]] for name in SPLITS)
+clean_signals, moderate_signals = scored_splits(signals, train_resolution, settings.moderate_severity)
 detection = detection_table(clean_signals, moderate_signals, orient, combined).assign(dataset=dataset, variant=variant)
 detection.to_csv(out / "attention_predictors.csv", index=False)
 paired = predictor_comparisons(clean_signals, moderate_signals, orient, combined, seed=seed)

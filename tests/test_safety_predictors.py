@@ -143,3 +143,12 @@ def test_validation_of_one_class_fits_no_combined_score_and_says_so():
     assert paired.empty and "verdict" in paired.columns
     first, = predictor_lines(table, paired, "tiny")
     assert "MSP + attention not fitted (the validation images were all correct or all wrong)" in first
+
+
+def test_scored_splits_take_clean_and_moderate_rows_at_the_training_resolution():
+    from lib.safety.predictors import predictor_split, scored_splits
+    signals = pd.DataFrame({"shift": ["clean", "fog", "fog", "resolution", "clean"],
+                            "severity": [0, 3, 4, float("nan"), 0], "resolution": [24, 24, 24, 36, 36]})
+    clean, moderate = scored_splits(signals, 24, 3)
+    assert clean.index.tolist() == [0] and moderate.index.tolist() == [1]
+    assert predictor_split("fog", 4, True, 3) is None and predictor_split("clean", 0, False, 3) is None

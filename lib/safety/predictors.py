@@ -93,6 +93,13 @@ def predictor_split(shift: str, severity: float, at_train_resolution: bool, mode
     return "moderate shift" if severity <= moderate_severity else None
 
 
+def scored_splits(signals: pd.DataFrame, train_resolution: int, moderate_severity: int) -> list[pd.DataFrame]:
+    """The rows of a signals frame (columns shift, severity, resolution) in each of SPLITS, by `predictor_split`."""
+    split = [predictor_split(shift, severity, resolution == train_resolution, moderate_severity)
+             for shift, severity, resolution in zip(signals["shift"], signals["severity"], signals["resolution"])]
+    return [signals[[s == name for s in split]] for name in SPLITS]
+
+
 def labelled_signals(outputs, labels: torch.Tensor, temperature: float, fraction: float = 0.2) -> pd.DataFrame:
     """`image_signals` of one pass (lib.safety.maps.Outputs: logits and maps) with each image's index `image` and
     whether its top-1 prediction is `correct`."""

@@ -247,31 +247,29 @@ def worst_severity_drops(conditions: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(drops, ignore_index=True)
 
 
-def _drop_intervals(drops: pd.DataFrame, by: str) -> list[dict]:
-    """Per (dataset, variant, `by`): the per-seed mean drop's mean over seeds with its 95% t-interval."""
+def _drop_intervals(drops: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Per (dataset, variant, *`by`): the per-seed mean drop's mean over seeds with its 95% t-interval."""
     rows = []
-    for (dataset, variant, key), part in drops.groupby(["dataset", "variant", by], sort=False):
+    keys = ["dataset", "variant", *by]
+    for values, part in drops.groupby(keys, sort=False):
         drop, low, high = t_interval(part.groupby("seed")["accuracy_drop"].mean().dropna())
-        rows.append({"dataset": dataset, "variant": variant, by: key, "corruptions": part["shift"].nunique(),
+        rows.append({**dict(zip(keys, values)), "corruptions": part["shift"].nunique(),
                      "severity": int(part["severity"].max()), "accuracy_drop": drop, "ci_low": low, "ci_high": high,
                      "hurts": bool(low > 0)})
-    return rows
+    return pd.DataFrame(rows)
 
 
 def severity_effects(conditions: pd.DataFrame) -> pd.DataFrame:
     """Whether each corruption's strongest severity measurably hurts: per (dataset, variant, corruption), clean
     accuracy minus accuracy at the highest severity tested, mean over seeds with its 95% t-interval."""
-    drops = worst_severity_drops(conditions)
-    table = pd.DataFrame(_drop_intervals(drops, "shift")).rename(columns={"shift": "corruption"})
-    family = drops.drop_duplicates("shift").set_index("shift")["family"]
-    table.insert(3, "family", table["corruption"].map(family))
-    return table.drop(columns="corruptions")
+    table = _drop_intervals(worst_severity_drops(conditions), ["shift", "family"])
+    return table.rename(columns={"shift": "corruption"}).drop(columns="corruptions")
 
 
 def family_effects(conditions: pd.DataFrame) -> pd.DataFrame:
     """`severity_effects` per corruption family: the family's mean accuracy drop from clean to its corruptions'
     strongest severity, mean over seeds with its 95% t-interval, per (dataset, variant, family)."""
-    return pd.DataFrame(_drop_intervals(worst_severity_drops(conditions), "family"))
+    return _drop_intervals(worst_severity_drops(conditions), ["family"])
 
 
 # the predictor scores compared with MSP: the attention signals alone and MSP + attention (logistic regression)
