@@ -39,10 +39,11 @@ from lib.config import load_params
 from lib.plots import publish, set_style
 from lib.resolution.report import attention_variants, position_encodings
 from lib.run.paths import chdir_repo_root, output_dir
-from lib.run.study import run_folders
+from lib.run.study import limit_threads, run_folders
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
+limit_threads(params.threads)  # `make repro` runs the summaries side by side (params.yaml `parallel_stages`)
 out = output_dir(out_dir)
 reference_pos_embed = params.analysis.reference_pos_embed  # the position encoding the attention variants share
 runs = run_folders(Path(analysis_dir), params.analysis.runs, "layer_head.csv", "analysis")

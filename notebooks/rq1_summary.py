@@ -45,9 +45,11 @@ from lib.extrapolation.summary import (accuracy_markdown, check_complete, differ
                                        heo_ordering, onset_line, paired_table, ramp_summary, read_cells, seed_table)
 from lib.plots import publish, set_style
 from lib.run.paths import chdir_repo_root, output_dir
+from lib.run.study import limit_threads
 
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 params = load_params(params_file)
+limit_threads(params.threads)  # `make repro` runs the summaries side by side (params.yaml `parallel_stages`)
 out = output_dir(out_dir)
 cells = params.rq1.cells
 accuracy, entropy, ramp, history = (read_cells(runs_dir, cells, name) for name in ("accuracy", "entropy", "ramp", "history"))

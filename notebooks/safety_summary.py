@@ -43,7 +43,7 @@ import pandas as pd
 from lib.config import load_params
 from lib.plots import publish, set_style
 from lib.run.paths import chdir_repo_root, output_dir
-from lib.run.study import run_folders
+from lib.run.study import limit_threads, run_folders
 from lib.safety.plots import plot_variant_comparison
 from lib.safety.predictors import predictor_lines
 from lib.safety.summary import add_mce, model_summary, recommendation
@@ -51,6 +51,7 @@ from lib.safety.summary import add_mce, model_summary, recommendation
 chdir_repo_root()  # JupyterLab starts the kernel in notebooks/; every path here is relative to the repo root
 out = output_dir(out_dir)
 params = load_params(params_file)
+limit_threads(params.threads)  # `make repro` runs the summaries side by side (params.yaml `parallel_stages`)
 baseline_variant, moderate_severity = params.safety.baseline_variant, params.safety.moderate_severity
 runs = run_folders(Path(safety_dir), params.safety.runs, "shift_metrics.csv", "safety")
 tables = {run.name: pd.read_csv(run / "shift_metrics.csv") for run in runs}

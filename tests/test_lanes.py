@@ -20,23 +20,32 @@ def test_phases_train_first_then_read_longest_first_and_leave_out_what_runs_alon
     phases = [select(STAGES, patterns) for patterns in PHASES]
     assert phases == [["rq1@shapes-rrc-ape", "train@shapes-ape", "train@shapes-rope_mixed", "train-zoo@shapes-linear",
                        "train-case-study@signs-ape", "train-seeds@shapes-rope_mixed-1"],
-                      ["convex", "analysis-seeds", "segmentation", "evaluate", "analysis@shapes-ape", "safety@signs-ape"]]
+                      ["convex", "analysis-seeds", "segmentation", "evaluate", "analysis@shapes-ape", "safety@signs-ape",
+                       "rq1-summary"],
+                      ["analysis-summary", "safety-summary"]]
     assert select(STAGES, ("train*", "train@*")) == select(STAGES, ("train*",))  # a stage once
+    assert [s for s in STAGES if not select([s], sum(PHASES, ()))] == ["efficiency", "paper-figures"]
     # what a phase's stages read under results/ (dvc.yaml's deps) comes from an earlier phase
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    first_writes = {"runs", "rq1"}  # results/runs/<run>/ (train*), results/rq1/ (rq1@)
-    for stage in phases[0]:
-        assert not [d for d in stages[stage.split("@")[0]]["deps"] if str(d).startswith("results/")], stage
-    for stage in phases[1]:
-        upstream = [d for d in stages[stage.split("@")[0]]["deps"] if str(d).startswith("results/")]
-        assert upstream and all(d.split("/")[1] in first_writes for d in upstream), (stage, upstream)
+    def results_folders(stage: str, key: str) -> set[str]:  # results/<folder>/... that a stage reads or writes
+        paths = [next(iter(p)) if isinstance(p, dict) else p for p in stages[stage.split("@")[0]][key]]
+        return {p.split("/")[1] for p in paths if p.startswith("results/")}
+
+    written_before: set[str] = set()
+    for number, phase in enumerate(phases):
+        for stage in phase:
+            assert bool(results_folders(stage, "deps")) == (number > 0), stage  # the first phase reads no results
+            assert results_folders(stage, "deps") <= written_before, stage
+        written_before |= set().union(*(results_folders(stage, "outs") for stage in phase))
 
 
 # a stage in a lane must not take every core: what limits each phase stage's threads (floats depend on the count)
 THREADS_SET_BY = {"train": "limit_threads(params.threads)", "analysis": "limit_threads(params.threads)",
                   "safety": "limit_threads(params.threads)", "evaluate": "limit_threads(params.threads)",
                   "convex": "torch.set_num_threads(1)", "rq1": "run_cell(", "segmentation": "segment_cells(",
-                  "analysis-seeds": "explain_cells(", "safety-seeds": "limit_threads(params.threads)"}
+                  "analysis-seeds": "explain_cells(", "safety-seeds": "limit_threads(params.threads)",
+                  "rq1-summary": "limit_threads(params.threads)", "analysis-summary": "limit_threads(params.threads)",
+                  "safety-summary": "limit_threads(params.threads)"}
 
 
 def test_every_phase_stage_limits_its_threads():

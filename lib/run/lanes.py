@@ -26,11 +26,13 @@ from pathlib import Path
 import yaml
 
 # The phases, in order, each a tuple of stage-name patterns: every stage that trains, then every stage that reads
-# only what those trained; within a phase longest first (RQ1 cells train 5 seeds each), so short ones fill the lanes
-# at the end. Left to the `dvc repro` after them: the summaries, the paper, and `efficiency`, which times code.
+# only what those trained, then the summaries of the second phase's stages; within a phase longest first (RQ1 cells
+# train 5 seeds each), so short ones fill the lanes at the end. Left to the `dvc repro` after them: the paper, and
+# `efficiency`, which times code and must run alone.
 PHASES: tuple[tuple[str, ...], ...] = (
     ("rq1@*", "safety-seeds", "train@*", "train-*@*"),
-    ("convex", "analysis-seeds", "segmentation", "evaluate", "analysis@*", "safety@*"),
+    ("convex", "analysis-seeds", "segmentation", "evaluate", "analysis@*", "safety@*", "rq1-summary"),
+    ("analysis-summary", "safety-summary"),
 )
 
 
