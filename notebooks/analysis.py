@@ -50,15 +50,15 @@ import torch
 
 from lib.analysis.compare import compare_methods
 from lib.analysis.explain import explain
-from lib.analysis.fills import reference_images
+from lib.analysis.explained import explain_and_score
 from lib.analysis.plots import (
     plot_explanation_grid, plot_faithfulness, plot_mean_distance, plot_offset_profiles, plot_perturbation_curves,
     plot_pruning, plot_sanity,
 )
 from lib.analysis.sanity import cascading_randomisation
 from lib.analysis.tables import (
-    IG_FROM_FILL, accuracy_vs_chance, attention_tables, explain_all, faithfulness_by_fill, fill_sensitivity,
-    head_importance_tables, localisation_per_image, localisation_table, without_method,
+    IG_FROM_FILL, accuracy_vs_chance, attention_tables, fill_sensitivity, head_importance_tables,
+    localisation_per_image, localisation_table, without_method,
 )
 from lib.config import load_params
 from lib.data import load_split
@@ -132,25 +132,15 @@ publish(fig, out / "pruning")
 
 # %%
 subset = slice(0, min(settings.num_images, len(data)))
-patch = model.patch_embed.patch_size[0]
-reference = lambda kind: normalize(reference_images(kind, data.images[subset], mean_colour, patch))
-start = time.perf_counter()
-predicted = predict(model, inputs[subset], batch_size).argmax(-1)
-ig_reference = reference(settings.ig_baseline)
-explanations = explain_all(model, inputs[subset], predicted, ig_reference, batch_size,
-                           settings.ig_steps, seed, settings.head_fusion, settings.discard_ratio)
-timings["explanations"] = time.perf_counter() - start
-
-start = time.perf_counter()
-fractions = torch.linspace(0, 1, settings.perturbation_steps + 1)
 controls = settings.control_variants is None or variant in settings.control_variants  # every fill, the sanity check
 fills = settings.fills if controls else settings.fills[:1]
-by_fill = faithfulness_by_fill(model, inputs[subset], data.labels[subset], predicted, explanations.maps,
-                               {kind: reference(kind) for kind in fills}, fractions, batch_size,
-                               settings.ig_steps, settings.bootstrap_resamples, seed)
+start = time.perf_counter()
+predicted, ig_reference, explanations, by_fill = explain_and_score(
+    model, data.images[subset], data.labels[subset], mean_colour, settings, fills, seed, batch_size,
+    settings.bootstrap_resamples)
 faith = without_method(by_fill[settings.fills[0]], IG_FROM_FILL)  # the headline tables: the first fill
 sensitivity = fill_sensitivity(by_fill, resamples=settings.bootstrap_resamples, seed=seed)
-timings["faithfulness"] = time.perf_counter() - start
+timings["explanations_and_faithfulness"] = time.perf_counter() - start
 faithfulness = save_table(faith["faithfulness"], "faithfulness")
 curves = save_table(faith["curves"], "perturbation_curves")
 save_table(faith["per_image"], "faithfulness_per_image")

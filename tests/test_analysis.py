@@ -594,3 +594,31 @@ def test_cascading_randomisation_fails_a_model_blind_method_and_passes_gradients
     assert last.loc["input_only", "fails"] and last.loc["input_only", "spearman"] == pytest.approx(1.0)
     assert not last.loc["gradient", "fails"] and last.loc["gradient", "ci_high"] < 0.5
     assert table["fails"].isna().sum() == 2 * (table["step"].max() - 1)  # the verdict is the last step's only
+
+
+def test_explain_and_score_explains_the_prediction_from_the_ig_baseline_under_each_fill():
+    """The RQ3 core that `analysis` and `analysis-seeds` share: the class explained is the model's prediction,
+    Integrated Gradients integrates from `ig_baseline`'s image (black), and each fill scores every map, IG from
+    that fill's image added, on the same images."""
+    from lib.analysis.explained import explain_and_score
+    from lib.config import load_params
+    from lib.run.study import normalize
+    from tests.conftest import REPO
+
+    model = tiny_vit()
+    pictures = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(6)
+    settings = load_params(REPO / "params.yaml").analysis.model_copy(update={"ig_steps": 4, "perturbation_steps": 4})
+    mean_colour = pictures.mean(dim=(0, 2, 3), keepdim=True)
+    result = explain_and_score(model, pictures, labels, mean_colour, settings, ["mean", "other_image"], seed=0,
+                               batch_size=4, resamples=50)
+    with torch.no_grad():
+        assert torch.equal(result.predicted, model(normalize(pictures)).argmax(-1))
+    assert torch.equal(result.ig_reference, normalize(torch.zeros_like(pictures)))
+    assert list(result.by_fill) == ["mean", "other_image"]
+    for tables in result.by_fill.values():
+        assert set(tables["faithfulness"]["method"]) == {*result.explanations.maps, IG_FROM_FILL}
+        assert tables["per_image"]["image"].nunique() == len(pictures)
+    deletion = [tables["per_image"].query("metric == 'deletion_auc'")["value"].to_numpy()
+                for tables in result.by_fill.values()]
+    assert not np.allclose(*deletion)  # another fill, another test

@@ -21,13 +21,13 @@ import torch
 
 from lib.analysis.compare import STATUS_BEST, STATUS_TIED, STATUS_WORSE
 from lib.analysis.explain import explain
-from lib.analysis.fills import reference_images
+from lib.analysis.explained import explain_and_score
 from lib.analysis.sanity import cascading_randomisation
-from lib.analysis.tables import IG_FROM_FILL, explain_all, faithfulness_by_fill, localisation_per_image
+from lib.analysis.tables import IG_FROM_FILL, localisation_per_image
 from lib.config import Params
 from lib.data import load_split
 from lib.extrapolation.study import cell_params
-from lib.run.study import load_trained_model, map_in_workers, normalize, predict
+from lib.run.study import load_trained_model, map_in_workers, normalize
 from lib.stats import paired_difference, t_interval, verdict
 
 IG = "integrated_gradients"
@@ -54,17 +54,10 @@ def explain_seed(params: Params, cell: str, seed: int, weights_dir: Path) -> dic
     mean_colour = data.images.mean(dim=(0, 2, 3), keepdim=True)  # as notebooks/analysis.py: the headline fill
     shown = slice(0, min(cfg.num_images, len(data)))
     images, labels = data.images[shown], data.labels[shown]
-    inputs, patch = normalize(images), model.patch_embed.patch_size[0]
-    reference = lambda kind: normalize(reference_images(kind, images, mean_colour, patch))
-    predicted = predict(model, inputs, batch_size).argmax(-1)
-    ig_reference = reference(cfg.ig_baseline)
+    inputs = normalize(images)
     # the training seed draws the random maps and tie-breaks: the random order is replicated like the models
-    explanations = explain_all(model, inputs, predicted, ig_reference, batch_size, cfg.ig_steps, seed,
-                               cfg.head_fusion, cfg.discard_ratio)
-    fractions = torch.linspace(0, 1, cfg.perturbation_steps + 1)
-    by_fill = faithfulness_by_fill(model, inputs, labels, predicted, explanations.maps,
-                                   {kind: reference(kind) for kind in cfg.fills}, fractions, batch_size,
-                                   cfg.ig_steps, resamples=1, seed=seed)
+    predicted, ig_reference, explanations, by_fill = explain_and_score(model, images, labels, mean_colour, cfg,
+                                                                       cfg.fills, seed, batch_size, resamples=1)
     keys = {"cell": cell, "dataset": dataset, "variant": variant, "pos_embed": params.variants[variant].pos_embed,
             "seed": seed}
     per_image = [tables["per_image"].assign(fill=fill) for fill, tables in by_fill.items()]

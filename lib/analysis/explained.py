@@ -1,0 +1,43 @@
+"""Explain images and score every map under every fill: the RQ3 core that the `analysis` stage (one model) and the
+`analysis-seeds` stage (every training seed, lib.analysis.seeds) share, so both compute it the same way."""
+from typing import NamedTuple
+
+import pandas as pd
+import torch
+from torch import nn
+
+from lib.analysis.explain import Explanations
+from lib.analysis.fills import reference_images
+from lib.analysis.tables import explain_all, faithfulness_by_fill
+from lib.config.schema import AnalysisParams
+from lib.run.study import normalize, predict
+
+
+class ExplainedImages(NamedTuple):
+    """`predicted`: the class explained, per image; `ig_reference`: the (normalised) images Integrated Gradients
+    integrates from; `explanations`: every method's maps; `by_fill`: faithfulness_by_fill's tables per fill."""
+
+    predicted: torch.Tensor
+    ig_reference: torch.Tensor
+    explanations: Explanations
+    by_fill: dict[str, dict[str, pd.DataFrame]]
+
+
+def explain_and_score(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean_colour: torch.Tensor,
+                      settings: AnalysisParams, fills: list[str], seed: int, batch_size: int = 250,
+                      resamples: int = 1000) -> ExplainedImages:
+    """Explain the predicted class of each of `images` ([0, 1], (B, C, H, W)) with every method, Integrated Gradients
+    from `settings.ig_baseline`'s reference, and score each map by deletion and insertion under every fill of
+    `fills` (`reference_images` kinds; `mean_colour`, (1, C, 1, 1): the split's mean colour, the `mean` fill).
+    `seed` draws the random maps and the tie-breaks; `resamples`: bootstrap resamples of the per-fill CIs."""
+    inputs, patch = normalize(images), model.patch_embed.patch_size[0]
+    reference = lambda kind: normalize(reference_images(kind, images, mean_colour, patch))
+    predicted = predict(model, inputs, batch_size).argmax(-1)
+    ig_reference = reference(settings.ig_baseline)
+    explanations = explain_all(model, inputs, predicted, ig_reference, batch_size, settings.ig_steps, seed,
+                               settings.head_fusion, settings.discard_ratio)
+    fractions = torch.linspace(0, 1, settings.perturbation_steps + 1)
+    by_fill = faithfulness_by_fill(model, inputs, labels, predicted, explanations.maps,
+                                   {kind: reference(kind) for kind in fills}, fractions, batch_size,
+                                   settings.ig_steps, resamples, seed)
+    return ExplainedImages(predicted, ig_reference, explanations, by_fill)
