@@ -46,16 +46,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from lib.analysis.compare import compare_methods
-from lib.analysis.explain import explain
-from lib.analysis.explained import explain_and_score
+from lib.analysis.explained import explain_and_score, sanity_check
 from lib.analysis.plots import (
     plot_explanation_grid, plot_faithfulness, plot_mean_distance, plot_offset_profiles, plot_perturbation_curves,
     plot_pruning, plot_sanity,
 )
-from lib.analysis.sanity import cascading_randomisation
 from lib.analysis.tables import (
     IG_FROM_FILL, accuracy_vs_chance, attention_tables, fill_sensitivity, head_importance_tables,
     localisation_per_image, localisation_table, without_method,
@@ -172,11 +169,8 @@ publish(fig, out / "perturbation_curves")
 # %%
 start = time.perf_counter()
 if settings.sanity_images and controls:
-    checked = slice(0, min(settings.sanity_images, subset.stop))
-    maps_of = lambda m, x, t: explain(m, x, t, ig_reference[checked], torch.Generator().manual_seed(seed), settings.ig_steps,
-                                      settings.head_fusion, settings.discard_ratio).maps
-    sanity = cascading_randomisation(model, inputs[subset][checked], predicted[checked], maps_of, seed,
-                                     settings.bootstrap_resamples, settings.sanity_max_correlation)
+    sanity = sanity_check(model, data.images[subset], predicted, ig_reference, settings, seed,
+                          settings.bootstrap_resamples)
     fig = plot_sanity(sanity)
     publish(fig, out / "sanity")
 else:

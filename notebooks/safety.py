@@ -17,8 +17,9 @@
 # # Reliability under shift: one trained model
 #
 # Research question 4. One model (dataset, variant) is tested on its clean test images and under shift:
-# the 15 ImageNet-C corruptions at severities 1-5 (Hendrycks & Dietterich 2019, sizes scaled to the image,
-# see `lib/safety/corruptions.py`), square occluders, and other test resolutions. Per condition:
+# the 15 ImageNet-C corruptions at severities 1-5 (Hendrycks & Dietterich 2019, lengths scaled to the model's
+# patch or to the image, `safety.corruption_lengths`, see `lib/safety/corruptions.py`), square occluders, and
+# other test resolutions. Per condition:
 #
 # - **robustness**: accuracy with 95% Wilson intervals; corruption error (CE), relative CE and mCE against a
 #   baseline model's table when one is given;
@@ -59,6 +60,7 @@ from lib.plots import publish, set_style
 from lib.run.paths import chdir_repo_root, output_dir
 from lib.run.study import limit_threads, load_trained_model
 from lib.safety.calibration import fit_temperature
+from lib.safety.corruptions import length_reference
 from lib.safety.maps import STABILITY_NOISE, run_model
 from lib.safety.plots import (
     plot_accuracy_vs_severity,
@@ -126,7 +128,8 @@ resolution_sets = {resolution: load_split(root, dataset, "test", resolution, lim
 results = evaluate_shifts(
     model, test, {"dataset": dataset, "variant": variant, "resolution": train_resolution}, temperature, thresholds,
     settings.corruptions, settings.severities, seed, settings.top_fraction, settings.moderate_severity, resolution_sets,
-    settings.example_corruptions, settings.example_severity, settings.num_examples, batch_size)
+    settings.example_corruptions, settings.example_severity, settings.num_examples, batch_size,
+    length_reference(settings.corruption_lengths, *test.images.shape[-2:], model.patch_embed.patch_size[0]))
 shifts, maps_long = results.shifts, results.maps
 bins = results.bins.assign(dataset=dataset, variant=variant)
 curves = results.curves.assign(dataset=dataset, variant=variant)

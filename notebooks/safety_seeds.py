@@ -28,7 +28,9 @@
 # Attention reliability as a predictor, over the same models: every model's per-image signals (`lib/safety/predictors.py`)
 # scored as detectors of its errors on the clean test images and on the moderate shifts pooled, each signal's direction
 # and the MSP + attention combination fixed on the model's clean validation split; each score minus MSP paired over
-# seeds. Tables: `predictors.csv` (per model), `predictor_intervals.csv`, `predictor_differences.csv`.
+# seeds. Across the seeds of one encoding, the other seeds' agreement with a model's rollout map is compared with their
+# agreement with its prediction (the baseline that sees the same models). Tables: `predictors.csv` (per model),
+# `predictor_intervals.csv`, `predictor_differences.csv`.
 
 # %% tags=["parameters"]
 params_file = "params.yaml"

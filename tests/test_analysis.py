@@ -622,3 +622,24 @@ def test_explain_and_score_explains_the_prediction_from_the_ig_baseline_under_ea
     deletion = [tables["per_image"].query("metric == 'deletion_auc'")["value"].to_numpy()
                 for tables in result.by_fill.values()]
     assert not np.allclose(*deletion)  # another fill, another test
+
+
+def test_sanity_check_randomises_the_explained_maps_on_the_first_sanity_images():
+    """The sanity check that `analysis` and `analysis-seeds` share: every method of explain_and_score, on the first
+    `analysis.sanity_images` images, one row per cascade step, the trained model left untouched."""
+    from lib.analysis.explained import explain_and_score, sanity_check
+    from lib.config import load_params
+    from tests.conftest import REPO
+
+    model = tiny_vit()
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    pictures = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    settings = load_params(REPO / "params.yaml").analysis.model_copy(
+        update={"ig_steps": 4, "perturbation_steps": 4, "sanity_images": 3})
+    result = explain_and_score(model, pictures, torch.arange(6), pictures.mean(dim=(0, 2, 3), keepdim=True), settings,
+                               ["mean"], seed=0, batch_size=4, resamples=20)
+    table = sanity_check(model, pictures, result.predicted, result.ig_reference, settings, seed=0, resamples=20)
+    assert set(table["method"]) == set(result.explanations.maps)
+    assert (table["n"] <= 3).all() and table["n"].max() == 3  # constant maps have no rank correlation
+    assert table["step"].nunique() == len(cascade(model))
+    assert all(torch.equal(p, weights[name]) for name, p in model.named_parameters())

@@ -156,6 +156,7 @@ BAD = [
     ("pretrained.run", ["vit_s_rope_mixd"], ["pretrained.run", "unknown model of pretrained.models 'vit_s_rope_mixd'",
                                              "did you mean 'vit_s_rope_mixed'"]),
     ("pretrained.resolutions", [224, 128], ["pretrained.resolutions", "increasing"]),
+    ("safety.corruption_lengths", "pixel", ["safety.corruption_lengths", "'image' or 'patch'"]),
 ]
 
 

@@ -273,9 +273,12 @@ def test_safety_seeds_stage_compares_encodings_paired_over_seeds(study):
     assert set(zip(predictors["variant"], predictors["seed"], predictors["split"])) == {
         (v, s, split) for v in ("ape", "rope_mixed") for s in (0, 1) for split in ("clean", "moderate shift")}
     assert set(predictors.groupby("split")["images"].unique().map(tuple)) == {(40,), (640,)}
-    assert {"msp", "rollout_entropy", "cls_entropy", "rollout_top_mass"} <= set(predictors["score"])
+    assert {"msp", "rollout_entropy", "cls_entropy", "rollout_top_mass", "seed_agreement",
+            "seed_map_agreement"} <= set(predictors["score"])
     differences = pd.read_csv(out / "predictor_differences.csv")
-    assert (differences["reference"] == "msp").all() and (differences["seeds"] == 2).all()
+    assert (differences["seeds"] == 2).all()
+    references = differences.groupby("score")["reference"].unique().map(tuple).to_dict()
+    assert references.pop("seed_map_agreement") == ("seed_agreement",) and set(references.values()) == {("msp",)}
     assert set(pd.read_csv(out / "family_effects.csv")["family"]) == {"noise", "blur", "weather", "digital", "occlusion"}
     findings = (out / "findings.md").read_text().splitlines()
     assert any(", moderate shift (2 seeds, 640 images): error-detection AUROC" in line for line in findings)

@@ -21,7 +21,8 @@ from lib.safety.calibration import (
     probabilities,
     reliability_bins,
 )
-from lib.safety.corruptions import CORRUPTIONS, FAMILIES, IMAGENET_C, SEVERITIES, corrupt, corrupt_image, image_rng
+from lib.safety.corruptions import (CORRUPTIONS, FAMILIES, IMAGENET_C, SEVERITIES, corrupt, corrupt_image, image_rng,
+                                    length_reference, spatial_scale)
 from lib.safety.maps import run_model
 from lib.safety.reliability import (
     js_divergence,
@@ -125,6 +126,30 @@ def test_elastic_transform_severities():
     assert distortion[1] < distortion[2]  # the affine part grows
     assert distortion[3] < distortion[4] < distortion[5]  # the elastic part grows
     assert min(distortion[1:]) > 0
+
+
+def test_length_reference_scales_to_the_image_or_the_patch():
+    """'image': s = side / 224; 'patch': s = patch / 16 at every size; both are ImageNet-C's constants (s = 1) for a
+    ViT-B/16 at 224 px; an unknown scaling is named."""
+    assert length_reference("image", 24, 24, 4) == 224
+    assert spatial_scale(24, 24, length_reference("patch", 24, 24, 4)) == pytest.approx(0.25)
+    assert spatial_scale(20, 44, length_reference("patch", 20, 44, 4)) == pytest.approx(0.25)
+    assert length_reference("patch", 224, 224, 16) == pytest.approx(length_reference("image", 224, 224, 16)) == 224
+    with pytest.raises(ValueError, match="'pixel'.*image, patch"):
+        length_reference("pixel", 24, 24, 4)
+
+
+def test_patch_lengths_blur_more_at_small_sizes_and_leave_relative_corruptions_alone():
+    """At 24 px with 4 px patches the 'patch' scaling (s = 0.25) blurs more than the 'image' one (s = 0.107);
+    zoom blur's factors are relative, so it is the same under both."""
+    images = scenes_batch(8, 24, 24)
+    image_ref, patch_ref = length_reference("image", 24, 24, 4), length_reference("patch", 24, 24, 4)
+    for corruption in ("defocus_blur", "motion_blur", "glass_blur"):
+        by_image = corrupt(images, corruption, 5, seed=0, reference_size=image_ref)
+        by_patch = corrupt(images, corruption, 5, seed=0, reference_size=patch_ref)
+        assert (by_patch - images).abs().mean() > 1.5 * (by_image - images).abs().mean(), corruption
+    assert torch.equal(corrupt(images, "zoom_blur", 5, seed=0, reference_size=image_ref),
+                       corrupt(images, "zoom_blur", 5, seed=0, reference_size=patch_ref))
 
 
 def test_corruption_of_a_subset_matches_the_full_batch():

@@ -152,3 +152,24 @@ def test_scored_splits_take_clean_and_moderate_rows_at_the_training_resolution()
     clean, moderate = scored_splits(signals, 24, 3)
     assert clean.index.tolist() == [0] and moderate.index.tolist() == [1]
     assert predictor_split("fog", 4, True, 3) is None and predictor_split("clean", 0, False, 3) is None
+
+
+def test_seed_signals_by_hand():
+    """Three seeds on two images: seed_agreement is the other seeds' mean probability of this seed's predicted class,
+    seed_map_agreement the mean rank correlation of its rollout map with theirs."""
+    from lib.safety.predictors import seed_signals
+
+    probabilities = [torch.tensor([[0.7, 0.3], [0.6, 0.4]]), torch.tensor([[0.8, 0.2], [0.1, 0.9]]),
+                     torch.tensor([[0.9, 0.1], [0.2, 0.8]])]
+    ramp = torch.arange(4.0).reshape(1, 2, 2)
+    rollouts = [torch.cat([ramp, ramp]), torch.cat([ramp, -ramp]), torch.cat([ramp, torch.ones(1, 2, 2)])]
+    first, second, third = seed_signals(probabilities, rollouts)
+    # seed 0 predicts class 0 on both images: the others give it (0.8 + 0.9) / 2 and (0.1 + 0.2) / 2
+    assert first["seed_agreement"].tolist() == pytest.approx([0.85, 0.15])
+    assert second["seed_agreement"].tolist() == pytest.approx([0.8, 0.6])  # class 0, then class 1: (0.4 + 0.8) / 2
+    # image 0: every map the same ramp (correlation 1); image 1: seed 1 reversed (-1), seed 2 constant (0, not NaN)
+    assert first["seed_map_agreement"].tolist() == pytest.approx([1.0, -0.5])
+    assert second["seed_map_agreement"].tolist() == pytest.approx([1.0, -0.5])
+    assert third["seed_map_agreement"].tolist() == pytest.approx([1.0, 0.0])
+    with pytest.raises(ValueError, match=">= 2 seeds"):
+        seed_signals(probabilities[:1], rollouts[:1])

@@ -166,3 +166,23 @@ def test_predictor_differences_skip_a_combined_score_that_was_not_fitted():
     differences = predictor_differences(rows)
     assert set(differences["score"]) == {"rollout_entropy"}
     assert not any(line.startswith("MSP + attention") for line in predictor_findings(predictor_intervals(rows), differences))
+
+
+def test_seed_map_agreement_is_compared_with_the_seeds_prediction_agreement_not_with_msp():
+    """The seeds' map agreement sees every seed's model, so its paired comparison is with their prediction agreement;
+    that one is compared with MSP; with one seed's signals missing, neither comparison is made."""
+    rows = detection_rows({"msp": 0.9, "seed_agreement": 0.95, "seed_map_agreement": 0.6},
+                          {"msp": 0.02, "seed_agreement": 0.015, "seed_map_agreement": 0.05})
+    differences = predictor_differences(rows).set_index(["score", "metric"])
+    assert set(differences.index.get_level_values("score")) == {"seed_agreement", "seed_map_agreement"}
+    maps = differences.loc[("seed_map_agreement", "error-detection AUROC")]
+    assert maps["reference"] == "seed_agreement" and maps["difference"] == pytest.approx(-0.35)
+    assert maps["verdict"] == "seed_map_agreement < seed_agreement"
+    agreement = differences.loc[("seed_agreement", "error-detection AUROC")]
+    assert agreement["reference"] == "msp" and agreement["difference"] == pytest.approx(0.95 - 0.91)
+    lines = predictor_findings(predictor_intervals(rows), predictor_differences(rows))
+    assert lines[-1].startswith("Across training seeds, agreement on the rollout map detects errors better than "
+                                "agreement on the prediction (error-detection AUROC interval over seeds above 0) in 0 "
+                                "and worse (below 0) in 1 of 1 (model, split) pairs")
+    alone = detection_rows({"msp": 0.9, "seed_map_agreement": 0.6}, {"msp": 0.02, "seed_map_agreement": 0.05})
+    assert len(predictor_differences(alone)) == 0

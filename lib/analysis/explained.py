@@ -1,13 +1,15 @@
-"""Explain images and score every map under every fill: the RQ3 core that the `analysis` stage (one model) and the
-`analysis-seeds` stage (every training seed, lib.analysis.seeds) share, so both compute it the same way."""
+"""Explain images, score every map under every fill, and sanity-check the maps: the RQ3 core that the `analysis` stage
+(one model) and the `analysis-seeds` stage (every training seed, lib.analysis.seeds) share, so both compute it the
+same way."""
 from typing import NamedTuple
 
 import pandas as pd
 import torch
 from torch import nn
 
-from lib.analysis.explain import Explanations
+from lib.analysis.explain import Explanations, explain
 from lib.analysis.fills import reference_images
+from lib.analysis.sanity import cascading_randomisation
 from lib.analysis.tables import explain_all, faithfulness_by_fill
 from lib.config.schema import AnalysisParams
 from lib.run.study import normalize, predict
@@ -41,3 +43,15 @@ def explain_and_score(model: nn.Module, images: torch.Tensor, labels: torch.Tens
                                    {kind: reference(kind) for kind in fills}, fractions, batch_size,
                                    settings.ig_steps, resamples, seed)
     return ExplainedImages(predicted, ig_reference, explanations, by_fill)
+
+
+def sanity_check(model: nn.Module, images: torch.Tensor, predicted: torch.Tensor, ig_reference: torch.Tensor,
+                 settings: AnalysisParams, seed: int, resamples: int = 1000) -> pd.DataFrame:
+    """Cascading randomisation (lib.analysis.sanity) on the first `settings.sanity_images` of `images` ([0, 1]):
+    every method explains `predicted` as in explain_and_score (its IG reference, its seed), on the trained model
+    and on copies with their layers re-drawn from the top down."""
+    checked = slice(0, min(settings.sanity_images, len(images)))
+    maps_of = lambda m, x, t: explain(m, x, t, ig_reference[checked], torch.Generator().manual_seed(seed),
+                                      settings.ig_steps, settings.head_fusion, settings.discard_ratio).maps
+    return cascading_randomisation(model, normalize(images[checked]), predicted[checked], maps_of, seed, resamples,
+                                   settings.sanity_max_correlation)

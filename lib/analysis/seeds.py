@@ -17,17 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from lib.analysis.compare import STATUS_BEST, STATUS_TIED, STATUS_WORSE
-from lib.analysis.explain import explain
-from lib.analysis.explained import explain_and_score
-from lib.analysis.sanity import cascading_randomisation
+from lib.analysis.explained import explain_and_score, sanity_check
 from lib.analysis.tables import IG_FROM_FILL, localisation_per_image
 from lib.config import Params
 from lib.data import load_split
 from lib.extrapolation.study import cell_params
-from lib.run.study import load_trained_model, map_in_workers, normalize
+from lib.run.study import load_trained_model, map_in_workers
 from lib.stats import paired_difference, t_interval, verdict
 
 IG = "integrated_gradients"
@@ -54,7 +51,6 @@ def explain_seed(params: Params, cell: str, seed: int, weights_dir: Path) -> dic
     mean_colour = data.images.mean(dim=(0, 2, 3), keepdim=True)  # as notebooks/analysis.py: the headline fill
     shown = slice(0, min(cfg.num_images, len(data)))
     images, labels = data.images[shown], data.labels[shown]
-    inputs = normalize(images)
     # the training seed draws the random maps and tie-breaks: the random order is replicated like the models
     predicted, ig_reference, explanations, by_fill = explain_and_score(model, images, labels, mean_colour, cfg,
                                                                        cfg.fills, seed, batch_size, resamples=1)
@@ -66,13 +62,9 @@ def explain_seed(params: Params, cell: str, seed: int, weights_dir: Path) -> dic
                                                 model.patch_embed.patch_size).assign(fill="none"))
     scores = (pd.concat(per_image, ignore_index=True)
               .groupby(["fill", "method", "metric", "better"], sort=False)["value"].mean().reset_index())
-    checked = slice(0, min(cfg.sanity_images, shown.stop))
     sanity_rows = []
     if cfg.sanity_images:
-        maps_of = lambda m, x, t: explain(m, x, t, ig_reference[checked], torch.Generator().manual_seed(seed),
-                                          cfg.ig_steps, cfg.head_fusion, cfg.discard_ratio).maps
-        sanity = cascading_randomisation(model, inputs[checked], predicted[checked], maps_of, seed, resamples=1,
-                                         max_correlation=cfg.sanity_max_correlation)
+        sanity = sanity_check(model, images, predicted, ig_reference, cfg, seed, resamples=1)
         last = sanity[sanity["step"] == sanity["step"].max()]
         sanity_rows = [{**keys, "method": row.method, "spearman": row.spearman, "images": row.n}
                        for row in last.itertuples()]

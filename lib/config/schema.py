@@ -270,6 +270,9 @@ class SafetyParams(Strict):
     num_examples: PositiveInt = 4
     baseline_variant: str = "ape"          # the CE / mCE reference, per dataset
     moderate_severity: Annotated[int, Field(ge=1, le=5)] = 3
+    # what the corruptions' lengths in pixels are scaled to: the image ('image') or the model's patch ('patch'),
+    # lib.safety.corruptions.length_reference
+    corruption_lengths: Literal["image", "patch"] = "patch"
     # DVC stage `safety-seeds`: every run trained with each of these seeds and compared over them
     seeds: SeedsForInterval = [0, 1, 2]
     seed_test_images: PositiveInt | None = None  # the first N test images there (null: the whole split)

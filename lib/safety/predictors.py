@@ -2,7 +2,7 @@
 
 The proposal's "attention reliability" must predict when a model is wrong to be of use for safety. Every
 signal below is computed from one forward pass of the image alone (no clean reference, which a deployed
-model never has), so each is a candidate confidence score:
+model never has), so each is a candidate confidence score (the seed signals also see the other training seeds' models):
 
     confidence baselines   msp: max softmax probability of softmax(z / T);  neg_entropy: -H(softmax(z / T));
                            energy: T logsumexp(z / T) (Liu et al. 2020: higher is more in-distribution)
@@ -12,12 +12,17 @@ model never has), so each is a candidate confidence score:
                            sink_mass: the last block's CLS attention to the prefix tokens (lib.safety.maps);
                            rollout_stability: rank correlation of the rollout map with that of the image under
                            small pixel noise (lib.safety.maps; the one signal that needs a second forward pass)
+    across training seeds  (`seed_signals`, where several seeds of one model are tested on the same images)
+                           seed_agreement: the other seeds' mean probability of this model's predicted class, a
+                           deep-ensemble-style confidence (Lakshminarayanan et al. 2017), the baseline of
+                           seed_map_agreement: the mean rank correlation of this model's rollout map with the
+                           other seeds' (attention's counterpart: do the seeds look at the same patches?)
 
 Which direction means "more likely correct" is not assumed: `orientations` fixes each signal's sign on the
 clean validation split (the sign whose AUROC there is >= 0.5), and the test splits only evaluate it.
 `combined` is a logistic regression on the standardized confidence baseline plus the attention signals,
 fitted on the clean validation split, so that "does attention add anything over confidence?" is asked of a
-score that uses both.
+score that uses both. The seed signals stay out of it: they see several models, MSP one.
 
 Scores per signal and split (clean test images; the moderate shifts pooled):
 - error AUROC: P(score of a correct image > score of a wrong one), ties 1/2 (sklearn roc_auc_score);
@@ -28,7 +33,8 @@ Scores per signal and split (clean test images; the moderate shifts pooled):
 
 References: Hendrycks & Gimpel 2017 (MSP, arXiv 1610.02136); Liu et al. 2020, "Energy-based Out-of-
 distribution Detection" (arXiv 2010.03759); Traub et al. 2024 (AUGRC, arXiv 2407.01032); Abnar & Zuidema
-2020 (rollout, arXiv 2005.00928).
+2020 (rollout, arXiv 2005.00928); Lakshminarayanan et al. 2017, "Simple and Scalable Predictive Uncertainty
+Estimation using Deep Ensembles" (arXiv 1612.01474).
 """
 from typing import Callable
 
@@ -41,11 +47,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from lib.analysis.metrics import top_mass
+from lib.safety.reliability import spearman
 from lib.safety.selective import augrc
 
 CONFIDENCE_SIGNALS = ("msp", "neg_entropy", "energy")
 ATTENTION_SIGNALS = ("rollout_entropy", "cls_entropy", "rollout_top_mass", "sink_mass", "rollout_stability")
-SIGNALS = CONFIDENCE_SIGNALS + ATTENTION_SIGNALS
+SIGNALS = CONFIDENCE_SIGNALS + ATTENTION_SIGNALS  # `image_signals`: one model, one image
+SEED_SIGNALS = ("seed_agreement", "seed_map_agreement")  # `seed_signals`: one image, every training seed's model
 
 
 def _as_distribution(maps: torch.Tensor) -> torch.Tensor:
@@ -77,6 +85,25 @@ def image_signals(logits: torch.Tensor, maps: dict[str, torch.Tensor], temperatu
         "rollout_top_mass": top_mass(_as_distribution(maps["rollout"]), fraction).numpy(),
         **extra,
     })
+
+
+def seed_signals(probabilities: list[torch.Tensor], rollouts: list[torch.Tensor]) -> list[pd.DataFrame]:
+    """SEED_SIGNALS per model and image, from every seed's probabilities softmax(z / T) (N, K) and rollout maps
+    (N, H, W) on the same N images (one entry per seed, at least two): seed_agreement is the other seeds' mean
+    probability of this seed's predicted class, seed_map_agreement the mean Spearman correlation of this seed's
+    rollout map with the other seeds' (0 where a map is constant)."""
+    if len(probabilities) < 2 or len(probabilities) != len(rollouts):
+        raise ValueError(f"seed signals need the probabilities and maps of >= 2 seeds, got {len(probabilities)} "
+                         f"and {len(rollouts)}")
+    frames = []
+    for k, (probs, rollout) in enumerate(zip(probabilities, rollouts)):
+        others = [j for j in range(len(probabilities)) if j != k]
+        predicted = probs.argmax(dim=-1, keepdim=True)
+        agreement = torch.stack([probabilities[j].gather(1, predicted)[:, 0] for j in others]).mean(dim=0)
+        maps = torch.stack([torch.nan_to_num(spearman(rollout, rollouts[j]), nan=0.0) for j in others]).mean(dim=0)
+        frames.append(pd.DataFrame({"seed_agreement": agreement.double().numpy(),
+                                    "seed_map_agreement": maps.double().numpy()}))
+    return frames
 
 
 SPLITS = ("clean", "moderate shift")
@@ -117,7 +144,7 @@ def error_auroc(score: np.ndarray, correct: np.ndarray) -> float:
     return float(roc_auc_score(correct, score))
 
 
-def orientations(val: pd.DataFrame, signals=SIGNALS) -> dict[str, int]:
+def orientations(val: pd.DataFrame, signals=SIGNALS + SEED_SIGNALS) -> dict[str, int]:
     """+1 or -1 per signal: the sign under which higher means "more likely correct" on `val` (has `correct`);
     +1 where `val` cannot tell (every image correct, or every one wrong)."""
     signs = {}

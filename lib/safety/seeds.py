@@ -18,10 +18,14 @@ McNemar test per seed on the clean images (`mcnemar`), a per-seed statement abou
 
 Attention reliability as a predictor, over seeds (`predictor_differences`): every model's per-image signals
 (lib.safety.predictors: MSP, predictive entropy, energy, rollout and CLS-attention entropy, rollout top mass, sink
-mass, the rollout's stability under small pixel noise, and MSP + attention combined by a logistic regression) on the
-clean test images and on the moderate shifts pooled (every corruption at severity <= `safety.moderate_severity`);
-each signal's direction and the combined score are fixed on the model's own clean validation split. Error-detection AUROC, clean-vs-shifted AUROC and AUGRC per seed, and
-each score minus MSP paired over seeds: does attention tell more about errors than confidence does?
+mass, the rollout's stability under small pixel noise, and MSP + attention combined by a logistic regression; and,
+from the other seeds of the same encoding, their agreement with the model's prediction and with its rollout map:
+`signals_with_seeds`) on the clean test images and on the moderate shifts pooled (every corruption at severity <=
+`safety.moderate_severity`); each signal's direction and the combined score are fixed on the model's own clean
+validation split. Error-detection AUROC, clean-vs-shifted AUROC and AUGRC per seed, and paired over seeds
+(`PREDICTOR_COMPARISONS`) each attention score minus MSP (does attention tell more about errors than confidence
+does?) and the seeds' map agreement minus their prediction agreement (the same question, asked of a baseline that
+sees the same models).
 """
 from pathlib import Path
 from typing import NamedTuple
@@ -36,10 +40,10 @@ from lib.data import load_split
 from lib.run.study import load_trained_model, run_name
 from lib.run.train import train_to_file
 from lib.safety.calibration import fit_temperature
-from lib.safety.corruptions import FAMILY_OF, corrupt
-from lib.safety.maps import STABILITY_NOISE, run_model
+from lib.safety.corruptions import FAMILY_OF, corrupt, length_reference
+from lib.safety.maps import STABILITY_NOISE, Outputs, run_model
 from lib.safety.predictors import (ATTENTION_SIGNALS, SPLITS, detection_table, fit_combined, labelled_signals,
-                                   orientations, predictor_split)
+                                   orientations, predictor_split, seed_signals)
 from lib.safety.shift import prediction_row
 from lib.stats import paired_difference, t_interval, verdict
 
@@ -88,6 +92,22 @@ class SeedResults(NamedTuple):
     predictors: pd.DataFrame
 
 
+def signals_with_seeds(outputs: dict[tuple[str, int], Outputs], labels: torch.Tensor,
+                       temperatures: dict[tuple[str, int], float], fraction: float) -> dict[tuple[str, int], pd.DataFrame]:
+    """`labelled_signals` of every model (keyed (variant, seed), all run on the same images), with the SEED_SIGNALS
+    among the seeds of its variant where it has at least two."""
+    frames = {key: labelled_signals(out, labels, temperatures[key], fraction) for key, out in outputs.items()}
+    for variant in dict.fromkeys(variant for variant, _ in outputs):
+        keys = [key for key in outputs if key[0] == variant]
+        if len(keys) < 2:
+            continue
+        probabilities = [(outputs[key].logits.double() / temperatures[key]).softmax(dim=-1) for key in keys]
+        agreement = seed_signals(probabilities, [outputs[key].maps["rollout"] for key in keys])
+        for key, frame in zip(keys, agreement):
+            frames[key] = pd.concat([frames[key], frame], axis=1)
+    return frames
+
+
 def evaluate_seeds(params: Params, weights_dir: Path, log=print) -> SeedResults:
     """Every trained seed of every run on every condition (module docstring)."""
     cfg, batch_size, root = params.safety, params.evaluate.batch_size, Path(params.data_root)
@@ -98,11 +118,11 @@ def evaluate_seeds(params: Params, weights_dir: Path, log=print) -> SeedResults:
         models = {key: load_trained_model(params.model_copy(update={"seed": key[1]}), dataset, key[0],
                                           Path(weights_dir) / f"{run_name(dataset, *key)}.pt") for key in runs}
         val = load_split(root, dataset, "val", spec.train_resolution, workers=params.data_workers)
-        temperatures, val_signals = {}, {}
+        temperatures, val_outputs = {}, {}
         for key, model in models.items():
-            outputs = run_model(model, val.images, batch_size, stability_noise=STABILITY_NOISE, seed=params.seed)
-            temperatures[key] = fit_temperature(outputs.logits, val.labels)
-            val_signals[key] = labelled_signals(outputs, val.labels, temperatures[key], cfg.top_fraction)
+            val_outputs[key] = run_model(model, val.images, batch_size, stability_noise=STABILITY_NOISE, seed=params.seed)
+            temperatures[key] = fit_temperature(val_outputs[key].logits, val.labels)
+        val_signals = signals_with_seeds(val_outputs, val.labels, temperatures, cfg.top_fraction)
         signals = {key: {split: [] for split in SPLITS} for key in models}  # the splits detection_table scores
         test = load_split(root, dataset, "test", spec.train_resolution, limit=cfg.seed_test_images,
                           workers=params.data_workers)
@@ -110,22 +130,23 @@ def evaluate_seeds(params: Params, weights_dir: Path, log=print) -> SeedResults:
         def record(condition: dict, images: torch.Tensor, labels: torch.Tensor) -> None:
             split = predictor_split(condition["shift"], condition["severity"],
                                     condition["resolution"] == spec.train_resolution, cfg.moderate_severity)
-            for (variant, seed), model in models.items():
-                outputs = run_model(model, images, batch_size, with_maps=split is not None,
-                                    stability_noise=STABILITY_NOISE, seed=params.seed)
+            outputs = {key: run_model(model, images, batch_size, with_maps=split is not None,
+                                      stability_noise=STABILITY_NOISE, seed=params.seed) for key, model in models.items()}
+            for (variant, seed), out in outputs.items():
                 rows.append({"dataset": dataset, "variant": variant, "seed": seed, **condition,
-                             **prediction_row(outputs.logits, labels, temperatures[(variant, seed)], {})})
-                if split is not None:
-                    signals[(variant, seed)][split].append(
-                        labelled_signals(outputs, labels, temperatures[(variant, seed)], cfg.top_fraction))
+                             **prediction_row(out.logits, labels, temperatures[(variant, seed)], {})})
                 if split == CLEAN:
                     correct.append(pd.DataFrame({"dataset": dataset, "variant": variant, "seed": seed,
                                                  "image": range(len(labels)),
-                                                 "correct": (outputs.logits.argmax(-1) == labels).numpy()}))
+                                                 "correct": (out.logits.argmax(-1) == labels).numpy()}))
+            if split is not None:
+                for key, frame in signals_with_seeds(outputs, labels, temperatures, cfg.top_fraction).items():
+                    signals[key][split].append(frame)
 
         record({"shift": CLEAN, "family": CLEAN, "severity": 0, "resolution": spec.train_resolution}, test.images,
                test.labels)
         patch_size = next(iter(models.values())).patch_embed.patch_size[0]
+        reference_size = length_reference(cfg.corruption_lengths, *test.images.shape[-2:], patch_size)
         for scale in cfg.seed_scales:
             resolution = scaled_resolution(spec.train_resolution, scale, patch_size)
             scaled = load_split(root, dataset, "test", resolution, limit=len(test), workers=params.data_workers)
@@ -133,7 +154,8 @@ def evaluate_seeds(params: Params, weights_dir: Path, log=print) -> SeedResults:
                    scaled.labels)
         for corruption in cfg.corruptions:
             for severity in cfg.severities:
-                images = corrupt(test.images, corruption, severity, params.seed)  # the same copy for every model
+                # the same copy for every model
+                images = corrupt(test.images, corruption, severity, params.seed, reference_size=reference_size)
                 record({"shift": corruption, "family": FAMILY_OF[corruption], "severity": severity,
                         "resolution": spec.train_resolution}, images, test.labels)
             log(f"{dataset} {corruption}: {len(models)} models tested at severities {list(cfg.severities)}")
@@ -272,8 +294,10 @@ def family_effects(conditions: pd.DataFrame) -> pd.DataFrame:
     return _drop_intervals(worst_severity_drops(conditions), ["family"])
 
 
-# the predictor scores compared with MSP: the attention signals alone and MSP + attention (logistic regression)
-PREDICTOR_SCORES = (*ATTENTION_SIGNALS, "combined")
+# the scores compared paired over seeds, (score, reference): attention, MSP + attention and the seeds' prediction
+# agreement against MSP; the seeds' rollout-map agreement against their prediction agreement (both see every seed)
+PREDICTOR_COMPARISONS = (*((score, "msp") for score in (*ATTENTION_SIGNALS, "combined", "seed_agreement")),
+                         ("seed_map_agreement", "seed_agreement"))
 # detection_table's columns compared over seeds: column -> (name, higher is better)
 PREDICTOR_METRICS = {"error_auroc": ("error-detection AUROC", True), "augrc": ("AUGRC", False),
                      "shift_auroc": ("clean-vs-shifted AUROC", True)}
@@ -292,17 +316,19 @@ def predictor_intervals(predictors: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def predictor_differences(predictors: pd.DataFrame, reference: str = "msp") -> pd.DataFrame:
-    """Each of PREDICTOR_SCORES minus `reference` (MSP), per (dataset, variant, split) and metric, paired over
-    seeds (the same model's scores on the same images) with its 95% t-interval and verdict."""
+def predictor_differences(predictors: pd.DataFrame, comparisons=PREDICTOR_COMPARISONS) -> pd.DataFrame:
+    """Each (score, reference) of `comparisons`: score minus reference per (dataset, variant, split) and metric,
+    paired over seeds (the same model's scores on the same images) with its 95% t-interval and verdict; skipped
+    where either score is missing (no combined score where validation was all correct, no seed signals from one
+    seed, shift AUROC on shifted splits only)."""
     rows = []
     for (dataset, variant, split), table in predictors.groupby(["dataset", "variant", "split"], sort=False):
-        base = table[table["score"] == reference].set_index("seed")
-        for score in PREDICTOR_SCORES:
+        for score, reference in comparisons:
+            base = table[table["score"] == reference].set_index("seed")
             other = table[table["score"] == score].set_index("seed")
             for column, (name, higher_is_better) in PREDICTOR_METRICS.items():
-                if len(other) == 0 or column not in other or other[column].isna().all():
-                    continue  # no combined score where validation was all correct; shift AUROC on shifted splits only
+                if any(len(t) == 0 or column not in t or t[column].isna().all() for t in (other, base)):
+                    continue
                 difference = paired_difference(other[column].to_dict(), base[column].to_dict())
                 stated = verdict(difference, score, reference)
                 if column == "augrc" and stated != "no difference detected":  # lower AUGRC: better abstention
@@ -316,7 +342,8 @@ def predictor_differences(predictors: pd.DataFrame, reference: str = "msp") -> p
 def predictor_findings(intervals: pd.DataFrame, differences: pd.DataFrame) -> list[str]:
     """Per model and split: each score's error-detection AUROC over seeds, then each attention signal's AUROC minus
     MSP's and every metric of MSP + attention minus MSP's, with verdicts; last, in how many (model, split) pairs
-    MSP + attention abstains better or worse than MSP (AUGRC). Every difference is in predictor_differences.csv."""
+    MSP + attention abstains better or worse than MSP (AUGRC), and in how many the seeds' map agreement detects errors
+    better or worse than their prediction agreement. Every difference is in predictor_differences.csv."""
     lines = []
     for (dataset, variant, split), table in intervals.groupby(["dataset", "variant", "split"], sort=False):
         auroc = table[table["metric"] == "error-detection AUROC"]
@@ -338,6 +365,15 @@ def predictor_findings(intervals: pd.DataFrame, differences: pd.DataFrame) -> li
         lines.append(f"MSP + attention abstains better than MSP alone (AUGRC interval over seeds below 0) in {better} "
                      f"and worse (above 0) in {worse} of {len(augrc)} (model, split) pairs; no difference detected in "
                      f"the other {len(augrc) - better - worse}.")
+    maps = differences[(differences["score"] == "seed_map_agreement") & (differences["reference"] == "seed_agreement")
+                       & (differences["metric"] == "error-detection AUROC")]
+    if len(maps):
+        better = int((maps["ci_low"] > 0).sum())
+        worse = int((maps["ci_high"] < 0).sum())
+        lines.append(f"Across training seeds, agreement on the rollout map detects errors better than agreement on the "
+                     f"prediction (error-detection AUROC interval over seeds above 0) in {better} and worse (below 0) in "
+                     f"{worse} of {len(maps)} (model, split) pairs; no difference detected in the other "
+                     f"{len(maps) - better - worse}.")
     return lines
 
 

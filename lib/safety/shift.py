@@ -20,7 +20,7 @@ from lib.config import Params
 from lib.data import ImageSet, load_split
 from lib.run.study import load_trained_model, run_name
 from lib.safety.calibration import calibration_metrics, probabilities, reliability_bins
-from lib.safety.corruptions import FAMILY_OF, corrupt
+from lib.safety.corruptions import FAMILY_OF, REFERENCE_SIZE, corrupt
 from lib.safety.maps import STABILITY_NOISE, run_model
 from lib.safety.predictors import labelled_signals, predictor_split
 from lib.safety.reliability import localisation, resolution_stability
@@ -117,10 +117,11 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
                     corruptions: list[str], severities: list[int], seed: int, top_fraction: float,
                     moderate_severity: int, resolution_sets: dict[int, ImageSet] | None = None,
                     example_corruptions: tuple[str, ...] = (), example_severity: int = 3, num_examples: int = 4,
-                    batch_size: int = 500, log=print) -> ShiftResults:
+                    batch_size: int = 500, reference_size: float = REFERENCE_SIZE, log=print) -> ShiftResults:
     """The model on clean `test`, on each corruption at each severity (seeded), on each re-rendered test set
     of `resolution_sets` (resolution -> the same images at another size). Maps of a shifted condition are
     compared with the clean maps of the same images; `base` (dataset, variant, resolution) is added to every row.
+    `reference_size` scales the corruptions' lengths (lib.safety.corruptions.length_reference).
     The rollout stability signal (a second forward pass) is computed only where the predictors are scored
     (`predictor_split`: clean, and corruptions up to `moderate_severity`); elsewhere it is NaN."""
     shift_rows, map_table, signal_frames, pooled = [], [], [], {}
@@ -142,7 +143,7 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
 
     for corruption in corruptions:
         for severity in severities:
-            images = corrupt(test.images, corruption, severity, seed)
+            images = corrupt(test.images, corruption, severity, seed, reference_size=reference_size)
             scored = predictor_split(corruption, severity, True, moderate_severity) is not None
             outputs = run_model(model, images, batch_size, stability_noise=STABILITY_NOISE if scored else 0.0, seed=seed)
             condition = {**base, "shift": corruption, "family": FAMILY_OF[corruption], "severity": severity}
