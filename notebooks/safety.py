@@ -60,7 +60,6 @@ from lib.plots import publish, set_style
 from lib.run.paths import chdir_repo_root, output_dir
 from lib.run.study import limit_threads, load_trained_model
 from lib.safety.calibration import fit_temperature
-from lib.safety.corruptions import length_reference
 from lib.safety.maps import STABILITY_NOISE, run_model
 from lib.safety.plots import (
     plot_accuracy_vs_severity,
@@ -129,7 +128,7 @@ results = evaluate_shifts(
     model, test, {"dataset": dataset, "variant": variant, "resolution": train_resolution}, temperature, thresholds,
     settings.corruptions, settings.severities, seed, settings.top_fraction, settings.moderate_severity, resolution_sets,
     settings.example_corruptions, settings.example_severity, settings.num_examples, batch_size,
-    length_reference(settings.corruption_lengths, *test.images.shape[-2:], model.patch_embed.patch_size[0]))
+    settings.corruption_lengths)
 shifts, maps_long = results.shifts, results.maps
 bins = results.bins.assign(dataset=dataset, variant=variant)
 curves = results.curves.assign(dataset=dataset, variant=variant)

@@ -39,7 +39,7 @@ from lib.config import Params
 from lib.data import load_split
 from lib.run.study import load_trained_model, run_name
 from lib.run.train import train_to_file
-from lib.safety.calibration import fit_temperature
+from lib.safety.calibration import fit_temperature, probabilities
 from lib.safety.corruptions import FAMILY_OF, corrupt, length_reference
 from lib.safety.maps import STABILITY_NOISE, Outputs, run_model
 from lib.safety.predictors import (ATTENTION_SIGNALS, SPLITS, detection_table, fit_combined, labelled_signals,
@@ -101,8 +101,8 @@ def signals_with_seeds(outputs: dict[tuple[str, int], Outputs], labels: torch.Te
         keys = [key for key in outputs if key[0] == variant]
         if len(keys) < 2:
             continue
-        probabilities = [(outputs[key].logits.double() / temperatures[key]).softmax(dim=-1) for key in keys]
-        agreement = seed_signals(probabilities, [outputs[key].maps["rollout"] for key in keys])
+        agreement = seed_signals([probabilities(outputs[key].logits, temperatures[key]) for key in keys],
+                                 [outputs[key].maps["rollout"] for key in keys])
         for key, frame in zip(keys, agreement):
             frames[key] = pd.concat([frames[key], frame], axis=1)
     return frames

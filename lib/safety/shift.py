@@ -20,7 +20,7 @@ from lib.config import Params
 from lib.data import ImageSet, load_split
 from lib.run.study import load_trained_model, run_name
 from lib.safety.calibration import calibration_metrics, probabilities, reliability_bins
-from lib.safety.corruptions import FAMILY_OF, REFERENCE_SIZE, corrupt
+from lib.safety.corruptions import FAMILY_OF, corrupt, length_reference
 from lib.safety.maps import STABILITY_NOISE, run_model
 from lib.safety.predictors import labelled_signals, predictor_split
 from lib.safety.reliability import localisation, resolution_stability
@@ -117,11 +117,11 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
                     corruptions: list[str], severities: list[int], seed: int, top_fraction: float,
                     moderate_severity: int, resolution_sets: dict[int, ImageSet] | None = None,
                     example_corruptions: tuple[str, ...] = (), example_severity: int = 3, num_examples: int = 4,
-                    batch_size: int = 500, reference_size: float = REFERENCE_SIZE, log=print) -> ShiftResults:
+                    batch_size: int = 500, corruption_lengths: str = "image", log=print) -> ShiftResults:
     """The model on clean `test`, on each corruption at each severity (seeded), on each re-rendered test set
     of `resolution_sets` (resolution -> the same images at another size). Maps of a shifted condition are
     compared with the clean maps of the same images; `base` (dataset, variant, resolution) is added to every row.
-    `reference_size` scales the corruptions' lengths (lib.safety.corruptions.length_reference).
+    `corruption_lengths` scales the corruptions' lengths to the image or the model's patch (`length_reference`).
     The rollout stability signal (a second forward pass) is computed only where the predictors are scored
     (`predictor_split`: clean, and corruptions up to `moderate_severity`); elsewhere it is NaN."""
     shift_rows, map_table, signal_frames, pooled = [], [], [], {}
@@ -136,6 +136,7 @@ def evaluate_shifts(model: nn.Module, test: ImageSet, base: dict, temperature: f
     def keep_examples(name: str, images: torch.Tensor, outputs) -> None:
         example_images[name], example_maps[name] = images[:num_examples], outputs.maps["rollout"][:num_examples]
 
+    reference_size = length_reference(corruption_lengths, *test.images.shape[-2:], model.patch_embed.patch_size[0])
     clean = run_model(model, test.images, batch_size, stability_noise=STABILITY_NOISE, seed=seed)
     record({**base, "shift": "clean", "family": "clean", "severity": 0}, clean, test.labels, None, test.masks)
     pooled[0] = [clean.logits]
